@@ -1,0 +1,85 @@
+"""The schema, its migrations and the SQLite settings the app relies on."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+from curation.store import Base, Example, Pool, Store
+from curation.store.db import alembic_config, include_object, make_engine
+from curation.workspace import Workspace
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'c.db'}")
+
+
+def test_migrations_match_models(store):
+    """Autogenerate finds nothing to change: the migration creates exactly the models' schema."""
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": include_object, "compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_wal_and_foreign_keys(store):
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_downgrade_and_upgrade_round_trip(tmp_path):
+    from alembic import command
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    Store(url)
+    engine = make_engine(url)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert "example" not in inspect(engine).get_table_names()
+    Store(url)
+    assert {"pool", "example", "run", "score", "decision", "export"} <= set(inspect(make_engine(url)).get_table_names())
+
+
+def _example(pool_id: int, i: int) -> Example:
+    msgs = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    return Example(pool_id=pool_id, uid=f"u{i}", content_hash=f"h{i}", source="s", fmt="messages", line=i,
+                   messages=msgs, original={"messages": msgs}, n_turns=2, prompt_chars=2, response_chars=2, total_chars=4)
+
+
+def test_deleting_a_pool_cascades_to_examples(store):
+    with store.session() as s:
+        pool = Pool(name="p")
+        s.add(pool)
+        s.flush()
+        s.add_all(_example(pool.id, i) for i in range(3))
+    with store.session() as s:
+        s.delete(s.scalar(select(Pool)))
+    with store.session() as s:
+        assert s.scalar(select(Example.id)) is None
+
+
+def test_content_hash_is_unique_per_pool(store):
+    from sqlalchemy.exc import IntegrityError
+    with pytest.raises(IntegrityError):
+        with store.session() as s:
+            pool = Pool(name="p")
+            s.add(pool)
+            s.flush()
+            a, b = _example(pool.id, 1), _example(pool.id, 2)
+            b.content_hash = a.content_hash
+            s.add_all([a, b])
+
+
+def test_workspace_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    ws = Workspace.from_env()
+    assert ws.home == tmp_path / "ws"
+    assert ws.db_url == f"sqlite:///{tmp_path / 'ws' / 'curation.db'}"
+    monkeypatch.setenv("CURATION_DB_URL", "postgresql://u@localhost/db")
+    assert Workspace.from_env().db_url == "postgresql://u@localhost/db"
