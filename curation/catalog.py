@@ -1,0 +1,259 @@
+"""Read and edit what is stored: pools page by page, preference pairs, runs.
+
+Everything the Pool and Preferences pages show comes from here, one page of rows per query,
+so a 100k-example pool never has to fit in a browser session.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import String, cast, func, select, text
+from sqlalchemy.orm import Session
+
+from curation.errors import CurationError
+from curation.store import Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
+from curation.store.models import utcnow
+
+
+def get_pool(s: Session, name: str) -> Pool:
+    pool = s.scalar(select(Pool).where(Pool.name == name))
+    if pool is None:
+        raise CurationError(f"no pool named '{name}' (see `python -m curation list`)")
+    return pool
+
+
+def get_prefset(s: Session, name: str) -> PreferenceSet:
+    pset = s.scalar(select(PreferenceSet).where(PreferenceSet.name == name))
+    if pset is None:
+        raise CurationError(f"no preference set named '{name}' (see `python -m curation list`)")
+    return pset
+
+
+def list_pools(store: Store) -> list[dict]:
+    with store.session() as s:
+        q = select(Pool.name, Pool.n_examples, func.count(func.distinct(Example.source)), Pool.created_at)
+        q = q.outerjoin(Example, Example.pool_id == Pool.id).group_by(Pool.id).order_by(Pool.name)
+        return [dict(name=n, examples=c, sources=k, created=t) for n, c, k, t in s.execute(q)]
+
+
+def list_prefsets(store: Store) -> list[dict]:
+    with store.session() as s:
+        q = select(PreferenceSet.name, func.count(PreferencePair.id), func.count(func.distinct(PreferencePair.subtask)),
+                   PreferenceSet.created_at)
+        q = q.outerjoin(PreferencePair).group_by(PreferenceSet.id).order_by(PreferenceSet.name)
+        return [dict(name=n, pairs=c, subtasks=k, created=t) for n, c, k, t in s.execute(q)]
+
+
+def list_runs(store: Store, pool: str | None = None) -> list[dict]:
+    with store.session() as s:
+        q = select(Run, Pool.name, PreferenceSet.name).join(Pool, Run.pool_id == Pool.id)
+        q = q.outerjoin(PreferenceSet, Run.prefs_id == PreferenceSet.id).order_by(Run.id.desc())
+        if pool:
+            q = q.where(Pool.name == pool)
+        return [dict(id=r.id, method=r.method, pool=p, prefs=ps, status=r.status, stage=r.stage,
+                     progress=_fraction(r), selected=r.n_selected, created=r.created_at)
+                for r, p, ps in s.execute(q)]
+
+
+def _fraction(r: Run) -> float:
+    return 1.0 if r.status == "done" else (r.stage_done / r.stage_total if r.stage_total else 0.0)
+
+
+def pool_sources(store: Store, pool: str) -> list[tuple[str, int]]:
+    with store.session() as s:
+        pid = get_pool(s, pool).id
+        q = select(Example.source, func.count()).where(Example.pool_id == pid).group_by(Example.source)
+        return sorted(s.execute(q).all(), key=lambda r: (-r[1], r[0]))
+
+
+@dataclass
+class ExampleFilter:
+    """What the Pool page (and 'apply to all N matching') filters by."""
+
+    search: str = ""
+    sources: tuple[str, ...] = ()
+    min_chars: int | None = None
+    max_chars: int | None = None
+
+
+def _fts_query(search: str) -> str:
+    """Quote each word so user text is never parsed as FTS5 syntax."""
+    words = re.findall(r"\w+", search)
+    return " ".join(f'"{w}"' for w in words)
+
+
+def _filtered(s: Session, store: Store, pool_id: int, f: ExampleFilter):
+    q = select(Example).where(Example.pool_id == pool_id)
+    if f.sources:
+        q = q.where(Example.source.in_(f.sources))
+    if f.min_chars is not None:
+        q = q.where(Example.total_chars >= f.min_chars)
+    if f.max_chars is not None:
+        q = q.where(Example.total_chars <= f.max_chars)
+    if f.search.strip():
+        if store.is_sqlite:
+            match = _fts_query(f.search)
+            if match:
+                ids = text("SELECT rowid FROM example_fts WHERE example_fts MATCH :m").bindparams(m=match)
+                q = q.where(Example.id.in_(ids))
+        else:
+            q = q.where(cast(Example.messages, String).ilike(f"%{f.search.strip()}%"))
+    return q
+
+
+def count_examples(store: Store, pool: str, f: ExampleFilter = ExampleFilter()) -> int:
+    with store.session() as s:
+        q = _filtered(s, store, get_pool(s, pool).id, f)
+        return s.scalar(select(func.count()).select_from(q.subquery()))
+
+
+def page_examples(store: Store, pool: str, page: int = 0, size: int = 50, f: ExampleFilter = ExampleFilter()) -> list[dict]:
+    """One page of a pool (0-based), newest import order; rows are short previews."""
+    with store.session() as s:
+        q = _filtered(s, store, get_pool(s, pool).id, f).order_by(Example.id).offset(page * size).limit(size)
+        return [_preview(e) for e in s.scalars(q)]
+
+
+def matching_ids(store: Store, pool: str, f: ExampleFilter) -> list[int]:
+    """Every example id a filter matches, for bulk actions on all N matches, not one page."""
+    with store.session() as s:
+        q = _filtered(s, store, get_pool(s, pool).id, f).with_only_columns(Example.id).order_by(Example.id)
+        return list(s.scalars(q))
+
+
+def _preview(e: Example) -> dict:
+    user = next((m["content"] for m in e.messages if m["role"] == "user"), "")
+    reply = next((m["content"] for m in reversed(e.messages) if m["role"] == "assistant"), "")
+    return dict(id=e.id, uid=e.uid, source=e.source, prompt=user[:200], response=reply[:200],
+                turns=e.n_turns, chars=e.total_chars)
+
+
+def get_example(store: Store, example_id: int) -> dict:
+    with store.session() as s:
+        e = s.get(Example, example_id)
+        if e is None:
+            raise CurationError(f"no example with id {example_id}")
+        return dict(id=e.id, uid=e.uid, source=e.source, fmt=e.fmt, line=e.line, messages=e.messages,
+                    original=e.original, content_hash=e.content_hash, chars=e.total_chars)
+
+
+def import_reports(store: Store, limit: int = 20) -> list[dict]:
+    with store.session() as s:
+        q = select(ImportReport).order_by(ImportReport.id.desc()).limit(limit)
+        return [dict(id=r.id, kind=r.kind, target=r.target, path=r.path, status=r.status, ok=r.n_ok, bad=r.n_bad,
+                     duplicates=r.n_duplicate, problems=r.problems, created=r.created_at) for r in s.scalars(q)]
+
+
+# --- preference sets -------------------------------------------------------------------------
+
+def validate_pair(prompt: str, chosen: str, rejected: str, subtask: str) -> None:
+    for field, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected), ("subtask", subtask)):
+        if not value or not value.strip():
+            raise CurationError(f"pair field '{field}' is empty")
+    if chosen.strip() == rejected.strip():
+        raise CurationError("pair field 'rejected': identical to chosen (a pair must prefer one response)")
+
+
+def create_prefset(store: Store, name: str) -> None:
+    if not name.strip():
+        raise CurationError("a preference set needs a name")
+    with store.session() as s:
+        if s.scalar(select(PreferenceSet.id).where(PreferenceSet.name == name)) is not None:
+            raise CurationError(f"a preference set named '{name}' already exists")
+        s.add(PreferenceSet(name=name))
+
+
+def delete_prefset(store: Store, name: str) -> None:
+    with store.session() as s:
+        s.delete(get_prefset(s, name))
+
+
+def get_pairs(store: Store, name: str) -> list[dict]:
+    with store.session() as s:
+        pset = get_prefset(s, name)
+        return [dict(id=p.id, prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, subtask=p.subtask,
+                     author=p.author, created=p.created_at) for p in pset.pairs]
+
+
+def add_pair(store: Store, name: str, prompt: str, chosen: str, rejected: str, subtask: str,
+             author: str = "curator") -> int:
+    validate_pair(prompt, chosen, rejected, subtask)
+    with store.session() as s:
+        pset = get_prefset(s, name)
+        pos = (s.scalar(select(func.max(PreferencePair.position)).where(PreferencePair.set_id == pset.id)) or 0) + 1
+        pair = PreferencePair(set_id=pset.id, position=pos, prompt=prompt.strip(),
+                              prompt_messages=[{"role": "user", "content": prompt.strip()}],
+                              chosen=chosen.strip(), rejected=rejected.strip(), subtask=subtask.strip(), author=author)
+        s.add(pair)
+        s.flush()
+        return pair.id
+
+
+def update_pair(store: Store, pair_id: int, prompt: str, chosen: str, rejected: str, subtask: str) -> None:
+    validate_pair(prompt, chosen, rejected, subtask)
+    with store.session() as s:
+        pair = s.get(PreferencePair, pair_id)
+        if pair is None:
+            raise CurationError(f"no preference pair with id {pair_id}")
+        if pair.prompt != prompt.strip():
+            pair.prompt_messages = [{"role": "user", "content": prompt.strip()}]
+        pair.prompt, pair.chosen, pair.rejected, pair.subtask = prompt.strip(), chosen.strip(), rejected.strip(), subtask.strip()
+        pair.updated_at = utcnow()
+
+
+def delete_pair(store: Store, pair_id: int) -> None:
+    with store.session() as s:
+        pair = s.get(PreferencePair, pair_id)
+        if pair is None:
+            raise CurationError(f"no preference pair with id {pair_id}")
+        s.delete(pair)
+
+
+def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator") -> dict:
+    """Make the set hold exactly `rows` (as edited in a table), validated first, in one transaction.
+
+    Rows with an `id` update that pair, rows without one are new, stored pairs missing from
+    `rows` are deleted. Any invalid row aborts everything with an error naming row and field.
+    """
+    for i, r in enumerate(rows, 1):
+        try:
+            validate_pair(*(str(r.get(k) or "") for k in ("prompt", "chosen", "rejected", "subtask")))
+        except CurationError as e:
+            raise CurationError(f"row {i}: {e}") from None
+    counts = dict(added=0, updated=0, deleted=0)
+    with store.session() as s:
+        pset = get_prefset(s, name)
+        by_id = {p.id: p for p in pset.pairs}
+        keep = set()
+        for pos, r in enumerate(rows):
+            vals = {k: str(r[k]).strip() for k in ("prompt", "chosen", "rejected", "subtask")}
+            rid = _row_id(r)
+            pair = by_id.get(rid) if rid is not None else None
+            if pair is None:
+                s.add(PreferencePair(set_id=pset.id, position=pos, author=author,
+                                     prompt_messages=[{"role": "user", "content": vals["prompt"]}], **vals))
+                counts["added"] += 1
+                continue
+            keep.add(pair.id)
+            changed = any(getattr(pair, k) != v for k, v in vals.items()) or pair.position != pos
+            if pair.prompt != vals["prompt"]:
+                pair.prompt_messages = [{"role": "user", "content": vals["prompt"]}]
+            for k, v in vals.items():
+                setattr(pair, k, v)
+            pair.position = pos
+            counts["updated"] += int(changed)
+        for pid, pair in by_id.items():
+            if pid not in keep:
+                s.delete(pair)
+                counts["deleted"] += 1
+    return counts
+
+
+def _row_id(row: dict) -> int | None:
+    """The pair id of an edited table row; new rows have none (None, '' or NaN from pandas)."""
+    rid = row.get("id")
+    if rid is None or rid == "" or rid != rid:
+        return None
+    return int(rid)

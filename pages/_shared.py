@@ -1,0 +1,55 @@
+"""Small helpers the pages share: the store handle, safe text rendering, error display."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import streamlit as st
+
+from curation.errors import CurationError
+from curation.store import Store
+from curation.workspace import Workspace
+
+
+@st.cache_resource
+def _store(db_url: str) -> Store:
+    return Store(db_url)
+
+
+def store() -> Store:
+    """The workspace's store, migrated once per server process and shared by sessions."""
+    return _store(workspace().db_url)
+
+
+def workspace() -> Workspace:
+    return Workspace.from_env().ensure()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a user mistake as a red message instead of a traceback."""
+    try:
+        yield
+    except CurationError as e:
+        st.error(str(e))
+
+
+def render_messages(messages: list[dict]) -> None:
+    """A conversation as plain text: HTML or script in the data is shown, never executed."""
+    for m in messages:
+        with st.chat_message("user" if m["role"] != "assistant" else "assistant"):
+            st.caption(m["role"])
+            st.text(m["content"])
+
+
+def save_upload(upload) -> Path:
+    """Keep an uploaded file in the workspace so imports read it like any server path."""
+    dest = workspace().uploads / Path(upload.name).name
+    dest.write_bytes(upload.getvalue())
+    return dest
+
+
+def coming_soon(what: str) -> None:
+    st.info(f"Coming next: {what}. The library and CLI land first; this page will call them.")

@@ -1,0 +1,80 @@
+"""Pool: import, browse page by page, search, filter and read examples."""
+
+import pandas as pd
+import streamlit as st
+
+from curation import catalog
+from curation.demo import ensure_demo
+from curation.imports import import_pool
+from pages._shared import render_messages, save_upload, store, user_errors
+
+POOL_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "tulu", "prompt_completion", "prompt_response"]
+
+st.title("Pool")
+pools = catalog.list_pools(store())
+
+with st.expander("Import a pool", expanded=not pools):
+    with st.form("import_pool"):
+        path = st.text_input("Server path", placeholder="/data/pool.jsonl")
+        upload = st.file_uploader("…or upload", type=["jsonl", "json", "parquet", "csv"])
+        c1, c2, c3 = st.columns(3)
+        name = c1.text_input("Name (default: file name)")
+        fmt = c2.selectbox("Format", POOL_FORMATS)
+        strict = c3.checkbox("Strict: import nothing if any line is bad")
+        if st.form_submit_button("Import", type="primary"):
+            with user_errors(), st.spinner("Importing…"):
+                src = save_upload(upload) if upload else path.strip()
+                res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict)
+                (st.success if res.status == "imported" else st.error)(res.summary())
+                if res.problems:
+                    st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+    if st.button("Load the demo pool and preference set"):
+        with user_errors(), st.spinner("Importing the demo…"):
+            for res in ensure_demo(store()):
+                st.success(res.summary())
+            st.rerun()
+
+if not pools:
+    st.info("No pool yet: import one above, or load the demo.")
+    st.stop()
+
+names = [p["name"] for p in pools]
+pool = st.selectbox("Pool", names, index=names.index("demo") if "demo" in names else 0)
+sources = catalog.pool_sources(store(), pool)
+
+c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
+search = c1.text_input("Search", placeholder="words in prompt or response")
+picked = c2.multiselect("Sources", [s for s, _ in sources], format_func=lambda s: f"{s} ({dict(sources)[s]})")
+min_chars = c3.number_input("Min chars", min_value=0, value=0, step=50)
+max_chars = c4.number_input("Max chars (0 = any)", min_value=0, value=0, step=50)
+flt = catalog.ExampleFilter(search=search, sources=tuple(picked), min_chars=min_chars or None, max_chars=max_chars or None)
+
+total = catalog.count_examples(store(), pool, flt)
+size = 50
+pages = max(1, -(-total // size))
+c1, c2 = st.columns([1, 4])
+page = c1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1) - 1
+c2.metric("Matching examples", f"{total:,}")
+
+rows = catalog.page_examples(store(), pool, page, size, flt)
+table = st.dataframe(pd.DataFrame(rows), hide_index=True,
+                     on_select="rerun", selection_mode="single-row", key="pool_table",
+                     column_config={"id": None})
+chosen = table.selection.rows if table and table.selection else []
+if chosen:
+    ex = catalog.get_example(store(), rows[chosen[0]]["id"])
+    st.subheader(f"Example {ex['uid']}")
+    st.caption(f"source {ex['source']} · format {ex['fmt']} · line {ex['line']} · {ex['chars']} chars · "
+               f"hash {ex['content_hash'][:12]}")
+    render_messages(ex["messages"])
+    with st.expander("Original record"):
+        st.json(ex["original"])
+else:
+    st.caption("Select a row to read the whole example.")
+
+with st.expander("Import reports"):
+    for rep in catalog.import_reports(store()):
+        st.write(f"#{rep['id']} {rep['kind']} '{rep['target']}' from `{rep['path']}`: {rep['status']}, "
+                 f"{rep['ok']} ok, {rep['bad']} bad, {rep['duplicates']} duplicates")
+        if rep["problems"]:
+            st.dataframe(pd.DataFrame(rep["problems"]), hide_index=True)

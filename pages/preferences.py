@@ -1,0 +1,77 @@
+"""Preferences: the few-shot pairs that describe the target task; import, author, edit."""
+
+import pandas as pd
+import streamlit as st
+
+from curation import catalog
+from curation.imports import import_prefs
+from pages._shared import save_upload, store, user_errors
+
+st.title("Preferences")
+st.caption("Each pair says which of two responses to a prompt is better for your task. "
+           "Group pairs into subtasks: a pool example scores by its best-matching subtask.")
+
+sets = catalog.list_prefsets(store())
+
+with st.expander("Import or create a preference set", expanded=not sets):
+    with st.form("import_prefs"):
+        path = st.text_input("Server path", placeholder="/data/prefs.jsonl or a ROSE *_preference.json")
+        upload = st.file_uploader("…or upload", type=["jsonl", "json"])
+        c1, c2, c3, c4 = st.columns(4)
+        name = c1.text_input("Name (default: file name)")
+        fmt = c2.selectbox("Format", ["auto", "trl", "hh", "rose"])
+        field = c3.text_input("Subtask field (optional)")
+        n_sub = c4.number_input("…or N contiguous subtasks (0 = infer)", min_value=0, value=0)
+        if st.form_submit_button("Import", type="primary"):
+            with user_errors():
+                src = save_upload(upload) if upload else path.strip()
+                res = import_prefs(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt,
+                                   subtask_field=field or None, subtasks=n_sub or None)
+                st.success(res.summary())
+                if res.problems:
+                    st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+    with st.form("new_set"):
+        new = st.text_input("New empty set")
+        if st.form_submit_button("Create"):
+            with user_errors():
+                catalog.create_prefset(store(), new.strip())
+                st.rerun()
+
+sets = catalog.list_prefsets(store())
+if not sets:
+    st.info("No preference set yet.")
+    st.stop()
+
+names = [s["name"] for s in sets]
+name = st.selectbox("Preference set", names, index=names.index("demo") if "demo" in names else 0)
+pairs = catalog.get_pairs(store(), name)
+df = pd.DataFrame(pairs, columns=["id", "subtask", "prompt", "chosen", "rejected", "author"])
+counts = df["subtask"].value_counts()
+st.write(f"**{len(df)} pairs** in **{len(counts)} subtasks**: " + ", ".join(f"{k} ({v})" for k, v in counts.items()))
+
+st.caption("Edit cells in place, add rows at the bottom, delete with the row checkbox; then save. "
+           "Tab and arrow keys move between cells, Enter edits.")
+edited = st.data_editor(
+    df, key=f"pairs_{name}", num_rows="dynamic", hide_index=True,
+    column_config={
+        "id": st.column_config.NumberColumn("id", disabled=True),
+        "author": st.column_config.TextColumn("author", disabled=True),
+        "prompt": st.column_config.TextColumn("prompt", width="large", required=True),
+        "chosen": st.column_config.TextColumn("chosen", width="medium", required=True),
+        "rejected": st.column_config.TextColumn("rejected", width="medium", required=True),
+        "subtask": st.column_config.TextColumn("subtask", required=True),
+    },
+)
+c1, c2 = st.columns([1, 5])
+if c1.button("Save changes", type="primary"):
+    with user_errors():
+        counts = catalog.save_pairs(store(), name, edited.to_dict("records"))
+        st.success(f"Saved: {counts['added']} added, {counts['updated']} updated, {counts['deleted']} deleted.")
+if c2.button("Delete this set"):
+    st.session_state["confirm_delete"] = name
+if st.session_state.get("confirm_delete") == name:
+    st.warning(f"Delete the preference set '{name}' and its {len(df)} pairs?")
+    if st.button("Yes, delete"):
+        catalog.delete_prefset(store(), name)
+        st.session_state.pop("confirm_delete")
+        st.rerun()

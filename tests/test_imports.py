@@ -1,0 +1,178 @@
+"""Importing pools and preference sets into the store: counts, duplicates, bad input, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from curation import catalog
+from curation.errors import CurationError
+from curation.imports import import_pool, import_prefs
+from curation.store import Example, ImportReport, Pool, Store
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'c.db'}")
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def conv(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                         {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]}
+
+
+def test_import_pool_counts_and_search(store, tmp_path):
+    f = write_jsonl(tmp_path / "math.jsonl", [conv(i) for i in range(30)] + [{"messages": [
+        {"role": "user", "content": "Name a zebra colour"}, {"role": "assistant", "content": "black"}]}])
+    res = import_pool(store, f)
+    assert (res.status, res.n_ok, res.n_bad, res.n_duplicate) == ("imported", 31, 0, 0)
+    (row,) = catalog.list_pools(store)
+    assert (row["name"], row["examples"], row["sources"]) == ("math", 31, 1)
+    hits = catalog.page_examples(store, "math", f=catalog.ExampleFilter(search="zebra"))
+    assert [h["response"] for h in hits] == ["black"]
+    assert catalog.count_examples(store, "math", catalog.ExampleFilter(search='plus" (')) == 30  # FTS syntax is quoted away
+
+
+def test_duplicates_are_reported_and_skipped(store, tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [conv(1), conv(2), conv(1), conv(3), conv(2)])
+    res = import_pool(store, f)
+    assert (res.n_ok, res.n_duplicate, res.duplicate_lines) == (3, 2, [3, 5])
+
+
+def test_bad_lines_default_imports_good_and_keeps_report(store, tmp_path):
+    f = write_jsonl(tmp_path / "bad.jsonl", [conv(1), "{not json", {"messages": "oops"}, conv(2)])
+    res = import_pool(store, f)
+    assert (res.status, res.n_ok, res.n_bad) == ("imported", 2, 2)
+    assert [p.line for p in res.problems] == [2, 3]
+    with store.session() as s:
+        rep = s.get(ImportReport, res.report_id)
+        assert rep.status == "imported" and [p["line"] for p in rep.problems] == [2, 3]
+        assert all(p["path"] == str(f) for p in rep.problems)
+
+
+def test_strict_imports_nothing_but_lists_every_bad_line(store, tmp_path):
+    f = write_jsonl(tmp_path / "bad.jsonl", [conv(1), "{not json", conv(2), {"messages": []}])
+    res = import_pool(store, f, strict=True)
+    assert (res.status, res.n_ok, res.n_bad) == ("rejected", 0, 2)
+    with store.session() as s:
+        assert s.scalar(select(func.count(Pool.id))) == 0
+        assert s.scalar(select(func.count(Example.id))) == 0
+        assert s.get(ImportReport, res.report_id).status == "rejected"
+
+
+def test_failure_midway_leaves_no_pool(store, tmp_path, monkeypatch):
+    monkeypatch.setattr("curation.imports.BATCH", 5)
+    f = write_jsonl(tmp_path / "p.jsonl", [conv(i) for i in range(40)])
+
+    def explode(done, total):
+        if done > 10:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        import_pool(store, f, progress=explode)
+    with store.session() as s:
+        assert s.scalar(select(func.count(Example.id))) == 0
+        assert s.scalar(select(func.count(Pool.id))) == 0
+
+
+def test_killed_import_process_leaves_no_pool(tmp_path):
+    """SIGKILL during a real CLI import: the uncommitted transaction is rolled back."""
+    f = write_jsonl(tmp_path / "big.jsonl", [conv(i) for i in range(60_000)])
+    env = {**os.environ, "CURATION_HOME": str(tmp_path / "ws")}
+    env.pop("CURATION_DB_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "curation", "import-pool", str(f)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wal = tmp_path / "ws" / "curation.db-wal"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (wal.exists() and wal.stat().st_size > 2_000_000):
+        time.sleep(0.05)
+    assert proc.poll() is None, "import finished before it could be killed; use a bigger file"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store(f"sqlite:///{tmp_path / 'ws' / 'curation.db'}")
+    with store.session() as s:
+        assert s.scalar(select(func.count(Example.id))) == 0
+        assert s.scalar(select(func.count(Pool.id))) == 0
+
+
+def test_name_clash_is_a_user_error(store, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [conv(1)])
+    import_pool(store, f)
+    with pytest.raises(CurationError, match="already exists"):
+        import_pool(store, f)
+
+
+def test_import_prefs_and_edit_pairs(store, tmp_path):
+    f = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subtask": "add"},
+        {"prompt": "3*3?", "chosen": "9", "rejected": "6", "subtask": "mul"},
+        {"prompt": "1+1?", "chosen": "2", "rejected": "2", "subtask": "add"},
+    ])
+    res = import_prefs(store, f, name="p")
+    assert (res.n_ok, res.n_bad) == (2, 1)
+    assert "identical" in res.problems[0].reason and res.problems[0].line == 3
+    pairs = catalog.get_pairs(store, "p")
+    assert [p["subtask"] for p in pairs] == ["add", "mul"]
+    rows = [dict(pairs[0], chosen="four"), {"prompt": "5-1?", "chosen": "4", "rejected": "6", "subtask": "sub"}]
+    assert catalog.save_pairs(store, "p", rows) == {"added": 1, "updated": 1, "deleted": 1}
+    assert [(p["chosen"], p["subtask"]) for p in catalog.get_pairs(store, "p")] == [("four", "add"), ("4", "sub")]
+    with pytest.raises(CurationError, match="row 2: pair field 'rejected'"):
+        catalog.save_pairs(store, "p", [rows[0], dict(rows[1], rejected="4")])
+    assert len(catalog.get_pairs(store, "p")) == 2  # nothing half-applied
+
+
+def run_cli(tmp_path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CURATION_HOME": str(tmp_path / "ws")}
+    env.pop("CURATION_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "curation", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    out = run_cli(tmp_path, "import-pool", str(tmp_path / "missing.jsonl"))
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "no such file" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_demo_is_idempotent_and_listed(tmp_path):
+    first = run_cli(tmp_path, "demo")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(tmp_path, "demo")
+    assert again.returncode == 0 and "already present" in again.stdout
+    listing = run_cli(tmp_path, "list").stdout
+    assert "demo" in listing.split("preference sets:")[0] and "demo" in listing.split("preference sets:")[1]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+def test_real_t0_pool_and_rose_prefs_via_cli(tmp_path):
+    t0 = SHARED / "t0_pool" / "data_per_template" / "adversarial_qa_dbert_based_on.jsonl"
+    out = run_cli(tmp_path, "import-pool", str(t0), "--name", "t0")
+    assert out.returncode == 0, out.stderr
+    assert "200 ok" in out.stdout
+    prefs = SHARED / "rose_preferences" / "validation" / "se" / "se_10_shot" / "se_10_shot_preference.json"
+    out = run_cli(tmp_path, "import-prefs", str(prefs), "--name", "se")
+    assert out.returncode == 0, out.stderr
+    assert "97 ok, 3 bad" in out.stdout  # three published pairs have chosen == rejected
+    assert out.stderr.count("identical to the chosen") == 3
+    store = Store(f"sqlite:///{tmp_path / 'ws' / 'curation.db'}")
+    (se,) = catalog.list_prefsets(store)
+    assert (se["pairs"], se["subtasks"]) == (97, 10)
+    (t0row,) = catalog.list_pools(store)
+    assert t0row["examples"] == 200
