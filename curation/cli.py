@@ -101,6 +101,85 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+class StageBars:
+    """One tqdm bar per run stage, fed by the Reporter's echo callback."""
+
+    def __init__(self):
+        self.name, self.bar = None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.name:
+            if self.bar:
+                self.bar.close()
+            self.name = stage
+            self.bar = tqdm(desc=stage, total=total or None, file=sys.stderr, dynamic_ncols=True)
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def _score_config(a: argparse.Namespace):
+    from curation.config import ScoreConfig
+    cfg = ScoreConfig.from_file(a.config) if a.config else ScoreConfig()
+    cfg.method = a.method or cfg.method
+    if a.model:
+        cfg.model.name_or_path = a.model
+    if a.percent is not None or a.n is not None:
+        from curation.config import SelectConfig
+        cfg.select = SelectConfig(percent=a.percent, n=a.n)
+    return cfg
+
+
+@command("score")
+def cmd_score(a: argparse.Namespace) -> int:
+    from curation.runs import create_run, execute_run
+    store = _store()
+    if a.resume:
+        run_id = a.resume
+    else:
+        if not a.pool:
+            raise CurationError("score needs --pool (or --resume RUN_ID)")
+        run_id = create_run(store, a.pool, a.prefs, _score_config(a))
+    print(f"run {run_id}", file=sys.stderr)
+    bars = StageBars()
+    try:
+        execute_run(store, run_id, echo=bars)
+    finally:
+        bars.close()
+    print(run_id)
+    return 0
+
+
+@command("show")
+def cmd_show(a: argparse.Namespace) -> int:
+    from curation.runs import show_run
+    info = show_run(_store(), a.run_id, top=a.top)
+    print(f"run #{info['id']} {info['method']} pool={info['pool']} prefs={info['prefs']}: {info['status']}"
+          f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
+    for stage, secs in (info["stage_times"] or {}).items():
+        print(f"  {stage:<32} {secs:8.1f} s")
+    for t in info["top"]:
+        print(f"  #{t['rank']:<5} {t['score']:+.4f} {t['source']:<18} {t['subtask'] or '':<22} {t['prompt']!r}")
+    return 0
+
+
+@command("worker")
+def cmd_worker(a: argparse.Namespace) -> int:
+    """The background process of one run (started by the app through `jobs.launch`)."""
+    from curation.jobs import Cancelled
+    from curation.runs import execute_run
+    try:
+        execute_run(_store(), a.run_id, echo=lambda stage, done, total: None)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 1
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +198,21 @@ def make_parser() -> argparse.ArgumentParser:
     pp.add_argument("--strict", action="store_true")
     sub.add_parser("list", help="pools, preference sets and runs, with counts")
     sub.add_parser("demo", help="create the demo pool and preference set (idempotent)")
+    sp = sub.add_parser("score", help="score a pool against a preference set and store the selection")
+    sp.add_argument("--pool")
+    sp.add_argument("--prefs")
+    sp.add_argument("--method", help="rose (default) | less")
+    sp.add_argument("--model", help="HF model path or id (default: the built-in tiny model)")
+    budget = sp.add_mutually_exclusive_group()
+    budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")
+    budget.add_argument("--n", type=int, help="select the top N")
+    sp.add_argument("--config", help="JSON or TOML file with a ScoreConfig")
+    sp.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a crashed or killed run")
+    sh = sub.add_parser("show", help="status, time per stage and top examples of a run")
+    sh.add_argument("run_id", type=int)
+    sh.add_argument("--top", type=int, default=10)
+    wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")
+    wk.add_argument("run_id", type=int)
     return p
 
 

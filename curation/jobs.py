@@ -55,9 +55,10 @@ class Reporter:
         self._write()
 
     def finish(self) -> dict[str, float]:
+        """Close the last stage and return wall seconds per stage (never raises Cancelled)."""
         self._close_stage()
-        self._write(force=True)
-        return self._stage_times
+        self._write(force=True, check_cancel=False)
+        return dict(self._stage_times)
 
     def _close_stage(self) -> None:
         if self.stage_name:
@@ -67,7 +68,7 @@ class Reporter:
         dt = time.time() - self._t0
         return self.done / dt if dt > 0 and self.done else None
 
-    def _write(self, force: bool = False) -> None:
+    def _write(self, force: bool = False, check_cancel: bool = True) -> None:
         now = time.time()
         if self.store is None or (not force and now - self._last_write < WRITE_EVERY_S):
             return
@@ -80,7 +81,7 @@ class Reporter:
             run.rate, run.eta_s, run.heartbeat = rate, eta, utcnow()
             run.stage_times = dict(self._stage_times)
             cancel = run.cancel_requested
-        if cancel:
+        if cancel and check_cancel:
             raise Cancelled(f"run {self.run_id} cancelled")
 
 

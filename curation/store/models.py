@@ -132,6 +132,7 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
     n_selected: Mapped[int] = mapped_column(Integer, default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="what the method recorded: projector, weights, subtasks")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

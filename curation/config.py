@@ -1,0 +1,87 @@
+"""The configuration of a scoring run: one dataclass per stage, nested in `ScoreConfig`.
+
+It round-trips through a dict (stored on the Run row and in every manifest) and can be read
+from a JSON or TOML file (`score --config FILE`); unknown keys are refused, not ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.errors import CurationError
+from curation.model import ModelConfig, config_from_dict
+from curation.warmup import WarmupConfig
+
+
+@dataclass
+class FeatureConfig:
+    """Stage 2-3: per-example gradients, projection and the on-disk feature store."""
+
+    k: int = 8192  # projection dimension (published: 8192)
+    projector: str = "sparse_jl"  # sparse_jl (CountSketch-style, no d x k matrix) | dense_rademacher
+    seed: int = 0  # projection seed: identical matrix in every process and on every device
+    batch_size: int = 16  # examples per batched backward
+    dtype: str = "float16"  # stored feature dtype
+    shard_size: int = 1024  # rows per shard file: the unit of resume
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise CurationError("FeatureConfig: k, batch_size and shard_size must be >= 1")
+        if self.projector not in ("sparse_jl", "dense_rademacher"):
+            raise CurationError(f"FeatureConfig.projector must be sparse_jl or dense_rademacher, got {self.projector!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise CurationError(f"FeatureConfig.dtype must be float16 or float32, got {self.dtype!r}")
+
+
+@dataclass
+class SelectConfig:
+    """Stage 5: the budget. Exactly one of `percent` and `n`."""
+
+    percent: float | None = 5.0
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.percent is None) == (self.n is None):
+            raise CurationError("select: give exactly one of percent and n")
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise CurationError(f"select.percent must be in (0, 100], got {self.percent}")
+        if self.n is not None and self.n < 1:
+            raise CurationError(f"select.n must be >= 1, got {self.n}")
+
+
+@dataclass
+class ScoreConfig:
+    method: str = "rose"
+    beta: float = 0.1  # DPO temperature of the ROSE validation objective
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "beta": self.beta, "model": self.model.to_dict(),
+                "warmup": self.warmup.to_dict(), "features": dataclasses.asdict(self.features),
+                "select": dataclasses.asdict(self.select)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":
+        data = dict(data)
+        parts = {"model": ModelConfig, "warmup": WarmupConfig, "features": FeatureConfig, "select": SelectConfig}
+        for key, kind in parts.items():
+            if key in data:
+                data[key] = config_from_dict(kind, data[key] or {})
+        return config_from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ScoreConfig":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CurationError(f"{path}: cannot read config: {e}") from None
+        return cls.from_dict(raw)

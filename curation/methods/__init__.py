@@ -1,0 +1,6 @@
+"""Selection methods, registered by name (`get_method("rose")`); see `base.Method`."""
+
+from curation.methods import less, rose  # noqa: F401  (registration side effects)
+from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreOutput, ValPair, get_method
+
+__all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreOutput", "ValPair", "get_method"]

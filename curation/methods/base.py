@@ -1,0 +1,79 @@
+"""One interface for every selection method, registered by name.
+
+A method turns `ScoreInputs` (the pool, the validation pairs, the run config) into a
+`ScoreOutput` (one score per example plus what explains it). The run machinery around it
+(database, selection, progress) is the same for all methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from curation.config import ScoreConfig
+from curation.errors import CurationError
+from curation.jobs import Reporter
+from curation.workspace import Workspace
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class ValPair:
+    """One validation item: a preference pair of the target task."""
+
+    prompt: str
+    prompt_messages: Messages
+    chosen: str
+    rejected: str
+    subtask: str
+
+
+@dataclass
+class ScoreInputs:
+    example_ids: list[int]  # database ids, in the row order of every output array
+    fetch: Callable[[Sequence[int]], list[Messages]]  # messages of some ids (bounded memory for big pools)
+    pairs: list[ValPair]
+    config: ScoreConfig
+    workdir: Path
+    workspace: Workspace
+    reporter: Reporter
+    rank: tuple[int, int] = (0, 1)  # (i, N): this process computes train-feature shards i, i+N, ...
+
+
+@dataclass
+class ScoreOutput:
+    scores: np.ndarray  # [n] float32, higher = more useful for the target task
+    subtasks: list[str] = field(default_factory=list)
+    subtask_means: np.ndarray | None = None  # [n, n_subtasks]
+    per_checkpoint: np.ndarray | None = None  # [n, n_ckpt]; sums to scores
+    driver: np.ndarray | None = None  # [n] index of the subtask whose mean is the max
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded on the run (timings, projector, ...)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    needs_pairs: ClassVar[bool] = True
+
+    @abstractmethod
+    def score(self, inputs: ScoreInputs) -> ScoreOutput:
+        """Score every example of `inputs.example_ids`."""
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    from curation import methods  # noqa: F401  (importing the package registers every method)
+    if name not in REGISTRY:
+        raise CurationError(f"unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]()

@@ -1,0 +1,23 @@
+"""LESS: validation objective = the SFT loss of (prompt, chosen) (METHODS.md §1)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from curation.methods.base import ScoreInputs, ValPair, register
+from curation.methods.gradient import GradientMethod, tensors
+from curation.model import encode_pair
+from curation.objectives import Batch, Objective, SFTObjective, sft_item
+
+
+@register
+class Less(GradientMethod):
+    """Loss-based influence: the baseline ROSE is measured against."""
+
+    name = "less"
+
+    def val_objective(self, inputs: ScoreInputs) -> Objective:
+        return SFTObjective()
+
+    def val_items(self, pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
+        return [sft_item(*tensors(encode_pair(tokenizer, p.prompt_messages, p.chosen, max_length))) for p in pairs]

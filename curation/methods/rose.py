@@ -1,0 +1,25 @@
+"""ROSE: validation objective = the pairwise preference (DPO) loss of each few-shot pair (METHODS.md §2)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from curation.methods.base import ScoreInputs, ValPair, register
+from curation.methods.gradient import GradientMethod, tensors
+from curation.model import encode_pair
+from curation.objectives import Batch, DPOObjective, Objective, pair_item
+
+
+@register
+class Rose(GradientMethod):
+    """A pool example scores high when an Adam step on it raises chosen over rejected."""
+
+    name = "rose"
+
+    def val_objective(self, inputs: ScoreInputs) -> Objective:
+        return DPOObjective(beta=inputs.config.beta)
+
+    def val_items(self, pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
+        return [pair_item(tensors(encode_pair(tokenizer, p.prompt_messages, p.chosen, max_length)),
+                          tensors(encode_pair(tokenizer, p.prompt_messages, p.rejected, max_length)))
+                for p in pairs]

@@ -1,0 +1,165 @@
+"""A scoring run from start to stored selection: create, execute (here or in a worker), show.
+
+`execute_run` is what both `python -m curation score` (foreground) and the background worker
+call. It is resumable: every stage keeps its finished work on disk (warmup epochs, feature
+shards), so running it again on the same run id picks up where a crash or kill left off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from curation.catalog import get_pool, get_prefset
+from curation.config import ScoreConfig
+from curation.errors import CurationError
+from curation.jobs import Cancelled, Reporter
+from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
+from curation.select import select_top
+from curation.store import Example, Pool, PreferencePair, PreferenceSet, Run, Score, Store
+from curation.store.models import utcnow
+from curation.workspace import Workspace
+
+SCORE_BATCH = 5000
+
+
+def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
+               ws: Workspace | None = None) -> int:
+    """Register a run (status queued) after checking its inputs exist and fit the method."""
+    method = get_method(config.method)
+    ws = (ws or Workspace.from_env()).ensure()
+    with store.session() as s:
+        p = get_pool(s, pool)
+        ps = get_prefset(s, prefs) if prefs else None
+        if method.needs_pairs and (ps is None or not ps.pairs):
+            raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
+        run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
+                  status="queued", stage_times={}, meta={})
+        s.add(run)
+        s.flush()
+        run.workdir = str(ws.run_dir(run.id))
+        return run.id
+
+
+def _fetcher(store: Store):
+    def fetch(ids: Sequence[int]) -> list[list[dict]]:
+        with store.session() as s:
+            rows = dict(s.execute(select(Example.id, Example.messages).where(Example.id.in_(list(ids)))).all())
+        return [rows[int(i)] for i in ids]
+    return fetch
+
+
+def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
+    with store.session() as s:
+        ids = list(s.scalars(select(Example.id).where(Example.pool_id == run.pool_id).order_by(Example.id)))
+        pairs = [] if run.prefs_id is None else [
+            ValPair(p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask)
+            for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == run.prefs_id)
+                               .order_by(PreferencePair.position, PreferencePair.id))]
+    return ScoreInputs(example_ids=ids, fetch=_fetcher(store), pairs=pairs,
+                       config=ScoreConfig.from_dict(run.config), workdir=Path(run.workdir), workspace=ws,
+                       reporter=reporter)
+
+
+def _set(store: Store, run_id: int, **values) -> None:
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        for k, v in values.items():
+            setattr(run, k, v)
+
+
+def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=None) -> None:
+    """Run every stage of `run_id` in this process; failures are recorded on the run, then re-raised."""
+    ws = (ws or Workspace.from_env()).ensure()
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+        if run.status == "done":
+            return
+    _set(store, run_id, status="running", pid=os.getpid(), started_at=utcnow(), heartbeat=utcnow(),
+         error=None, cancel_requested=False)
+    reporter = Reporter(store, run_id, echo)
+    try:
+        inputs = _inputs(store, run, ws, reporter)
+        inputs.workdir.mkdir(parents=True, exist_ok=True)
+        out = get_method(run.method).score(inputs)
+        reporter.stage("select", len(inputs.example_ids))
+        n_sel = store_scores(store, run_id, inputs.example_ids, out, inputs.config)
+        times = reporter.finish()
+        _set(store, run_id, status="done", finished_at=utcnow(), n_selected=n_sel, stage_times=times,
+             meta=_json_safe({**out.meta, "subtasks": out.subtasks}))
+    except Cancelled:
+        _set(store, run_id, status="cancelled", finished_at=utcnow(), stage_times=reporter.finish())
+        raise
+    except BaseException as e:  # noqa: BLE001  (recorded for the UI, then re-raised)
+        _set(store, run_id, status="failed", finished_at=utcnow(), error=f"{type(e).__name__}: {e}",
+             stage_times=reporter.finish())
+        traceback.print_exc()
+        raise
+
+
+def _json_safe(value):
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _components(out: ScoreOutput, row: int) -> dict:
+    comp = {}
+    if out.subtask_means is not None:
+        comp["subtasks"] = {t: round(float(v), 6) for t, v in zip(out.subtasks, out.subtask_means[row])}
+    if out.per_checkpoint is not None:
+        comp["checkpoints"] = [round(float(v), 6) for v in out.per_checkpoint[row]]
+    return comp
+
+
+def store_scores(store: Store, run_id: int, ids: list[int], out: ScoreOutput, cfg: ScoreConfig) -> int:
+    """Replace the run's scores with `out` and the automatic selection; returns how many were selected."""
+    sel = select_top(out.scores, ids, percent=cfg.select.percent, n=cfg.select.n)
+    chosen = set(sel.selected_ids)
+    with store.session() as s:
+        s.execute(delete(Score).where(Score.run_id == run_id))
+        rows = []
+        for r, eid in enumerate(ids):
+            driver = out.subtasks[int(out.driver[r])] if out.driver is not None and out.subtasks else None
+            rows.append(dict(run_id=run_id, example_id=eid, score=float(out.scores[r]), rank=int(sel.ranks[r]),
+                             selected=eid in chosen, subtask=driver, components=_components(out, r)))
+            if len(rows) >= SCORE_BATCH:
+                s.execute(insert(Score), rows)
+                rows = []
+        if rows:
+            s.execute(insert(Score), rows)
+    return len(chosen)
+
+
+def show_run(store: Store, run_id: int, top: int = 10) -> dict:
+    """Status, time per stage and the top examples of a run."""
+    from curation.jobs import effective_status
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+        pool = s.get(Pool, run.pool_id).name
+        prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
+        q = (select(Score.rank, Score.score, Score.subtask, Example.uid, Example.source, Example.messages)
+             .join(Example, Example.id == Score.example_id).where(Score.run_id == run_id)
+             .order_by(Score.rank).limit(top))
+        tops = [dict(rank=r, score=sc, subtask=st, uid=u, source=src,
+                     prompt=next((m["content"] for m in msgs if m["role"] == "user"), "")[:100])
+                for r, sc, st, u, src, msgs in s.execute(q)]
+        return dict(id=run.id, method=run.method, pool=pool, prefs=prefs, status=effective_status(run),
+                    stage=run.stage, stage_times=run.stage_times, error=run.error, selected=run.n_selected,
+                    config=run.config, meta=run.meta, top=tops, workdir=run.workdir)
+
+
+def load_scores(store: Store, run_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example ids, scores) of a run in id order."""
+    with store.session() as s:
+        rows = s.execute(select(Score.example_id, Score.score).where(Score.run_id == run_id)
+                         .order_by(Score.example_id)).all()
+    return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float32)
