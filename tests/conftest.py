@@ -1,0 +1,122 @@
+"""Shared fixtures: tiny random models and token items, built from configs (never downloaded)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+# Tiny test models are dominated by per-op overhead, and on a small shared CPU a second
+# intra-op thread makes them up to 100x slower (OpenMP threads spin against other processes).
+torch.set_num_threads(1)
+
+VOCAB = 100
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def make_tiny_lora_model(dtype: torch.dtype = torch.float32, seed: int = 0, hidden: int = 32,
+                         layers: int = 2, r: int = 4, vocab: int = VOCAB):
+    """A random LlamaForCausalLM with a PEFT LoRA adapter on q, k, v, o, in eval mode.
+
+    PEFT starts ``lora_B`` at zero, which would make every ``lora_A`` gradient zero and hide
+    bugs: we randomise it, as a trained checkpoint would be.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256)
+    base = LlamaForCausalLM(config)
+    lora = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.1, target_modules=LORA_TARGETS)
+    with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(base, lora)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    if dtype == torch.float64:
+        for module in model.modules():
+            if type(module).__name__ == "LlamaRMSNorm":
+                module.forward = _rms_norm_keeping_dtype(module)
+    return model.to(dtype).eval()
+
+
+def _rms_norm_keeping_dtype(norm):
+    """HF's RMSNorm computes in float32, a *downcast* in a float64 model: its rounding breaks
+    exact linearity of the backward at ~1e-7. This version keeps the input dtype."""
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        return norm.weight * (hidden * torch.rsqrt(variance + norm.variance_epsilon))
+
+    return forward
+
+
+class ItemFactory:
+    """Random token items of varied lengths: prompt tokens are labelled -100, response tokens not."""
+
+    def __init__(self, seed: int = 0, vocab: int = VOCAB):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.vocab = vocab
+
+    def _int(self, low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=self.gen))
+
+    def sequence(self, prompt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, labels)`` of a prompt (random unless given) plus a random response."""
+        if prompt is None:
+            prompt = torch.randint(1, self.vocab, (self._int(2, 9),), generator=self.gen)
+        response = torch.randint(1, self.vocab, (self._int(2, 12),), generator=self.gen)
+        ids = torch.cat([prompt, response])
+        labels = torch.cat([torch.full_like(prompt, -100), response])
+        return ids, labels
+
+    def prompt(self) -> torch.Tensor:
+        return torch.randint(1, self.vocab, (self._int(2, 9),), generator=self.gen)
+
+    def sft(self, n: int):
+        from curation.objectives import sft_item
+        return [sft_item(*self.sequence()) for _ in range(n)]
+
+    def pairs(self, n: int):
+        from curation.objectives import pair_item
+        out = []
+        for _ in range(n):
+            prompt = self.prompt()
+            out.append(pair_item(self.sequence(prompt), self.sequence(prompt)))
+        return out
+
+    def sampled(self, n: int, m: int = 4):
+        """NICE items: ``m`` responses per prompt, rewards in [-1, 1] (some negative)."""
+        from curation.objectives import sampled_item
+        out = []
+        for _ in range(n):
+            prompt = self.prompt()
+            rewards = (torch.rand(m, generator=self.gen) * 2 - 1).tolist()
+            out.append(sampled_item([self.sequence(prompt) for _ in range(m)], rewards))
+        return out
+
+
+@pytest.fixture
+def make_model():
+    """Factory: ``make_model(dtype=torch.float32, seed=0, **sizes)`` -> tiny PEFT LoRA Llama."""
+    return make_tiny_lora_model
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_lora_model()
+
+
+@pytest.fixture
+def tiny_model64():
+    return make_tiny_lora_model(torch.float64)
+
+
+@pytest.fixture
+def items() -> ItemFactory:
+    return ItemFactory(seed=0)
