@@ -1,9 +1,119 @@
-"""Curate & Export: pin, exclude, budget and export the curated subset."""
+"""Curate & Export: pin or exclude examples with a reason, set the budget, export with a manifest."""
 
+import json
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-from pages._shared import coming_soon
+from curation import catalog, curate
+from curation.errors import CurationError
+from curation.export import FORMATS, export_selection
+from pages._shared import store, user_errors, workspace
+
+def act(describe, fn) -> None:
+    """Callback body: run a library action, keep its outcome for the next run to show."""
+    try:
+        st.session_state.curate_msg = ("success", describe(fn()))
+    except CurationError as e:
+        st.session_state.curate_msg = ("error", str(e))
+
+
+def reason() -> str:
+    """Read in callbacks, so a reason typed just before a click is the one recorded."""
+    return st.session_state.get("curate_reason", "")
+
+
+def on_edit(key: str, pool: str, rows: list[dict]) -> None:
+    edits = st.session_state[key]["edited_rows"]
+    act(lambda b: "Saved." if b else "Nothing changed.",
+        lambda: curate.apply_table_edits(store(), pool, rows, edits, reason()))
+    st.session_state.editor_gen = st.session_state.get("editor_gen", 0) + 1  # a fresh editor shows the stored state
+
 
 st.title("Curate & Export")
-coming_soon("pin or exclude examples with a reason (with undo and an audit trail), set the budget, "
-            "and export JSONL with a manifest")
+runs = [r for r in catalog.list_runs(store()) if r["status"] == "done"]
+if not runs:
+    st.info("No finished scoring run yet: score a pool on the Scoring page, then curate its selection here.")
+    st.page_link("pages/scoring.py", label="Go to Scoring")
+    st.stop()
+labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get)  # newest first
+pool = next(r["pool"] for r in runs if r["id"] == run_id)
+
+percent0, n0 = curate.run_budget(store(), run_id)
+c1, c2 = st.columns([1, 2])
+by = c1.radio("Budget by", ["percent", "count"], index=0 if n0 is None else 1, horizontal=True)
+if by == "percent":
+    percent, n = c2.number_input("Percent of the pool", 0.01, 100.0, float(percent0 or 5.0)), None
+else:
+    percent, n = None, int(c2.number_input("Number of examples", 1, value=int(n0 or 100), step=10))
+sel = None
+with user_errors():
+    sel = curate.curated_selection(store(), run_id, percent, n)
+if sel is None:  # the error is shown above
+    st.stop()
+
+if msg := st.session_state.pop("curate_msg", None):
+    getattr(st, msg[0])(msg[1])
+m = st.columns(4)
+m[0].metric("Selected", f"{sel.n_selected:,}", help=f"budget {sel.budget:,}, {sel.n_auto:,} chosen by score")
+m[1].metric("Pinned", f"{len(sel.pinned):,}")
+m[2].metric("Excluded", f"{len(sel.excluded):,}")
+m[3].metric("vs automatic", f"+{len(sel.added):,} / −{len(sel.removed):,}")
+with st.expander(f"Changes vs the automatic selection (+{len(sel.added):,} / −{len(sel.removed):,})"):
+    st.dataframe(pd.DataFrame(curate.diff_rows(store(), sel)), hide_index=True)
+
+c1, c2, c3 = st.columns([3, 2, 2])
+search = c1.text_input("Search", placeholder="words in prompt or response")
+sources = c2.multiselect("Sources", [s for s, _ in catalog.pool_sources(store(), pool)])
+scope = c3.radio("Show", ["selection", "pool"], horizontal=True,
+                 format_func={"selection": "curated selection", "pool": "whole pool"}.get)
+flt = catalog.ExampleFilter(search=search, sources=tuple(sources))
+filtering = bool(search.strip() or sources)
+matching = catalog.matching_ids(store(), pool, flt) if filtering else None
+ids = curate.shown_ids(sel, scope, matching)
+st.text_input("Reason (required to pin or exclude)", key="curate_reason")
+
+c1, c2, c3 = st.columns(3)
+c1.button("Undo last action", on_click=act, args=(lambda b: f"Undid the last action ({b[:8]})." if b else
+                                                   "Nothing to undo.", lambda: curate.undo_last(store(), pool)))
+if filtering:
+    for col, action in ((c2, "pin"), (c3, "exclude")):
+        col.button(f"{action.capitalize()} all {len(matching):,} matching", key=f"all_{action}", on_click=act,
+                   args=(lambda r, a=action: f"{a}: {r[1]:,} examples.",
+                         lambda a=action: curate.apply_to_filter(store(), pool, flt, a, reason())))
+
+size = 50
+pages = max(1, -(-len(ids) // size))
+page = st.number_input(f"Page (of {pages}, {len(ids):,} examples)", 1, pages, 1) - 1
+rows = curate.table_page(store(), sel, ids, page, size)
+if rows:
+    key = f"curate_editor_{st.session_state.get('editor_gen', 0)}"
+    df = pd.DataFrame(rows)
+    st.data_editor(df, key=key, hide_index=True, disabled=[c for c in df.columns if c not in ("pin", "exclude")],
+                   column_config={"id": None, "pin": st.column_config.CheckboxColumn("pin"),
+                                  "exclude": st.column_config.CheckboxColumn("exclude")},
+                   on_change=on_edit, args=(key, pool, rows))
+else:
+    st.caption("Nothing to show: widen the filter or show the whole pool.")
+
+with st.expander("Audit trail"):
+    st.dataframe(pd.DataFrame(curate.audit(store(), pool)), hide_index=True)
+
+st.subheader("Export")
+c1, c2, c3 = st.columns([1, 2, 2])
+fmt = c1.selectbox("Format", FORMATS)
+name = c2.text_input("File name (default: run, format and time)")
+exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
+if st.button("Export", type="primary"):
+    with user_errors(), st.spinner("Exporting…"):
+        res = export_selection(store(), run_id, fmt, workspace(), percent, n,
+                               example_ids=ids if exact else None, name=name.strip() or None)
+        st.session_state.curate_export = (str(res.path), str(res.manifest_path))
+if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
+    path, manifest = Path(last[0]), json.loads(Path(last[1]).read_text())
+    st.success(f"Exported {manifest['counts']['exported']:,} examples to `{path}`")
+    st.download_button("Download the file", path.read_bytes(), file_name=path.name, mime="application/jsonl")
+    st.caption("Manifest (first 100 examples shown; the file beside the export has them all)")
+    st.json({**manifest, "examples": manifest["examples"][:100]}, expanded=False)

@@ -1,0 +1,220 @@
+"""Write a curated selection as training data, with a manifest that says how it was chosen.
+
+Files are written atomically (temp file in the same folder, fsync, `os.replace`), so a crash
+midway never leaves a half-written export or damages the previous one of the same name. Rows
+stream from the database in id batches: a 100k-example export never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import select
+
+import curation
+from curation.curate import CuratedSelection, curated_selection, override_details
+from curation.errors import CurationError
+from curation.store import Example, Export, Pool, PreferenceSet, Run, Store
+from curation.store.models import utcnow
+from curation.workspace import Workspace
+
+FORMATS = ("original", "messages", "alpaca")
+BATCH = 1000  # examples fetched per query while writing
+
+
+@dataclass
+class ExportResult:
+    """Where an export went and the sha256 of its data file (also in its manifest)."""
+
+    path: Path
+    manifest_path: Path
+    n: int
+    sha256: str
+
+
+# --- record formats --------------------------------------------------------------------------
+
+def _original(e: Example) -> dict:
+    return e.original
+
+
+def _messages(e: Example) -> dict:
+    """TRL SFT conversational format."""
+    return {"messages": e.messages}
+
+
+def _turns(messages: list[dict]) -> tuple[str, list[list[str]]]:
+    """(system, [[user, assistant], ...]); consecutive turns of one role are joined by a blank line."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    pairs: list[list[str]] = []
+    for m in (m for m in messages if m["role"] != "system"):
+        slot = 0 if m["role"] == "user" else 1
+        if not pairs or (slot == 0 and pairs[-1][1]):
+            pairs.append(["", ""])
+        pairs[-1][slot] = f"{pairs[-1][slot]}\n\n{m['content']}" if pairs[-1][slot] else m["content"]
+    return system, pairs
+
+
+def _alpaca(e: Example) -> dict:
+    """LLaMA-Factory alpaca: the last exchange is instruction/output, earlier ones go to `history`.
+
+    An example imported from alpaca keeps its own instruction/input split.
+    """
+    system, pairs = _turns(e.messages)
+    (user, output), history = pairs[-1], pairs[:-1]
+    row = {"instruction": user, "input": "", "output": output}
+    o = e.original
+    if e.fmt == "alpaca" and isinstance(o.get("instruction"), str) and isinstance(o.get("input"), str):
+        instruction, extra = o["instruction"].strip(), o["input"].strip()
+        if extra and user == f"{instruction}\n\n{extra}":
+            row.update(instruction=instruction, input=extra)
+    if system:
+        row["system"] = system
+    if history:
+        row["history"] = history
+    return row
+
+
+RENDER: dict[str, Callable[[Example], dict]] = {"original": _original, "messages": _messages, "alpaca": _alpaca}
+
+
+# --- atomic writing --------------------------------------------------------------------------
+
+@contextmanager
+def _atomic_temp(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
+    """A temp file beside the target, fsynced on success and removed on any failure."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f, Path(tmp)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Rename temps onto their targets, then fsync the folder so the renames survive a crash."""
+    for tmp, final in pairs:
+        os.replace(tmp, final)
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(pairs[0][1].parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_rows(store: Store, ids: Sequence[int], render: Callable[[Example], dict],
+                out: IO[bytes]) -> tuple[str, list[str]]:
+    """Stream `ids` in order as JSON lines; returns (sha256 of the bytes, uids in order)."""
+    digest, uids = hashlib.sha256(), []
+    for i in range(0, len(ids), BATCH):
+        chunk = ids[i:i + BATCH]
+        with store.session() as s:
+            found = {e.id: e for e in s.scalars(select(Example).where(Example.id.in_(chunk)))}
+        for eid in chunk:
+            line = (json.dumps(render(found[eid]), ensure_ascii=False) + "\n").encode()
+            out.write(line)
+            digest.update(line)
+            uids.append(found[eid].uid)
+    return digest.hexdigest(), uids
+
+
+# --- the export ------------------------------------------------------------------------------
+
+def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent: float | None = None,
+                     n: int | None = None, example_ids: Iterable[int] | None = None,
+                     name: str | None = None) -> ExportResult:
+    """Write the curated selection of a finished run (or exactly `example_ids`) in rank order.
+
+    Writes ``<name>.jsonl`` and ``<name>.manifest.json`` into ``ws.exports`` and records an
+    `Export` row. Re-using a name replaces the earlier export only once the new one is complete.
+    """
+    if fmt not in FORMATS:
+        raise CurationError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    sel = curated_selection(store, run_id, percent=percent, n=n)
+    ids = sel.selected_ids if example_ids is None else _given(sel, example_ids)
+    if not ids:
+        raise CurationError("nothing to export: the selection is empty")
+    name = _check_name(name or f"run{run_id:05d}_{fmt}_{utcnow():%Y%m%d-%H%M%S-%f}")
+    folder = ws.ensure().exports
+    path, manifest_path = folder / f"{name}.jsonl", folder / f"{name}.manifest.json"
+    temps: list[Path] = []
+    try:
+        with _atomic_temp(folder, path.name) as (f, tmp):
+            temps.append(tmp)
+            sha, uids = _write_rows(store, ids, RENDER[fmt], f)
+        manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None)
+        body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
+        with _atomic_temp(folder, manifest_path.name) as (m, mtmp):
+            temps.append(mtmp)
+            m.write(body)
+        _publish([(tmp, path), (mtmp, manifest_path)])
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    with store.session() as s:
+        s.add(Export(run_id=run_id, path=str(path), fmt=fmt, n_examples=len(ids), file_sha256=sha,
+                     manifest_sha256=hashlib.sha256(body).hexdigest()))
+    return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha)
+
+
+def _check_name(name: str) -> str:
+    if not re.fullmatch(r"[\w][\w.\-]*", name) or name.endswith(".jsonl"):
+        raise CurationError(f"export name {name!r}: use letters, digits, '.', '-' and '_' (no folders, no extension)")
+    return name
+
+
+def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:
+    """Exactly the given examples, in rank order; each must be scored by the run."""
+    ids = sel.in_rank_order(example_ids)
+    if bad := [e for e, p in zip(ids, sel.positions(ids).tolist()) if p < 0]:
+        raise CurationError(f"example ids not scored by run {sel.run_id} (not in pool '{sel.pool}'?): {bad[:10]}")
+    return ids
+
+
+def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], uids: Sequence[str],
+                   sha: str, by_filter: bool) -> dict:
+    """How the exported file came to be: run, inputs, budget, overrides and every example's reason."""
+    with store.session() as s:
+        run = s.get(Run, sel.run_id)
+        pool = s.get(Pool, run.pool_id)
+        prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
+        cfg, meta, method, pool_size = run.config or {}, run.meta or {}, run.method, pool.n_examples
+    return {
+        "tool_version": curation.__version__,
+        "created": utcnow().isoformat(),
+        "format": fmt,
+        "file_sha256": sha,
+        "scope": "filter" if by_filter else "curated selection",
+        "run": {"id": sel.run_id, "method": method, "model": cfg.get("model"),
+                "seeds": {"warmup": (cfg.get("warmup") or {}).get("seed"),
+                          "projection": (cfg.get("features") or {}).get("seed")},
+                "warmup": cfg.get("warmup"), "projector": meta.get("projector"), "config": cfg, "meta": meta},
+        "pool": sel.pool, "preference_set": prefs,
+        "budget": {"percent": sel.percent, "n": sel.n},
+        "counts": {"pool": pool_size, "budget": sel.budget, "auto": sel.n_auto, "pinned": len(sel.pinned),
+                   "excluded": len(sel.excluded), "automatic_selection": int(sel.auto.sum()),
+                   "added": len(sel.added), "removed": len(sel.removed), "exported": len(ids)},
+        "overrides": override_details(store, sel.pool),
+        "examples": _example_rows(sel, ids, uids),
+    }
+
+
+def _example_rows(sel: CuratedSelection, ids: Sequence[int], uids: Sequence[str]) -> list[dict]:
+    """{uid, score, rank, selected_by} per exported example; a NaN score is written as null."""
+    pos = sel.positions(ids)
+    return [{"uid": u, "score": None if np.isnan(sel.scores[p]) else float(sel.scores[p]),
+             "rank": int(sel.ranks[p]), "selected_by": sel.selected_by(e)}
+            for e, u, p in zip(ids, uids, pos.tolist())]

@@ -1,0 +1,148 @@
+"""Exports: each format parsed back, the manifest, atomic writes, exact-id exports and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from sqlalchemy import select
+
+from curation import curate, export
+from curation.errors import CurationError
+from curation.export import export_selection
+from curation.store import Export, Store
+from curation.workspace import Workspace
+from test_curate import conv, seed_run
+
+ALPACA = [{"instruction": "Translate to French", "input": "good morning", "output": "bonjour", "id": "a1"},
+          {"instruction": "Say hi", "output": "hi", "system": "Be brief.", "id": "a2"},
+          {"instruction": "Count to two", "input": "", "output": "one, two", "id": "a3", "extra": [1, {"k": None}]}]
+MULTI = [{"messages": [{"role": "system", "content": "You are terse."},
+                       {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                       {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                       {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}]},
+         conv(1)]
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    return Workspace.from_env(tmp_path / "ws").ensure()
+
+
+@pytest.fixture
+def store(ws) -> Store:
+    return Store(ws.db_url)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_original_format_is_the_imported_records(store, ws, tmp_path):
+    run, ids = seed_run(store, tmp_path, ALPACA, select_n=3)
+    res = export_selection(store, run, "original", ws)
+    assert res.n == 3 and read_jsonl(res.path) == ALPACA  # rank order = import order here
+    assert res.path.parent == ws.exports and res.path.name.endswith(".jsonl")
+
+
+def test_messages_and_alpaca_formats(store, ws, tmp_path):
+    run, ids = seed_run(store, tmp_path, ALPACA, select_n=3)
+    msgs = read_jsonl(export_selection(store, run, "messages", ws).path)
+    assert msgs[0] == {"messages": [{"role": "user", "content": "Translate to French\n\ngood morning"},
+                                    {"role": "assistant", "content": "bonjour"}]}
+    assert msgs[1]["messages"][0] == {"role": "system", "content": "Be brief."}
+    alpaca = read_jsonl(export_selection(store, run, "alpaca", ws).path)
+    assert alpaca == [{"instruction": "Translate to French", "input": "good morning", "output": "bonjour"},
+                      {"instruction": "Say hi", "input": "", "output": "hi", "system": "Be brief."},
+                      {"instruction": "Count to two", "input": "", "output": "one, two"}]
+
+
+def test_alpaca_multi_turn_goes_to_history(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, MULTI, select_n=2)
+    first, second = read_jsonl(export_selection(store, run, "alpaca", ws).path)
+    assert first == {"instruction": "And 3+3?", "input": "", "output": "6", "system": "You are terse.",
+                     "history": [["Hi", "Hello."], ["2+2?", "4"]]}
+    assert "history" not in second and second["instruction"] == "Question 1 about a plain?"
+
+
+def test_manifest_describes_the_export(store, ws, tmp_path):
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=3)
+    curate.decide(store, "p", [ids[7]], "pin", "gold example", author="ann")
+    curate.decide(store, "p", [ids[0]], "exclude", "leaks the test set")
+    res = export_selection(store, run, "messages", ws, name="cur")
+    data = res.path.read_bytes()
+    manifest = json.loads(res.manifest_path.read_text())
+    assert res.manifest_path.name == "cur.manifest.json"
+    assert manifest["file_sha256"] == res.sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest["counts"] == {"pool": 10, "budget": 3, "auto": 2, "pinned": 1, "excluded": 1,
+                                  "automatic_selection": 3, "added": 1, "removed": 1, "exported": 3}
+    assert [(e["rank"], e["selected_by"]) for e in manifest["examples"]] == [(2, "auto"), (3, "auto"), (8, "pin")]
+    assert manifest["examples"][0]["score"] == 9.0
+    assert [(o["action"], o["reason"], o["author"]) for o in manifest["overrides"]] == [
+        ("pin", "gold example", "ann"), ("exclude", "leaks the test set", "curator")]
+    assert manifest["run"]["id"] == run and manifest["run"]["seeds"] == {"warmup": 3, "projection": 7}
+    assert manifest["run"]["projector"]["kind"] == "sparse_jl" and manifest["run"]["model"] == {"name_or_path": "tiny"}
+    assert (manifest["pool"], manifest["preference_set"], manifest["tool_version"]) == ("p", "prefs", "0.1.0")
+    with store.session() as s:
+        row = s.scalar(select(Export))
+        assert (row.path, row.fmt, row.n_examples, row.file_sha256) == (str(res.path), "messages", 3, res.sha256)
+        assert row.manifest_sha256 == hashlib.sha256(res.manifest_path.read_bytes()).hexdigest()
+
+
+def test_export_exactly_given_ids_in_rank_order(store, ws, tmp_path):
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=3)
+    curate.decide(store, "p", [ids[9]], "pin", "keep")
+    res = export_selection(store, run, "original", ws, example_ids=[ids[9], ids[6], ids[0], ids[6]])
+    assert read_jsonl(res.path) == [conv(0), conv(6), conv(9)]
+    manifest = json.loads(res.manifest_path.read_text())
+    assert [e["selected_by"] for e in manifest["examples"]] == ["auto", "filter", "pin"]
+    assert manifest["scope"] == "filter" and manifest["counts"]["exported"] == 3
+    _, other = seed_run(store, tmp_path, [conv(i) for i in range(50, 53)], name="q")
+    with pytest.raises(CurationError, match="not scored by run"):
+        export_selection(store, run, "original", ws, example_ids=[ids[0], other[0]])
+
+
+def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path, monkeypatch):
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
+    first = export_selection(store, run, "messages", ws, name="same")
+    before = (first.path.read_bytes(), first.manifest_path.read_bytes())
+    monkeypatch.setattr("curation.export.BATCH", 2)
+    calls = []
+
+    def exploding(example):
+        calls.append(example.id)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        return {"messages": example.messages}
+
+    monkeypatch.setitem(export.RENDER, "messages", exploding)
+    with pytest.raises(OSError, match="disk full"):
+        export_selection(store, run, "messages", ws, name="same")
+    assert (first.path.read_bytes(), first.manifest_path.read_bytes()) == before
+    assert sorted(p.name for p in ws.exports.iterdir()) == ["same.jsonl", "same.manifest.json"]  # no temp left
+    monkeypatch.setitem(export.RENDER, "messages", lambda e: {"messages": e.messages})
+    monkeypatch.setattr("curation.export.build_manifest", lambda *a, **k: 1 / 0)  # fails after the rows
+    with pytest.raises(ZeroDivisionError):
+        export_selection(store, run, "messages", ws, name="same")
+    assert (first.path.read_bytes(), first.manifest_path.read_bytes()) == before
+    assert sorted(p.name for p in ws.exports.iterdir()) == ["same.jsonl", "same.manifest.json"]
+    with store.session() as s:
+        assert len(s.scalars(select(Export)).all()) == 1
+
+
+def test_export_errors(store, ws, tmp_path):
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(4)], select_n=2)
+    with pytest.raises(CurationError, match="unknown export format"):
+        export_selection(store, run, "csv", ws)
+    with pytest.raises(CurationError, match="selection is empty"):
+        export_selection(store, run, "original", ws, example_ids=[])
+    with pytest.raises(CurationError, match="export name"):
+        export_selection(store, run, "original", ws, name="../escape")
+    pending, _ = seed_run(store, tmp_path, [conv(i) for i in range(20, 24)], name="q", status="queued")
+    with pytest.raises(CurationError, match="not done"):
+        export_selection(store, pending, "original", ws)
+    curate.decide(store, "p", ids, "exclude", "all bad")
+    with pytest.raises(CurationError, match="selection is empty"):
+        export_selection(store, run, "original", ws)
+    assert list(ws.exports.iterdir()) == []

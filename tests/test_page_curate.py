@@ -1,0 +1,113 @@
+"""The Curate & Export page on a seeded run (no model): metrics, table edits, undo, bulk, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.proto.WidgetStates_pb2 import WidgetStates
+from streamlit.testing.v1 import AppTest
+
+from curation import curate
+from curation.store import Store
+from curation.workspace import Workspace
+from test_curate import conv, seed_run
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "pages/curate.py"
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    return Workspace.from_env().ensure()
+
+
+@pytest.fixture
+def seeded(ws, tmp_path) -> tuple[Store, int, list[int]]:
+    store = Store.open(ws)
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(12)], select_n=4)
+    return store, run, ids
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(PAGE)
+    return ok(at.run())
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def edit_table(at: AppTest, edited_rows: dict) -> AppTest:
+    """What the browser sends when cells change: the editor's JSON state, firing its on_change."""
+    editor = at.data_editor[0]
+    states = WidgetStates()
+    states.CopyFrom(at._tree.get_widget_states())
+    state = states.widgets.add()
+    state.id = editor.proto.id
+    state.string_value = json.dumps({"edited_rows": edited_rows, "added_rows": [], "deleted_rows": []})
+    return ok(at._run(states))
+
+
+def test_without_a_finished_run_points_to_scoring(ws):
+    at = open_page()
+    assert "Scoring page" in at.info[0].value
+
+
+def test_edit_in_the_table_then_undo(seeded):
+    store, run, ids = seeded
+    at = open_page()
+    assert metrics(at) == {"Selected": "4", "Pinned": "0", "Excluded": "0", "vs automatic": "+0 / −0"}
+    at.radio[1].set_value("pool").run()  # show the whole pool, in rank order
+    assert at.data_editor[0].value["id"].tolist() == ids
+    at.text_input(key="curate_reason").set_value("off topic").run()
+    edit_table(at, {"0": {"exclude": True}, "6": {"pin": True}})
+    assert curate.current_overrides(store, "p") == {ids[0]: "exclude", ids[6]: "pin"}
+    assert metrics(at) == {"Selected": "4", "Pinned": "1", "Excluded": "1", "vs automatic": "+1 / −1"}
+    assert at.success[0].value == "Saved."
+    assert curate.audit(store, "p")[0]["reason"] == "off topic"
+    table = at.data_editor[0].value.set_index("id")
+    assert table.loc[ids[0], "exclude"] and table.loc[ids[6], "pin"] and not table.loc[ids[1], "pin"]
+    ok(next(b for b in at.button if b.label == "Undo last action").click().run())
+    assert curate.current_overrides(store, "p") == {}
+    assert metrics(at)["vs automatic"] == "+0 / −0" and "Undid" in at.success[0].value
+    assert len(curate.audit(store, "p")) == 2  # the undo is recorded too
+
+
+def test_edit_without_a_reason_is_refused(seeded):
+    store, _, _ = seeded
+    at = open_page()
+    edit_table(at, {"1": {"pin": True}})
+    assert "reason" in at.error[0].value and curate.current_overrides(store, "p") == {}
+
+
+def test_bulk_action_on_all_matches_then_export(seeded):
+    store, run, ids = seeded
+    at = open_page()
+    at.text_input(key="curate_reason").set_value("animals").run()
+    at.text_input[0].set_value("zebra").run()
+    button = next(b for b in at.button if b.label.startswith("Exclude all"))
+    assert button.label == "Exclude all 4 matching"
+    ok(button.click().run())
+    assert sorted(curate.current_overrides(store, "p")) == [ids[0], ids[3], ids[6], ids[9]]
+    assert metrics(at)["Excluded"] == "4"
+    at.text_input[0].set_value("").run()
+    ok(next(b for b in at.button if b.label == "Export").click().run())
+    assert at.get("download_button") and "Exported 4 examples" in at.success[0].value
+    (path,) = ws_exports(store).glob("*.jsonl")
+    assert [json.loads(line)["messages"][1]["content"] for line in path.read_text().splitlines()] == [
+        "Answer 1.", "Answer 2.", "Answer 4.", "Answer 5."]
+
+
+def ws_exports(store: Store) -> Path:
+    return Path(store.url.removeprefix("sqlite:///")).parent / "exports"
