@@ -109,7 +109,7 @@ class StageBars:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self.name:
-            if self.bar:
+            if self.bar is not None:
                 self.bar.close()
             self.name = stage
             self.bar = tqdm(desc=stage, total=total or None, file=sys.stderr, dynamic_ncols=True)
@@ -118,7 +118,7 @@ class StageBars:
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -180,6 +180,13 @@ def cmd_worker(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("bench")
+def cmd_bench(a: argparse.Namespace) -> int:
+    """`bench speed|...`: dispatched through curation.bench.BENCHES (progress on stderr)."""
+    from curation.bench import run_bench
+    return run_bench(a)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,6 +220,16 @@ def make_parser() -> argparse.ArgumentParser:
     sh.add_argument("--top", type=int, default=10)
     wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")
     wk.add_argument("run_id", type=int)
+    from curation.bench import BENCHES
+    bp = sub.add_parser("bench", help="benchmarks: speed (engine vs the LESS way, FLOP floor, scoring)")
+    bp.add_argument("kind", choices=sorted(BENCHES))
+    bp.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the summary")
+    bp.add_argument("--quick", action="store_true", help="small sizes (seconds; for tests and a first look)")
+    bp.add_argument("--model", help="base model (default: the built-in tiny model)")
+    bp.add_argument("--k", type=int, help="projection dimension (default 8192; 1024 with --quick)")
+    bp.add_argument("--n", type=int, help="examples the engine featurizes (default 1024)")
+    bp.add_argument("--device", help="cpu (default) | cuda | auto")
+    bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
     return p
 
 

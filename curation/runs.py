@@ -153,7 +153,8 @@ def show_run(store: Store, run_id: int, top: int = 10) -> dict:
                      prompt=next((m["content"] for m in msgs if m["role"] == "user"), "")[:100])
                 for r, sc, st, u, src, msgs in s.execute(q)]
         return dict(id=run.id, method=run.method, pool=pool, prefs=prefs, status=effective_status(run),
-                    stage=run.stage, stage_times=run.stage_times, error=run.error, selected=run.n_selected,
+                    stage=run.stage, stage_times=run.stage_times,
+                    progress=dict(done=run.stage_done, total=run.stage_total, rate=run.rate, eta_s=run.eta_s), error=run.error, selected=run.n_selected,
                     config=run.config, meta=run.meta, top=tops, workdir=run.workdir)
 
 

@@ -1,9 +1,84 @@
-"""Scoring: launch and watch background runs."""
+"""Scoring: configure and launch background runs, then follow them stage by stage."""
 
 import streamlit as st
 
-from pages._shared import coming_soon
+from curation import catalog, jobs, runs
+from curation.config import FeatureConfig, ScoreConfig, SelectConfig
+from curation.methods import REGISTRY
+from curation.model import ModelConfig
+from curation.warmup import WarmupConfig
+from pages._shared import store, user_errors, workspace
 
 st.title("Scoring")
-coming_soon("configure a ROSE or LESS run (model, percent, warmup, k), launch it in a background process "
-            "and follow its stages with progress and ETA. Until then: `python -m curation score --pool demo --prefs demo`")
+pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
+if not pools:
+    st.info("Import a pool (or load the demo) on the Pool page first.")
+    st.stop()
+
+with st.form("launch"):
+    st.subheader("New run")
+    c1, c2, c3 = st.columns(3)
+    pool = c1.selectbox("Pool", [p["name"] for p in pools])
+    prefs = c2.selectbox("Preference set", [p["name"] for p in prefsets] or ["(none)"])
+    method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("rose"),
+                          help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers")
+    c1, c2, c3 = st.columns(3)
+    model = c1.text_input("Model", value="tiny", help="'tiny' = the built-in offline model; or a local HF path / id")
+    percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
+    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192], value=8192)
+    with st.expander("Warmup (LoRA)"):
+        w = WarmupConfig()
+        c1, c2, c3, c4 = st.columns(4)
+        w_percent = c1.number_input("Warmup share %", 0.5, 100.0, w.percent)
+        epochs = c2.number_input("Epochs (checkpoints)", 1, 10, w.epochs)
+        lr = c3.number_input("Learning rate", 1e-6, 1e-1, w.lr, format="%.0e")
+        rank = c4.number_input("LoRA rank", 1, 256, w.lora_r)
+    if st.form_submit_button("Launch in the background", type="primary"):
+        with user_errors():
+            cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model.strip()),
+                              warmup=WarmupConfig(percent=w_percent, epochs=int(epochs), lr=lr, lora_r=int(rank),
+                                                  lora_alpha=2 * int(rank)),
+                              features=FeatureConfig(k=int(k)), select=SelectConfig(percent=percent))
+            run_id = runs.create_run(store(), pool, None if prefs == "(none)" else prefs, cfg)
+            jobs.launch(store(), run_id, workspace())
+            st.success(f"Run #{run_id} launched. It keeps going if you close the browser.")
+
+
+@st.fragment(run_every=2)
+def run_list() -> None:
+    """Polls the database every 2 s; only this fragment reruns, not the page."""
+    all_runs = catalog.list_runs(store())
+    if not all_runs:
+        st.caption("No runs yet.")
+        return
+    for r in all_runs[:10]:
+        info = runs.show_run(store(), r["id"], top=0)
+        with st.container(border=True):
+            show_run(info)
+
+
+def show_run(info: dict) -> None:
+    status = info["status"]
+    icon = {"done": "✅", "running": "⏳", "queued": "🕒", "failed": "❌", "cancelled": "⛔", "dead": "💀"}.get(status, "")
+    st.markdown(f"**#{info['id']} · {info['method']}** on `{info['pool']}` / `{info['prefs']}` · {icon} {status}")
+    if status in ("running", "queued"):
+        p = info["progress"]
+        frac = p["done"] / p["total"] if p["total"] else 0.0
+        eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] else ""
+        rate = f", {p['rate']:.1f}/s" if p["rate"] else ""
+        st.progress(min(frac, 1.0), text=f"{info['stage'] or 'starting'}: {p['done']}/{p['total'] or '?'}{rate}{eta}")
+        if st.button("Cancel", key=f"cancel_{info['id']}"):
+            jobs.request_cancel(store(), info["id"])
+    if status == "failed":
+        st.error(info["error"] or "failed")
+    if status == "dead":
+        st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
+    if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
+        jobs.launch(store(), info["id"], workspace())
+    if status == "done":
+        st.caption(f"{info['selected']} selected · " + " · ".join(f"{k} {v:.0f}s" for k, v in info["stage_times"].items()))
+    with st.expander("Log"):
+        st.code(jobs.tail(jobs.log_path(workspace(), info["id"])) or "(empty)", language=None)
+
+
+run_list()
