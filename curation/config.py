@@ -62,11 +62,12 @@ class ScoreConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings, parsed by the method
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "beta": self.beta, "model": self.model.to_dict(),
                 "warmup": self.warmup.to_dict(), "features": dataclasses.asdict(self.features),
-                "select": dataclasses.asdict(self.select)}
+                "select": dataclasses.asdict(self.select), "options": dict(self.options)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":

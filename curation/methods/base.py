@@ -58,10 +58,19 @@ class ScoreOutput:
 class Method(ABC):
     name: ClassVar[str]
     needs_pairs: ClassVar[bool] = True
+    description: ClassVar[str] = ""
 
     @abstractmethod
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
         """Score every example of `inputs.example_ids`."""
+
+    def explain(self, workdir: Path, example_id: int, messages: Messages, pairs: Sequence[ValPair]) -> dict[str, Any]:
+        """Method-specific evidence for one example's score, for the inspector.
+
+        Returns {title: value} where value is text or a list of row dicts (drawn as a table),
+        e.g. BM25's matching terms or NICE's sampled responses with their rewards.
+        """
+        return {}
 
 
 REGISTRY: dict[str, type[Method]] = {}
