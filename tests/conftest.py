@@ -120,3 +120,21 @@ def tiny_model64():
 @pytest.fixture
 def items() -> ItemFactory:
     return ItemFactory(seed=0)
+
+
+MICRO_MODEL_CONFIG = dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                          block_size=64, batch_size=8, steps=20)
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory):
+    """A micro causal LM + tokenizer built offline from the demo pool in seconds (a local HF model dir).
+
+    It takes the same path as any user's local model, so end-to-end tests stay fast.
+    """
+    from curation.demo import DEMO_POOL
+    from curation.tiny import TinyConfig, build_tiny_model
+
+    out = tmp_path_factory.mktemp("micro") / "model"
+    build_tiny_model(DEMO_POOL, out, TinyConfig(**MICRO_MODEL_CONFIG))
+    return out

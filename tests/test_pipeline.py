@@ -19,27 +19,15 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.demo import DEMO_POOL, ensure_demo
+from curation.demo import ensure_demo
 from curation.features import FeatureStore
 from curation.model import ModelConfig
 from curation.runs import create_run, execute_run, show_run
 from curation.store import Run, Score, Store
-from curation.tiny import TinyConfig, build_tiny_model
 from curation.warmup import WarmupConfig
 from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = TinyConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                   block_size=64, batch_size=8, steps=20)
-
-
-@pytest.fixture(scope="session")
-def micro_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("micro") / "model"
-    build_tiny_model(DEMO_POOL, out, MICRO)
-    return out
-
-
 def micro_config(model: Path, method: str = "rose", **features) -> ScoreConfig:
     return ScoreConfig(method=method, model=ModelConfig(name_or_path=str(model), max_length=128),
                        warmup=WarmupConfig(percent=5, epochs=2, batch_size=16, max_length=128),

@@ -1,0 +1,28 @@
+"""Benchmarks behind `python -m curation bench KIND` (one module per kind).
+
+``BENCHES`` maps a kind to the function that runs it from parsed CLI arguments and returns
+the exit code. Entries import their module lazily, so building the CLI parser stays cheap
+(no torch import). A new kind (e.g. "quality") is one module plus one entry here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+Bench = Callable[[argparse.Namespace], int]
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from curation.bench.speed import main
+    return main(args)
+
+
+BENCHES: dict[str, Bench] = {
+    "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
+}
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Dispatch ``args.kind`` to its benchmark."""
+    return BENCHES[args.kind](args)

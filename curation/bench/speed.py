@@ -1,0 +1,530 @@
+"""`bench speed`: the engine against the LESS way, the FLOP floor, and scoring against a scan.
+
+All in one process, on one model, one data set, one ``k`` and one Adam transform:
+
+* **Feature extraction.** The model is the default one (or ``--model``) with a fresh LoRA
+  adapter as the warmup makes it (``WarmupConfig`` r, alpha, targets), eval mode, a seeded
+  random ``lora_B`` (PEFT's zero init would make half the gradient zero); the data are the
+  first ``n`` demo-pool examples through :func:`curation.model.encode`; the objective is SFT
+  with seeded random Adam moments (``v`` ~ g², ``m`` ~ 0.1·|g| per layer, so the Adam
+  direction still depends on the example). Variants, each timed best-of-``repeats`` with
+  the repeats interleaved (other processes share the cores):
+
+  - ``engine``: the production path, ``methods.gradient.ordered_features`` (length-bucketed
+    batches, :class:`~curation.grads.PerSampleGradients`, :class:`SparseJLProjector`).
+  - ``less_way`` (the reference): what LESS's ``collect_grads`` does, on CPU: batch size 1,
+    one backward per example, Adam direction, the full gradients of every
+    ``project_interval`` (16) examples stacked and projected by a dense Rademacher matrix
+    that is generated anew, block by block, at every call (trak's ``BasicProjector``;
+    :class:`DenseRademacherProjector` without cache).
+  - ``less_way_per_item``: the same but projecting every example on its own
+    (``iter_features(loop=True)`` with the uncached dense projector): 16x the random draws.
+  - ``loop_sparse`` and ``batched_dense_cached``: one change each, to show where the speed
+    comes from (the dense cache is skipped when ``d·k`` floats exceed the limit).
+
+  The slow variants run on evenly spread subsets of the ``n`` examples (nested, so their
+  lengths look like the whole); throughput is per example (tokens/s is reported too).
+  ``speedup_vs_less_way`` = engine examples/s ÷ ``less_way`` examples/s. Work is checked to
+  be equal: engine vs ``loop_sparse`` and ``batched_dense_cached`` vs ``less_way`` (same
+  projector each) must agree to a cosine > 0.9999 on every compared example.
+
+* **FLOP floor.** ``P`` = weights of every ``nn.Linear`` (base, LoRA, lm_head; embedding
+  lookups are free), ``T`` = non-padded tokens, attention forward
+  ``A = 2·layers·d_attn·Σ L(L+1)`` (causal QKᵀ and AV). Floor = ``3·(2·P·T + A)``, i.e. the
+  usual 2P forward + 4P backward per token. ``flop_floor_fraction`` = floor ÷ engine
+  seconds ÷ peak, peak = best ``torch.mm`` of two ``s × s`` fp32 matrices, same device and
+  threads, timed before and after the features. With a frozen base the backward needs no
+  base weight gradients: ``4·P·T + 2·P_lora·T + 3·A`` is the tighter floor, reported as
+  ``flop_floor_fraction_frozen_base``.
+
+* **Scoring.** ``scoring_rows × k`` random unit rows in float16 written with
+  :class:`FeatureWriter`; ``influence.score`` (one checkpoint, ``val_subtasks × val_shots``
+  validation items) against a scan that memory-maps every shard (``np.load``) and sums its
+  bytes as uint64 words, shard by shard. The file was just written, so both read from page
+  cache; they run scan, score, scan, score and the best of each counts.
+  ``scoring_vs_bandwidth`` = score rows/s ÷ scan rows/s. With many validation items the
+  scoring matmul (``2·k·n_val`` FLOPs per row) is the real bound, so the time of that many
+  FLOPs at the measured peak is reported too (``scoring_vs_compute_floor``).
+
+Threads: one by default, for torch and (through threadpoolctl, when installed) numpy's BLAS.
+On a small shared CPU a second OpenMP thread spin-waits against other processes and made the
+engine 3-30x *slower* in our runs, so single-thread numbers are the reproducible ones;
+``--threads`` changes it, and the count is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curation.errors import CurationError
+from curation.features import FeatureManifest, FeatureReader, FeatureWriter
+from curation.grads import adam_direction, featurize, item_gradients, selected_params
+from curation.influence import ScoringInputs, score
+from curation.methods.gradient import ordered_features, tensors
+from curation.model import ModelConfig, encode, load_model, pad_token_id
+from curation.objectives import Batch, SFTObjective, sft_item
+from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector
+from curation.tiny import DEFAULT_CORPUS, read_conversations
+from curation.warmup import WarmupConfig
+
+Log = Callable[[str], None]
+MIN_COSINE = 0.9999  # engine vs reference with the same projector: the same work, or no bench
+
+
+@dataclass
+class SpeedConfig:
+    """One `bench speed` run; defaults are the full bench, :meth:`quick` a smoke run."""
+
+    model: str = "tiny"  # "tiny" (the offline default) or a local HF model dir
+    device: str = "cpu"
+    k: int = 8192
+    n: int = 1024  # examples the engine featurizes: the first n of the pool
+    n_variants: int = 128  # spread subset for loop_sparse and batched_dense_cached
+    n_reference: int = 64  # subset of those for less_way (dense, uncached)
+    n_per_item: int = 8  # subset of those for less_way_per_item
+    batch_size: int = 16  # FeatureConfig.batch_size
+    project_interval: int = 16  # LESS collect_grads: project every 16 gradients
+    max_length: int = 512
+    repeats: int = 3  # best of; every repeat runs every variant once
+    matmul_size: int = 2048  # peak: s x s fp32 torch.mm
+    scoring_rows: int = 50_000
+    shard_size: int = 1024
+    val_subtasks: int = 18
+    val_shots: int = 5
+    seed: int = 0
+    pool: str = str(DEFAULT_CORPUS)
+    dense_cache_limit_gb: float = 4.0  # skip batched_dense_cached above this d·k·4 bytes
+    threads: int = 1  # torch (and BLAS) threads for everything timed, peak included; see below
+
+    def __post_init__(self) -> None:
+        for name in ("k", "n", "threads", "n_variants", "n_reference", "n_per_item", "batch_size",
+                     "project_interval", "max_length", "repeats", "matmul_size", "scoring_rows",
+                     "shard_size", "val_subtasks", "val_shots"):
+            if getattr(self, name) < 1:
+                raise CurationError(f"bench speed: {name} must be >= 1")
+        self.n_variants = min(self.n_variants, self.n)  # nested subsets of the n examples
+        self.n_reference = min(self.n_reference, self.n_variants)
+        self.n_per_item = min(self.n_per_item, self.n_reference)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> SpeedConfig:
+        """Small sizes: seconds on the tiny model, for tests and a first look."""
+        small = dict(k=1024, n=32, n_variants=8, n_reference=4, n_per_item=2, repeats=1,
+                     matmul_size=512, scoring_rows=2048, shard_size=512, val_subtasks=3,
+                     val_shots=2, max_length=256)
+        return cls(**{**small, **overrides})
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def prepare_model(model: nn.Module, seed: int) -> nn.Module:
+    """Attach a fresh LoRA adapter (``WarmupConfig`` defaults) unless there is one; eval mode.
+
+    ``lora_B`` gets seeded N(0, 0.02²) values: PEFT starts it at zero, which would make every
+    ``lora_A`` gradient zero, unlike a trained checkpoint.
+    """
+    if not hasattr(model, "peft_config"):
+        from peft import LoraConfig, get_peft_model
+
+        w = WarmupConfig()
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=w.lora_r, lora_alpha=w.lora_alpha, lora_dropout=w.lora_dropout,
+                          target_modules=list(w.target_modules), bias="none", task_type="CAUSAL_LM")
+        with warnings.catch_warnings():  # PEFT calls a transformers API that v5 deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, lora)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+def pool_items(tokenizer, path: str | Path, n: int, max_length: int) -> list[Batch]:
+    """SFT items of the first ``n`` pool examples that have a response token after encoding."""
+    items = []
+    for messages in read_conversations(Path(path)):
+        enc = encode(tokenizer, messages, max_length)
+        if any(label != -100 for label in enc["labels"]):
+            items.append(sft_item(*tensors(enc)))
+        if len(items) == n:
+            return items
+    raise CurationError(f"{path} has only {len(items)} usable examples, bench asked for {n}")
+
+
+def random_moments(model: nn.Module, probe: Batch, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded Adam moments scaled per layer by the RMS ``s`` of one example's gradient:
+    ``m ~ N(0, (0.1 s)²)``, ``v ~ (N(0, s²))²``, so ``Γ`` depends on the example (not only m)."""
+    params = selected_params(model)
+    grads = item_gradients(model, probe.to(next(model.parameters()).device), SFTObjective(), params)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, p in params.items():
+        s = float(grads[name].float().square().mean().sqrt()) or 1e-3
+        m = torch.randn(p.shape, generator=gen) * 0.1 * s
+        state[name] = (m, (torch.randn(p.shape, generator=gen) * s).square())
+    return state
+
+
+def spread(n: int, m: int) -> list[int]:
+    """``m`` indices spread evenly over ``range(n)`` (first and last included)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, m).round()})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(wall seconds, result) of ``fn()``, synchronising the device around it."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+# ---------------------------------------------------------------------------- the LESS way
+
+
+def less_way(model: nn.Module, items: Sequence[Batch], projector: Projector, moments,
+             interval: int) -> np.ndarray:
+    """LESS ``collect_grads`` on CPU: one backward per example, Adam direction, the gradients
+    of every ``interval`` examples stacked and projected in one call; L2-normalised."""
+    device = next(model.parameters()).device
+    params = selected_params(model)
+    state = {n: (m.reshape(-1).to(device, torch.float32), v.reshape(-1).to(device, torch.float32))
+             for n, (m, v) in moments.items()}
+    out, pending = [], []
+    for item in items:
+        grads = item_gradients(model, item.to(device), SFTObjective(), params)
+        pending.append({n: adam_direction(g.float(), *state[n]) for n, g in grads.items()})
+        if len(pending) == interval:
+            out.append(_project_stack(pending, projector))
+            pending = []
+    if pending:
+        out.append(_project_stack(pending, projector))
+    return np.concatenate(out)
+
+
+def _project_stack(pending: list[dict[str, torch.Tensor]], projector: Projector) -> np.ndarray:
+    total = None
+    for name in pending[0]:
+        y = projector.project(name, torch.cat([p[name] for p in pending]))
+        total = y if total is None else total + y
+    return F.normalize(total, dim=1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+
+def flop_floor(model: nn.Module, lengths: Sequence[int]) -> dict[str, Any]:
+    """Forward+backward FLOP floors for sequences of these (unpadded) lengths; see module doc."""
+    p_all = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    p_lora = sum(p.numel() for p in selected_params(model).values())
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", 0) or 0
+    heads = getattr(cfg, "num_attention_heads", 0) or 0
+    head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if heads else 0)
+    tokens = int(sum(lengths))
+    attn = 2 * layers * heads * head_dim * int(sum(L * (L + 1) for L in lengths))
+    forward = 2 * p_all * tokens + attn
+    return {"formula": "3*(2*P*T + A), A = 2*layers*d_attn*sum(L*(L+1)); frozen base: "
+                       "4*P*T + 2*P_lora*T + 3*A",
+            "linear_params": p_all, "lora_params": p_lora, "tokens": tokens, "attention_flops": attn,
+            "layers": layers, "d_attn": heads * head_dim, "floor_flops": 3 * forward,
+            "frozen_base_floor_flops": 4 * p_all * tokens + 2 * p_lora * tokens + 3 * attn}
+
+
+def peak_matmul(size: int, device: torch.device, repeats: int = 5) -> dict[str, float]:
+    """Best fp32 ``torch.mm`` of two ``size × size`` matrices (after one warm-up)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen).to(device) for _ in range(2))
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b), device)[0] for _ in range(repeats))
+    return {"size": size, "seconds": best, "flops_per_s": 2 * size ** 3 / best}
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def _variant(items: int, tokens: int, seconds: list[float], what: str) -> dict[str, Any]:
+    best = min(seconds)
+    return {"what": what, "items": items, "tokens": tokens, "seconds": best, "all_seconds": seconds,
+            "items_per_s": items / best, "tokens_per_s": tokens / best}
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def feature_bench(cfg: SpeedConfig, model: nn.Module, tokenizer, log: Log) -> dict[str, Any]:
+    """Time every variant (interleaved repeats), check they do the same work, count FLOPs."""
+    device = next(model.parameters()).device
+    items = pool_items(tokenizer, cfg.pool, cfg.n, cfg.max_length)
+    lengths = [int(b.input_ids.shape[1]) for b in items]
+    V = spread(cfg.n, cfg.n_variants)  # nested subsets: R ⊂ V, Q ⊂ R
+    R = [V[j] for j in spread(len(V), cfg.n_reference)]
+    Q = [R[j] for j in spread(len(R), cfg.n_per_item)]
+    moments = random_moments(model, items[0], cfg.seed)
+    sparse = SparseJLProjector(cfg.k, cfg.seed)
+    dense = DenseRademacherProjector(cfg.k, cfg.seed)
+    d = sum(p.numel() for p in selected_params(model).values())
+    pad, sft = pad_token_id(tokenizer), SFTObjective()
+
+    def batched(idx, projector):
+        return lambda: ordered_features(model, [items[i] for i in idx], sft, projector, moments,
+                                        cfg.batch_size, pad)
+
+    variants = {
+        "engine": (range(cfg.n), batched(range(cfg.n), sparse),
+                   "production: length-bucketed batches, per-sample gradients, sparse JL"),
+        "less_way": (R, lambda: less_way(model, [items[i] for i in R], dense, moments, cfg.project_interval),
+                     f"reference: batch size 1, dense Rademacher regenerated per call, every "
+                     f"{cfg.project_interval} examples (LESS collect_grads + trak BasicProjector)"),
+        "less_way_per_item": (Q, lambda: featurize(model, [items[i] for i in Q], sft, dense, moments, loop=True),
+                              "batch size 1, dense Rademacher regenerated for every example"),
+        "loop_sparse": (V, lambda: featurize(model, [items[i] for i in V], sft, sparse, moments, loop=True),
+                        "batch size 1, sparse JL"),
+    }
+    cache_bytes = d * cfg.k * 4
+    notes, cache_build = [], None
+    if cache_bytes <= cfg.dense_cache_limit_gb * 2 ** 30:
+        cached = DenseRademacherProjector(cfg.k, cfg.seed, cache=True)
+        log(f"building the dense cache ({cache_bytes / 2 ** 30:.2f} GiB)")
+        cache_build, _ = timed(batched(V[: cfg.batch_size], cached), device)
+        variants["batched_dense_cached"] = (V, batched(V, cached),
+                                            "length-bucketed batches, dense Rademacher cached d x k")
+    else:
+        notes.append(f"batched_dense_cached skipped: the d x k matrix needs {cache_bytes / 2 ** 30:.1f} GiB")
+    timed(batched(range(min(cfg.batch_size, cfg.n)), sparse), device)  # warm-up (+ sparse plan)
+
+    seconds = {name: [] for name in variants}
+    feats: dict[str, np.ndarray] = {}
+    for rep in range(cfg.repeats):
+        for name, (idx, fn, _) in variants.items():
+            log(f"repeat {rep + 1}/{cfg.repeats}: {name} on {len(idx)} examples")
+            secs, out = timed(fn, device)
+            seconds[name].append(secs)
+            feats.setdefault(name, out)
+    timings = {name: _variant(len(idx), sum(lengths[i] for i in idx), seconds[name], what)
+               for name, (idx, _, what) in variants.items()}
+    return {"timings": timings, "dense_cache_build_s": cache_build, "lora_dims": d, "notes": notes,
+            "equivalence": _equivalence(feats, V, R, Q, cfg.k), "flops": flop_floor(model, lengths)}
+
+
+def _equivalence(feats: dict[str, np.ndarray], V, R, Q, k: int) -> dict[str, Any]:
+    """Same projector => same features (up to rounding); across projectors only cosines agree."""
+    pos_v = {i: j for j, i in enumerate(V)}
+    pos_r = {i: j for j, i in enumerate(R)}
+    eng = feats["engine"]
+    checks = {"engine_vs_loop_sparse": _row_cosines(eng[V], feats["loop_sparse"]),
+              "less_way_per_item_vs_less_way": _row_cosines(
+                  feats["less_way_per_item"], feats["less_way"][[pos_r[i] for i in Q]])}
+    if "batched_dense_cached" in feats:
+        checks["batched_dense_cached_vs_less_way"] = _row_cosines(
+            feats["batched_dense_cached"][[pos_v[i] for i in R]], feats["less_way"])
+    min_cos = {name: float(c.min()) for name, c in checks.items()}
+    gram_e, gram_r = eng[R] @ eng[R].T, feats["less_way"] @ feats["less_way"].T
+    off = ~np.eye(len(R), dtype=bool)
+    result = {"min_cosine": min_cos, "threshold": MIN_COSINE, "items_compared": {n: len(c) for n, c in checks.items()},
+              "passed": all(v > MIN_COSINE for v in min_cos.values()),
+              "engine_mean_abs_offdiag_cosine": float(np.abs(gram_e[off]).mean()) if off.any() else None,
+              "gram_max_abs_diff_sparse_vs_dense": float(np.abs(gram_e - gram_r)[off].max()) if off.any() else None,
+              "gram_expected_scale": 1 / math.sqrt(k)}
+    if not result["passed"]:
+        raise CurationError(f"bench variants compute different features (min cosines {min_cos}): "
+                            "the timings would compare different work")
+    return result
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def _unit_rows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    x = rng.standard_normal((n, k), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bandwidth_scan(reader: FeatureReader) -> int:
+    """Read every byte of every shard once (memmap, uint64 sum per shard): the I/O bound."""
+    total = 0
+    for _, _, arr in reader.iter_shards():
+        flat = arr.reshape(-1)
+        words = flat.view(np.uint64) if flat.nbytes % 8 == 0 else flat.view(np.uint16)
+        total += int(words.sum(dtype=np.uint64))
+    return total
+
+
+def scoring_bench(cfg: SpeedConfig, root: Path, log: Log) -> dict[str, Any]:
+    """Write ``scoring_rows × k`` fp16 features, then time scan, score, scan, score."""
+    rows, k = cfg.scoring_rows, cfg.k
+    manifest = FeatureManifest(model="bench-speed", tokenizer_hash="none", checkpoint="bench",
+                               projector={"type": "random_unit_rows", "k": k, "seed": cfg.seed}, k=k,
+                               dtype="float16", example_ids=list(range(rows)), shard_size=cfg.shard_size)
+    writer = FeatureWriter(root / "train", manifest)
+    rng = np.random.default_rng(cfg.seed)
+    log(f"writing {rows} x {k} fp16 features ({rows * k * 2 / 2 ** 30:.2f} GiB)")
+    for index, start, end in writer.pending_shards():
+        writer.write_shard(index, _unit_rows(rng, end - start, k))
+    reader = FeatureReader(root / "train")
+    labels = [f"subtask_{s}" for s in range(cfg.val_subtasks) for _ in range(cfg.val_shots)]
+    inputs = ScoringInputs(train=[reader], val=[_unit_rows(rng, len(labels), k)], weights=[1.0],
+                           val_subtasks=labels)
+    cpu = torch.device("cpu")
+    scan_s, score_s = [], []
+    for rep in range(2):  # scan first: both then read a warm page cache; best of two each
+        log(f"scoring repeat {rep + 1}/2: scan, then score")
+        scan_s.append(timed(lambda: bandwidth_scan(reader), cpu)[0])
+        score_s.append(timed(lambda: score(inputs), cpu)[0])
+    nbytes = rows * k * 2
+    scan = {"seconds": min(scan_s), "all_seconds": scan_s, "rows_per_s": rows / min(scan_s),
+            "gb_per_s": nbytes / min(scan_s) / 1e9}
+    scored = {"seconds": min(score_s), "all_seconds": score_s, "rows_per_s": rows / min(score_s),
+              "gb_per_s": nbytes / min(score_s) / 1e9}
+    return {"rows": rows, "k": k, "dtype": "float16", "bytes": nbytes, "n_val": len(labels),
+            "val_subtasks": cfg.val_subtasks, "checkpoints": 1, "scan": scan, "score": scored}
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def run_speed(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None,
+              workspace: Path | None = None, log: Log | None = None) -> dict[str, Any]:
+    """Run the whole bench; ``model``/``tokenizer`` may be injected (tests), else loaded."""
+    log = log or (lambda msg: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        if model is None:
+            from curation.workspace import Workspace
+
+            log(f"loading model {cfg.model!r}")
+            home = workspace or Workspace.from_env().home
+            model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model, device=cfg.device,
+                                                      max_length=cfg.max_length), home)
+        elif tokenizer is None:
+            raise ValueError("an injected model needs its tokenizer")
+        model = prepare_model(model, cfg.seed)
+        device = next(model.parameters()).device
+        peak = [peak_matmul(cfg.matmul_size, device)]
+        feat = feature_bench(cfg, model, tokenizer, log)
+        peak.append(peak_matmul(cfg.matmul_size, device))
+        with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp, _blas_threads(cfg.threads) as blas:
+            scoring = scoring_bench(cfg, Path(tmp), log)
+        scoring["blas_threads"] = blas
+        return _result(cfg, feat, max(peak, key=lambda p: p["flops_per_s"]), scoring, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int) -> Iterator[int | None]:
+    """Limit numpy's BLAS pool to ``n`` threads (yields n), or leave it (yields None)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not a declared dependency (scikit-learn brings it)
+        yield None
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield n
+
+
+def _result(cfg: SpeedConfig, feat: dict, peak: dict, scoring: dict, device: torch.device) -> dict[str, Any]:
+    t, flops = feat["timings"], feat["flops"]
+    engine_s = t["engine"]["seconds"]
+    achieved = flops["floor_flops"] / engine_s
+    scoring["compute_floor_s"] = 2 * scoring["rows"] * scoring["k"] * scoring["n_val"] / peak["flops_per_s"]
+    notes = list(feat["notes"])
+    if t["less_way"]["items"] % cfg.project_interval:
+        notes.append(f"less_way ran {t['less_way']['items']} examples, not a multiple of the projection "
+                     f"interval {cfg.project_interval}: its last call is partial, which slows the reference")
+    return {
+        "speedup_vs_less_way": t["engine"]["items_per_s"] / t["less_way"]["items_per_s"],
+        "flop_floor_fraction": achieved / peak["flops_per_s"],
+        "scoring_vs_bandwidth": scoring["score"]["rows_per_s"] / scoring["scan"]["rows_per_s"],
+        "scoring_vs_compute_floor": scoring["compute_floor_s"] / scoring["score"]["seconds"],
+        "speedup_vs_less_way_per_item": t["engine"]["items_per_s"] / t["less_way_per_item"]["items_per_s"],
+        "flop_floor_fraction_frozen_base": flops["frozen_base_floor_flops"] / engine_s / peak["flops_per_s"],
+        "achieved_flops_per_s": achieved, "peak": peak, "timings": t, "scoring": scoring,
+        "dense_cache_build_s": feat["dense_cache_build_s"], "flops": flops,
+        "equivalence": feat["equivalence"], "threads": torch.get_num_threads(), "device": str(device),
+        "n": cfg.n, "k": cfg.k, "lora_dims": feat["lora_dims"], "config": asdict(cfg),
+        "torch": torch.__version__,
+        "notes": notes + [
+            "reference throughputs are measured on evenly spread subsets of the n examples "
+            f"(less_way: {t['less_way']['items']}, less_way_per_item: {t['less_way_per_item']['items']})",
+            "timings are best of the interleaved repeats; scoring is warm page cache for scan and score"],
+    }
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The human report: the three ratios first, then the raw timings."""
+    t, s = r["timings"], r["scoring"]
+    lines = [
+        f"speedup vs the LESS way:   {r['speedup_vs_less_way']:8.1f}x  (engine {t['engine']['items_per_s']:.1f} "
+        f"ex/s vs reference {t['less_way']['items_per_s']:.2f} ex/s; k={r['k']}, n={r['n']})",
+        f"FLOP-floor fraction:       {r['flop_floor_fraction']:8.3f}   ({r['achieved_flops_per_s'] / 1e9:.2f} "
+        f"of {r['peak']['flops_per_s'] / 1e9:.1f} GFLOP/s peak fp32 mm; frozen-base floor: "
+        f"{r['flop_floor_fraction_frozen_base']:.3f}; {r['threads']} threads, {r['device']})",
+        f"scoring vs bandwidth scan: {r['scoring_vs_bandwidth']:8.3f}   (score {s['score']['rows_per_s']:.0f} "
+        f"rows/s vs scan {s['scan']['rows_per_s']:.0f} rows/s; {s['rows']} x {s['k']} fp16, {s['n_val']} val items)",
+        "", f"{'variant':<22}{'items':>7}{'tokens':>9}{'seconds':>10}{'items/s':>10}{'tokens/s':>11}  what",
+    ]
+    for name, v in t.items():
+        lines.append(f"{name:<22}{v['items']:>7}{v['tokens']:>9}{v['seconds']:>10.3f}{v['items_per_s']:>10.2f}"
+                     f"{v['tokens_per_s']:>11.0f}  {v['what']}")
+    if r["dense_cache_build_s"] is not None:
+        lines.append(f"dense cache build (one-off, incl. one batch): {r['dense_cache_build_s']:.2f} s")
+    lines.append(f"scan {s['scan']['seconds']:.3f} s ({s['scan']['gb_per_s']:.2f} GB/s), "
+                 f"score {s['score']['seconds']:.3f} s ({s['score']['gb_per_s']:.2f} GB/s); score's matmul "
+                 f"at peak would take {s['compute_floor_s']:.3f} s (scoring_vs_compute_floor "
+                 f"{r['scoring_vs_compute_floor']:.3f}); BLAS threads {s['blas_threads']}")
+    eq = r["equivalence"]
+    lines.append("equivalence (min cosine, same projector): "
+                 + ", ".join(f"{k} {v:.6f}" for k, v in eq["min_cosine"].items()))
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)
+
+
+def config_from_args(args: argparse.Namespace) -> SpeedConfig:
+    """CLI options over the full (or, with --quick, the small) defaults."""
+    given = {name: getattr(args, name, None) for name in ("model", "k", "n", "device", "threads")}
+    overrides = {name: value for name, value in given.items() if value is not None}
+    return SpeedConfig.quick(**overrides) if getattr(args, "quick", False) else SpeedConfig(**overrides)
+
+
+def emit(result: dict[str, Any], as_json: bool, out=None) -> None:
+    """Exactly one JSON object (``--json``) or the human summary on stdout."""
+    out = out or sys.stdout
+    print(json.dumps(result) if as_json else summary(result), file=out)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[bench speed {time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    emit(run_speed(cfg, log=log), args.json)
+    return 0
