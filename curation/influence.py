@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from curation.errors import CurationError
 from curation.features import FeatureReader, atomic_write, fsync_dir, save_npy_atomic
@@ -83,9 +85,15 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _cosines(block: np.ndarray, V: np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """``normalise(block) · Vᵀ`` via a reused float32 buffer (fresh arrays cost page faults)."""
+    """``normalise(block) · Vᵀ`` in float32 via a reused buffer (fresh arrays cost page faults).
+
+    The fp16 -> fp32 conversion goes through torch (about 10x faster than numpy's copyto on
+    CPU); the matmul stays in numpy, whose BLAS call was 2x faster than torch's here.
+    """
     T = buf[: len(block)]
-    np.copyto(T, block)
+    with warnings.catch_warnings():  # memmapped shards are read-only; we only read them
+        warnings.simplefilter("ignore", UserWarning)
+        torch.from_numpy(T).copy_(torch.from_numpy(np.ascontiguousarray(block)))
     norms = np.sqrt(np.einsum("ij,ij->i", T, T))
     S = T @ V.T
     S /= np.where(norms > 0, norms, 1)[:, None]
