@@ -136,18 +136,31 @@ def _score_config(a: argparse.Namespace):
 
 @command("score")
 def cmd_score(a: argparse.Namespace) -> int:
-    from curation.runs import create_run, execute_run
+    from curation import distributed
+    from curation.features import parse_shard_spec
+    from curation.runs import create_run, execute_run, execute_shard
     store = _store()
-    if a.resume:
-        run_id = a.resume
-    else:
+    rank, world = parse_shard_spec(a.shard) if a.shard else distributed.world_from_env()
+    torchrun = world > 1 and not a.shard
+    if torchrun:
+        distributed.init_process_group()
+    run_id = a.resume
+    if not run_id and rank == 0:
         if not a.pool:
             raise CurationError("score needs --pool (or --resume RUN_ID)")
         run_id = create_run(store, a.pool, a.prefs, _score_config(a))
-    print(f"run {run_id}", file=sys.stderr)
+    if torchrun:
+        run_id = distributed.broadcast(run_id)
+    if run_id is None:
+        raise CurationError("--shard i/N with i > 0 needs --resume RUN_ID (rank 0 creates the run)")
+    print(f"run {run_id}" + (f", shard {rank}/{world}" if world > 1 else ""), file=sys.stderr)
     bars = StageBars()
     try:
-        execute_run(store, run_id, echo=bars)
+        if world > 1:
+            execute_shard(store, run_id, (rank, world), echo=bars)
+            distributed.barrier()
+        if rank == 0 and (torchrun or world == 1):
+            execute_run(store, run_id, echo=bars)
     finally:
         bars.close()
     print(run_id)
@@ -164,6 +177,16 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(f"  {stage:<32} {secs:8.1f} s")
     for t in info["top"]:
         print(f"  #{t['rank']:<5} {t['score']:+.4f} {t['source']:<18} {t['subtask'] or '':<22} {t['prompt']!r}")
+    return 0
+
+
+@command("compare")
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Selection overlap and rank correlation of finished runs on one pool (curation.compare)."""
+    import json
+    from curation.compare import compare_runs, report
+    cmp = compare_runs(_store(), a.run_ids, top=a.top)
+    print(json.dumps(cmp.to_dict(), indent=2) if a.json else report(cmp))
     return 0
 
 
@@ -215,9 +238,15 @@ def make_parser() -> argparse.ArgumentParser:
     budget.add_argument("--n", type=int, help="select the top N")
     sp.add_argument("--config", help="JSON or TOML file with a ScoreConfig")
     sp.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a crashed or killed run")
+    sp.add_argument("--shard", metavar="i/N", help="only write train-feature shard i of N (0-based); "
+                    "`score --resume RUN_ID` then merges and scores. Under torchrun this is automatic")
     sh = sub.add_parser("show", help="status, time per stage and top examples of a run")
     sh.add_argument("run_id", type=int)
     sh.add_argument("--top", type=int, default=10)
+    cp = sub.add_parser("compare", help="overlap, Jaccard, Spearman and Kendall of finished runs; disagreements")
+    cp.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
+    cp.add_argument("--top", type=int, default=10, help="disagreements shown per pair of runs")
+    cp.add_argument("--json", action="store_true", help="one JSON object on stdout")
     wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")
     wk.add_argument("run_id", type=int)
     from curation.bench import BENCHES

@@ -63,11 +63,19 @@ class ScoreConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings, parsed by the method
+    # CPU threads for torch in the run's process. 1 by default: on small shared CPUs extra
+    # intra-op threads spin against other processes (measured 3-30x slower on 2 loaded cores).
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise CurationError(f"threads must be >= 1, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "beta": self.beta, "model": self.model.to_dict(),
                 "warmup": self.warmup.to_dict(), "features": dataclasses.asdict(self.features),
-                "select": dataclasses.asdict(self.select), "options": dict(self.options)}
+                "select": dataclasses.asdict(self.select), "options": dict(self.options),
+                "threads": self.threads}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":

@@ -56,15 +56,18 @@ def _fetcher(store: Store):
 
 
 def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
+    """Everything a method needs, read once; also applies the run's CPU thread count."""
+    import torch
     with store.session() as s:
         ids = list(s.scalars(select(Example.id).where(Example.pool_id == run.pool_id).order_by(Example.id)))
         pairs = [] if run.prefs_id is None else [
             ValPair(p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask)
             for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == run.prefs_id)
                                .order_by(PreferencePair.position, PreferencePair.id))]
-    return ScoreInputs(example_ids=ids, fetch=_fetcher(store), pairs=pairs,
-                       config=ScoreConfig.from_dict(run.config), workdir=Path(run.workdir), workspace=ws,
-                       reporter=reporter)
+    config = ScoreConfig.from_dict(run.config)
+    torch.set_num_threads(config.threads)
+    return ScoreInputs(example_ids=ids, fetch=_fetcher(store), pairs=pairs, config=config,
+                       workdir=Path(run.workdir), workspace=ws, reporter=reporter)
 
 
 def _set(store: Store, run_id: int, **values) -> None:
@@ -72,6 +75,20 @@ def _set(store: Store, run_id: int, **values) -> None:
         run = s.get(Run, run_id)
         for k, v in values.items():
             setattr(run, k, v)
+
+
+def execute_shard(store: Store, run_id: int, rank: tuple[int, int], ws: Workspace | None = None,
+                  echo=None) -> None:
+    """Write rank `rank` = (i, N)'s train-feature shards of a run; status stays with the unsharded pass."""
+    ws = (ws or Workspace.from_env()).ensure()
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+    inputs = _inputs(store, run, ws, Reporter(None, None, echo))
+    inputs.rank = rank
+    inputs.workdir.mkdir(parents=True, exist_ok=True)
+    get_method(run.method).score(inputs)
 
 
 def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=None) -> None:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from curation.distributed import file_lock
 from curation.features import FeatureManifest, FeatureStore
 from curation.grads import iter_features
 from curation.influence import ScoringInputs, score
@@ -62,18 +63,27 @@ class GradientMethod(Method):
     def val_items(self, pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
         """One item per validation pair, formatted exactly like the train side."""
 
-    def score(self, inputs: ScoreInputs) -> ScoreOutput:
+    def checkpoint_val_items(self, model, tokenizer, ckpt: Checkpoint, inputs: ScoreInputs) -> list[Batch]:
+        """The items at one checkpoint; NICE overrides it to sample from that checkpoint's model (§3)."""
+        return self.val_items(inputs.pairs, tokenizer, inputs.config.model.max_length)
+
+    def score(self, inputs: ScoreInputs) -> ScoreOutput | None:
+        """Scores, or None on a sharded rank (it only writes its train-feature shards)."""
         cfg, rep = inputs.config, inputs.reporter
         rep.stage("load model")
         model, tok = load_model(cfg.model, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
         ckpts = self._warmup(model, tok, inputs)
         projector = make_projector(cfg.features)
         fstore = FeatureStore(inputs.workdir / "features")
+        sharded = inputs.rank != (0, 1)
         for i, ckpt in enumerate(ckpts):
             peft_model, moments = load_checkpoint(model, ckpt)
             self._train_features(peft_model, tok, moments, projector, fstore, i, ckpt, inputs)
-            self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs)
+            if not sharded:
+                self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs)
             model = peft_model.unload()  # back to the bare base model for the next adapter
+        if sharded:  # this rank's shards are done; an unsharded pass merges and scores
+            return None
         rep.stage("score", len(inputs.example_ids))
         result = score(ScoringInputs(
             train=[fstore.reader("train", i) for i in range(len(ckpts))],
@@ -95,7 +105,8 @@ class GradientMethod(Method):
                                         sort_keys=True).encode()).hexdigest()[:16]
         rep.stage("warmup")
         out = inputs.workspace.home / WARMUP_SUBDIR / key
-        return run_warmup(model, tok, messages, cfg.warmup, out, progress=lambda s, d, t: rep.update(d, t))
+        with file_lock(out.parent / f"{key}.lock"):  # ranks started together train it once
+            return run_warmup(model, tok, messages, cfg.warmup, out, progress=lambda s, d, t: rep.update(d, t))
 
     def _manifest(self, tok, ckpt: Checkpoint, projector: Projector, ids: list[int], inputs) -> FeatureManifest:
         f = inputs.config.features
@@ -107,14 +118,15 @@ class GradientMethod(Method):
         cfg, rep, ids = inputs.config, inputs.reporter, inputs.example_ids
         writer = fstore.writer("train", i, self._manifest(tok, ckpt, projector, ids, inputs), rank=inputs.rank)
         pending = writer.pending_shards()
-        rep.stage(f"train features {ckpt.path.name}", len(pending) * cfg.features.shard_size)
-        pad = pad_token_id(tok)
-        for n_done, (index, start, end) in enumerate(pending):
+        rep.stage(f"train features {ckpt.path.name}", sum(end - start for _, start, end in pending))
+        pad, done = pad_token_id(tok), 0
+        for index, start, end in pending:
             items = [sft_item(*tensors(encode(tok, m, cfg.model.max_length)))
                      for m in inputs.fetch(ids[start:end])]
             feats = ordered_features(model, items, SFTObjective(), projector, moments, cfg.features.batch_size, pad)
             writer.write_shard(index, feats)
-            rep.update((n_done + 1) * cfg.features.shard_size)
+            done += end - start
+            rep.update(done)
 
     def _val_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
         cfg = inputs.config
@@ -124,7 +136,7 @@ class GradientMethod(Method):
         if not pending:
             return
         inputs.reporter.stage(f"validation features {ckpt.path.name}", len(ids))
-        items = self.val_items(inputs.pairs, tok, cfg.model.max_length)
+        items = self.checkpoint_val_items(model, tok, ckpt, inputs)
         feats = ordered_features(model, items, self.val_objective(inputs), projector, None,
                                  cfg.features.batch_size, pad_token_id(tok))
         for index, start, end in pending:
