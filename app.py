@@ -9,6 +9,7 @@ pages = [
     st.Page("pages/preferences.py", title="Preferences", icon=":material/thumbs_up_down:"),
     st.Page("pages/scoring.py", title="Scoring", icon=":material/speed:"),
     st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/curate.py", title="Curate & Export", icon=":material/fact_check:"),
 ]
 st.navigation(pages).run()

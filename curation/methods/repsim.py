@@ -1,0 +1,136 @@
+"""Representation similarity (METHODS.md §5): cosine of last-token hidden states.
+
+Each pool example and each validation pair (prompt + chosen) is encoded exactly as training
+sees it (`model.encode`: chat template, truncation) and run through the *base* model of the
+run's `ModelConfig`, without any LoRA adapter: the baseline asks what the pretrained model
+already considers similar, and needs no warmup. The feature is the last layer's hidden state
+(after the final norm) at the last real token; ``S[z, v]`` is the cosine, then the ROSE
+aggregation (mean per subtask, max over subtasks).
+
+Batches are right-padded (`model.collate`) and bucketed by length; the last real token is
+found from the attention mask, which works for either padding side. Right padding keeps
+positions identical to an unpadded forward pass, so a feature does not depend on which
+examples share its batch.
+
+On disk (``workdir/repsim/``): ``train.npy [n, d]`` and ``val.npy [n_pairs, d]``, unit-norm
+float32 rows, plus ``example_ids.npy``. ``train.npy`` is written chunk by chunk through a
+memmap, so memory stays at one chunk; disk is 4·n·d bytes (16 GB for 1M examples at d = 4096).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from curation.errors import CurationError
+from curation.influence import aggregate, normalise_rows, subtask_index
+from curation.methods.base import Messages, Method, ScoreInputs, ScoreOutput, ValPair, register
+from curation.methods.random_ import method_options, output_from_means, shard_pass_output
+from curation.model import collate, encode, encode_pair, length_buckets, load_model, pad_token_id
+
+FEATURE_DIR = "repsim"
+IDS_FILE = "example_ids.npy"
+DEFAULTS = {"batch_size": 16, "chunk": 1024}
+PREVIEW = 160
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended token of every row, for left or right padding."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
+
+
+@torch.no_grad()
+def last_token_states(model, sequences: Sequence[list[int]], pad_id: int, batch_size: int) -> np.ndarray:
+    """``[len(sequences), d]`` float32: the final-layer hidden state at each sequence's last
+    token, computed in length-bucketed batches and returned in the given order."""
+    out: np.ndarray | None = None
+    device = next(model.parameters()).device
+    for bucket in length_buckets([len(s) for s in sequences], batch_size):
+        batch = collate([{"input_ids": sequences[i], "labels": sequences[i]} for i in bucket], pad_id)
+        mask = batch["attention_mask"].to(device)
+        hidden = model.base_model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
+        states = hidden[torch.arange(len(bucket), device=device), last_positions(mask)].float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(sequences), states.shape[1]), np.float32)
+        out[bucket] = states
+    if out is None:
+        raise CurationError("no sequences to encode")
+    return out
+
+
+def pair_sequences(tok, pairs: Sequence[ValPair], max_length: int) -> list[list[int]]:
+    return [encode_pair(tok, p.prompt_messages, p.chosen, max_length)["input_ids"] for p in pairs]
+
+
+@register
+class RepSim(Method):
+    """Pool examples whose base-model representation points where the target task's does."""
+
+    name = "repsim"
+    description = "cosine of last-token last-layer hidden states (base model, no adapter)"
+
+    def score(self, inputs: ScoreInputs) -> ScoreOutput:
+        opts = method_options(self.name, inputs.config, DEFAULTS)
+        if (skipped := shard_pass_output(inputs)) is not None:
+            return skipped
+        cfg, rep = inputs.config.model, inputs.reporter
+        rep.stage("load model")
+        model, tok = load_model(cfg, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
+        pad, bs = pad_token_id(tok), int(opts["batch_size"])
+
+        def features(seqs: Sequence[list[int]]) -> np.ndarray:
+            return normalise_rows(last_token_states(model, seqs, pad, bs))
+
+        rep.stage("validation states", len(inputs.pairs))
+        V = features(pair_sequences(tok, inputs.pairs, cfg.max_length))
+        index, subtasks = subtask_index([p.subtask for p in inputs.pairs])
+        out = Path(inputs.workdir) / FEATURE_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        means = self._pool(inputs, features, tok, V, index, len(subtasks), out, int(opts["chunk"]))
+        np.save(out / "val.npy", V)
+        np.save(out / IDS_FILE, np.asarray(inputs.example_ids, np.int64))
+        return output_from_means(means, subtasks, {"model": cfg.name_or_path, "adapter": None,
+                                                   "hidden_size": int(V.shape[1])})
+
+    @staticmethod
+    def _pool(inputs: ScoreInputs, features, tok, V: np.ndarray, index: np.ndarray, n_sub: int,
+              out: Path, chunk: int) -> np.ndarray:
+        """Features of the pool, ``chunk`` examples at a time, into ``train.npy``; returns the
+        per-subtask mean cosines ``[n, n_sub]``."""
+        ids, rep, max_length = inputs.example_ids, inputs.reporter, inputs.config.model.max_length
+        train = np.lib.format.open_memmap(out / "train.npy", mode="w+", dtype=np.float32,
+                                          shape=(len(ids), V.shape[1]))
+        means = np.empty((len(ids), n_sub), np.float32)
+        rep.stage("pool states", len(ids))
+        for start in range(0, len(ids), chunk):
+            end = min(start + chunk, len(ids))
+            seqs = [encode(tok, m, max_length)["input_ids"] for m in inputs.fetch(ids[start:end])]
+            T = features(seqs)
+            train[start:end] = T
+            means[start:end] = aggregate(T @ V.T, index, n_sub)
+            rep.update(end)
+        train.flush()
+        del train
+        return means
+
+    def explain(self, workdir: Path, example_id: int, messages: Messages,
+                pairs: Sequence[ValPair]) -> dict[str, Any]:
+        """The validation pairs whose representation is closest to the example's, with cosines."""
+        d = Path(workdir) / FEATURE_DIR
+        if not (d / IDS_FILE).is_file():
+            return {}
+        V = np.load(d / "val.npy")
+        if len(V) != len(pairs):
+            return {"note": f"the preference set has {len(pairs)} pairs, the run scored {len(V)}; score again"}
+        rows = np.flatnonzero(np.load(d / IDS_FILE) == example_id)
+        if not len(rows):
+            raise CurationError(f"example {example_id} was not scored by this run")
+        cos = V @ np.load(d / "train.npy", mmap_mode="r")[int(rows[0])]
+        order = np.lexsort((np.arange(len(cos)), -cos))[:5]
+        return {"most similar validation pairs": [
+            {"pair": int(j) + 1, "subtask": pairs[j].subtask, "cosine": round(float(cos[j]), 4),
+             "prompt": pairs[j].prompt[:PREVIEW], "chosen": pairs[j].chosen[:PREVIEW]} for j in order]}
