@@ -231,7 +231,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("score", help="score a pool against a preference set and store the selection")
     sp.add_argument("--pool")
     sp.add_argument("--prefs")
-    sp.add_argument("--method", help="rose (default) | less")
+    sp.add_argument("--method", help="rose (default), less, nice, bm25, repsim, dsir or random")
     sp.add_argument("--model", help="HF model path or id (default: the built-in tiny model)")
     budget = sp.add_mutually_exclusive_group()
     budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")

@@ -12,7 +12,8 @@ from curation.store import Store
 from curation.workspace import Workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/explore.py", "pages/curate.py"]
+PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/explore.py", "pages/compare.py",
+         "pages/curate.py"]
 
 
 @pytest.fixture
