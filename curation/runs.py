@@ -85,10 +85,13 @@ def execute_shard(store: Store, run_id: int, rank: tuple[int, int], ws: Workspac
         run = s.get(Run, run_id)
         if run is None:
             raise CurationError(f"no run with id {run_id}")
+    method = get_method(run.method)
+    if not method.shards_features:  # nothing to split: the unsharded pass does all the work
+        return
     inputs = _inputs(store, run, ws, Reporter(None, None, echo))
     inputs.rank = rank
     inputs.workdir.mkdir(parents=True, exist_ok=True)
-    get_method(run.method).score(inputs)
+    method.score(inputs)
 
 
 def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=None) -> None:

@@ -21,7 +21,7 @@ from curation.methods.bm25 import example_text, pair_query
 from curation.methods.dsir import vectorizer
 from curation.methods.repsim import last_positions, last_token_states
 from curation.model import ModelConfig, encode, encode_pair, load_model
-from curation.runs import create_run, execute_run, show_run
+from curation.runs import create_run, execute_run, execute_shard, show_run
 from curation.store import Example, Run, Score, Store
 from curation.tiny import TinyConfig, build_tiny_model
 from curation.warmup import WarmupConfig
@@ -207,13 +207,17 @@ def test_dsir_resampling_is_seeded_gumbel_top_k(tmp_path):
     np.testing.assert_array_equal(a.subtask_means, plain.subtask_means)
 
 
-@pytest.mark.parametrize("method", ["bm25", "repsim", "dsir"])
-def test_sharded_passes_leave_the_work_to_the_unsharded_one(tmp_path, method):
-    inputs = inputs_for(demo_examples(5), demo_pairs(), tmp_path)
-    inputs.rank = (1, 2)
-    out = get_method(method).score(inputs)
-    assert np.isnan(out.scores).all() and len(out.scores) == 5
-    assert not inputs.fetch.calls and not inputs.workdir.exists()
+@pytest.mark.parametrize("method", ["random", "bm25", "repsim", "dsir"])
+def test_sharded_passes_leave_the_work_to_the_unsharded_one(ws, method):
+    """Nothing to split: a `--shard` rank neither reads the pool nor writes run files."""
+    store = Store.open(ws)
+    ensure_demo(store)
+    run_id = create_run(store, "demo", None if method == "random" else "demo", ScoreConfig(method=method))
+    execute_shard(store, run_id, (1, 2))
+    assert not get_method(method).shards_features
+    with store.session() as s:
+        assert s.scalar(select(func.count()).where(Score.run_id == run_id)) == 0
+        assert not Path(s.get(Run, run_id).workdir).exists()
 
 
 # ---------------------------------------------------------------------------- end to end

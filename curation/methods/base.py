@@ -58,6 +58,7 @@ class ScoreOutput:
 class Method(ABC):
     name: ClassVar[str]
     needs_pairs: ClassVar[bool] = True
+    shards_features: ClassVar[bool] = False  # True: `--shard i/N` ranks split its train features
     description: ClassVar[str] = ""
 
     @abstractmethod
@@ -71,6 +72,25 @@ class Method(ABC):
         e.g. BM25's matching terms or NICE's sampled responses with their rewards.
         """
         return {}
+
+
+def method_options(method: str, config: ScoreConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` overridden by `config.options`; an unknown key is refused, not ignored
+    (a typo such as ``k_1`` must not silently run with the default)."""
+    unknown = sorted(set(config.options) - set(defaults))
+    if unknown:
+        raise CurationError(f"method {method!r}: unknown option(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(defaults)) or 'none'}")
+    return {**defaults, **config.options}
+
+
+def output_from_means(means: np.ndarray, subtasks: list[str], meta: dict[str, Any]) -> ScoreOutput:
+    """Max over subtasks of ``means [n, n_subtasks]`` (the ROSE aggregation, METHODS.md §0
+    stage 4), keeping the means and the driving subtask for the inspector."""
+    means = np.asarray(means, np.float32)
+    driver = means.argmax(axis=1)
+    return ScoreOutput(scores=means[np.arange(len(means)), driver], subtasks=subtasks,
+                       subtask_means=means, driver=driver, meta=meta)
 
 
 REGISTRY: dict[str, type[Method]] = {}

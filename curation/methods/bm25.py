@@ -26,8 +26,9 @@ from bm25s.tokenization import Tokenizer
 
 from curation.errors import CurationError
 from curation.influence import aggregate, subtask_index
-from curation.methods.base import Messages, Method, ScoreInputs, ScoreOutput, ValPair, register
-from curation.methods.random_ import method_options, output_from_means, shard_pass_output
+from curation.methods.base import (
+    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+)
 
 INDEX_DIR = "bm25"  # under the run's workdir: the bm25s index, its tokenizer vocab, example ids
 IDS_FILE = "example_ids.npy"
@@ -95,8 +96,6 @@ class BM25Method(Method):
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
         opts = method_options(self.name, inputs.config, DEFAULTS)
-        if (skipped := shard_pass_output(inputs)) is not None:
-            return skipped
         tok = new_tokenizer()
         docs = tokenize_pool(inputs, tok, int(opts["chunk"]))
         inputs.reporter.stage("bm25 index", len(docs))

@@ -33,9 +33,10 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 from curation.errors import CurationError
 from curation.influence import subtask_index
-from curation.methods.base import Messages, Method, ScoreInputs, ScoreOutput, ValPair, register
+from curation.methods.base import (
+    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+)
 from curation.methods.bm25 import example_text, pair_query
-from curation.methods.random_ import method_options, output_from_means, shard_pass_output
 
 WEIGHTS_FILE = "dsir_log_ratio.npy"  # [n_subtasks, buckets] float64, under the run's workdir
 DEFAULTS = {"buckets": 10_000, "eps": 1e-8, "resample": True, "seed": None, "chunk": 2048}
@@ -78,8 +79,6 @@ class DSIR(Method):
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
         opts = method_options(self.name, inputs.config, DEFAULTS)
-        if (skipped := shard_pass_output(inputs)) is not None:
-            return skipped
         if int(opts["buckets"]) < 1 or float(opts["eps"]) <= 0:
             raise CurationError("dsir: buckets must be >= 1 and eps > 0")
         vec, chunk, n = vectorizer(int(opts["buckets"])), int(opts["chunk"]), len(inputs.example_ids)

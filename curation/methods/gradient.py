@@ -55,6 +55,8 @@ def ordered_features(model, items: Sequence[Batch], objective: Objective, projec
 class GradientMethod(Method):
     """A method of the LESS family: only the validation side differs between them."""
 
+    shards_features = True
+
     @abstractmethod
     def val_objective(self, inputs: ScoreInputs) -> Objective:
         """The loss whose gradient describes the target task."""

@@ -27,8 +27,9 @@ import torch
 
 from curation.errors import CurationError
 from curation.influence import aggregate, normalise_rows, subtask_index
-from curation.methods.base import Messages, Method, ScoreInputs, ScoreOutput, ValPair, register
-from curation.methods.random_ import method_options, output_from_means, shard_pass_output
+from curation.methods.base import (
+    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+)
 from curation.model import collate, encode, encode_pair, length_buckets, load_model, pad_token_id
 
 FEATURE_DIR = "repsim"
@@ -75,8 +76,6 @@ class RepSim(Method):
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
         opts = method_options(self.name, inputs.config, DEFAULTS)
-        if (skipped := shard_pass_output(inputs)) is not None:
-            return skipped
         cfg, rep = inputs.config.model, inputs.reporter
         rep.stage("load model")
         model, tok = load_model(cfg, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
