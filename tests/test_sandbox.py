@@ -1,0 +1,197 @@
+"""The code sandbox contains what generated code can do (curation/sandbox.py).
+
+Each test names the mechanism it relies on. The privilege tests need root (the sandbox only
+switches uid when it has one to switch from); the machines this runs on are root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from curation.sandbox import SandboxError, SandboxLimits, live_pids_of_uid, run_python
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the uid switch only happens when the caller is root")
+TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\ndef test_zero():\n    assert add(0, 0) == 0\n"
+
+
+def _all_pids_of_uid(uid: int) -> list[int]:
+    """Every process of ``uid``, zombies included (live_pids_of_uid skips zombies)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            lines = Path(f"/proc/{entry}/status").read_text().splitlines()
+        except OSError:
+            continue
+        uids = next((line.split()[1:4] for line in lines if line.startswith("Uid:")), [])
+        if str(uid) in uids:
+            found.append(int(entry))
+    return found
+
+
+def test_correct_code_passes_every_test_and_wrong_code_none():
+    good = run_python("def add(a, b):\n    return a + b\n", TESTS)
+    bad = run_python("def add(a, b):\n    return a - b + 1\n", TESTS)
+    assert (good.passed, good.total, good.error, good.timed_out) == (3, 3, None, False)
+    assert good.pass_rate == 1.0
+    assert (bad.passed, bad.total, bad.timed_out) == (0, 3, False) and "AssertionError" in bad.error
+
+
+def test_broken_code_scores_zero_of_all_tests():
+    res = run_python("def add(a, b) return a\n", TESTS)
+    assert (res.passed, res.total) == (0, 3) and "SyntaxError" in res.error
+
+
+def test_infinite_loop_times_out_on_the_wall_clock():
+    """Mechanism: the parent's deadline, then SIGKILL to the process group and the sandbox uid."""
+    start = time.monotonic()
+    res = run_python("while True:\n    pass\n", TESTS, timeout_s=1)
+    assert res.timed_out and res.passed == 0 and res.total == 3
+    assert time.monotonic() - start < 1 + 2
+
+
+def test_memory_bomb_fails_cleanly():
+    """Mechanism: RLIMIT_AS; the allocation raises MemoryError inside the sandbox."""
+    start = time.monotonic()
+    res = run_python("x = bytearray(10**10)\n", TESTS, memory_mb=256)
+    assert not res.timed_out and res.passed == 0 and "MemoryError" in res.error
+    assert time.monotonic() - start < 5
+
+
+@as_root
+def test_fork_bomb_is_contained_and_leaves_nothing_behind():
+    """Mechanisms: a fresh uid with RLIMIT_NPROC (enforced once not root), the pid namespace
+    (its teardown kills and reaps everything inside) and the parent's sweep of the uid."""
+    start = time.monotonic()
+    res = run_python("import os\nwhile True:\n    os.fork()\n", TESTS, timeout_s=3)
+    assert time.monotonic() - start < 3 + 2
+    assert res.passed == 0 and res.uid is not None and "uid" in res.isolation
+    assert live_pids_of_uid(res.uid) == []
+    if "pidns" in res.isolation:  # even zombies are gone: the namespace's init reaped them
+        assert _all_pids_of_uid(res.uid) == []
+    assert subprocess.run([sys.executable, "-c", "pass"], timeout=30).returncode == 0
+
+
+@pytest.fixture
+def canary():
+    """A root-owned world-readable file in a root-owned 0755 directory outside pytest's 0700 tmp."""
+    folder = Path(tempfile.mkdtemp(prefix="canary-"))
+    folder.chmod(0o755)
+    (folder / "canary.txt").write_text("keep me")
+    (folder / "canary.txt").chmod(0o644)
+    yield folder / "canary.txt"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@as_root
+def test_host_files_survive_deletion_attempts(canary):
+    """Mechanism: the unprivileged uid; the code can *read* the canary (so the path is reachable)
+    but removing, truncating or chmod-ing it, or deleting its folder, fails on permissions."""
+    code = f"""
+import os, shutil
+CANARY = {str(canary)!r}
+attempts = [lambda: os.remove(CANARY), lambda: shutil.rmtree(os.path.dirname(CANARY)),
+            lambda: open(CANARY, "w").close(), lambda: os.chmod(CANARY, 0o777),
+            lambda: os.rename(CANARY, CANARY + ".moved")]
+denied = 0
+for attempt in attempts:
+    try:
+        attempt()
+    except PermissionError:
+        denied += 1
+"""
+    tests = "assert open(CANARY).read() == 'keep me'\nassert denied == len(attempts)\n"
+    res = run_python(code, tests)
+    assert (res.passed, res.total) == (2, 2), res.error
+    assert canary.read_text() == "keep me"
+    assert stat.S_IMODE(canary.stat().st_mode) == 0o644 and canary.stat().st_uid == 0
+
+
+class _Listener:
+    """A TCP server on 127.0.0.1 that records whether anything ever connected."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                self.received.append(conn.recv(100) or b"<connected>")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def _connect_code(port: int) -> str:
+    return (f"import socket, errno\ntry:\n    s = socket.socket()\n    s.settimeout(1)\n"
+            f"    s.connect(('127.0.0.1', {port}))\n    s.sendall(b'leak')\n    outcome = 'connected'\n"
+            f"except OSError as e:\n    outcome = errno.errorcode.get(e.errno, type(e).__name__)\n")
+
+
+@pytest.mark.parametrize("block_sockets", [True, False], ids=["default", "namespace-only"])
+def test_no_network_to_a_listening_host_port(block_sockets):
+    """Mechanisms: `socket` disabled in the interpreter (default) and, on its own, the network
+    namespace, where loopback is down: the connect fails with ENETUNREACH."""
+    listener = _Listener()
+    try:
+        res = run_python(_connect_code(listener.port), "assert outcome != 'connected'\n",
+                         limits=SandboxLimits(block_sockets=block_sockets))
+        time.sleep(0.3)  # give a (wrongly) accepted connection time to show up
+    finally:
+        listener.close()
+    assert listener.received == []
+    assert (res.passed, res.total) == (1, 1), res.error
+    if not block_sockets:
+        if "netns" not in res.isolation:
+            pytest.skip("no network namespace on this machine")
+        check = run_python(_connect_code(listener.port), "assert outcome == 'ENETUNREACH', outcome\n",
+                           limits=SandboxLimits(block_sockets=False))
+        assert check.passed == 1, check.error
+
+
+def test_environment_is_scrubbed_and_workdir_removed(monkeypatch):
+    """Mechanisms: an explicit minimal environment; a fresh temporary cwd deleted afterwards."""
+    monkeypatch.setenv("CURATION_TEST_SECRET", "hunter2")
+    code = "import os\nprint(os.getcwd())\nopen('scratch.txt', 'w').write('x')\n"
+    res = run_python(code, "assert 'CURATION_TEST_SECRET' not in os.environ\nassert os.path.exists('scratch.txt')\n")
+    assert (res.passed, res.total) == (2, 2), res.error
+    workdir = Path(res.output.strip().splitlines()[0])
+    assert workdir.name.startswith("sandbox-") and not workdir.exists()
+
+
+def test_output_is_capped():
+    """Mechanism: RLIMIT_FSIZE bounds what the code writes; the result keeps only a tail."""
+    res = run_python("print('x' * 10**8)\n", "assert True\n", limits=SandboxLimits(max_output_chars=1000))
+    assert len(res.output) <= 1000 and "File too large" in res.error
+
+
+@as_root
+def test_code_never_runs_when_privileges_cannot_be_dropped(tmp_path):
+    """uid 2**32-1 is setresuid's "leave unchanged": the runner stays root, so it must refuse."""
+    marker = tmp_path / "ran"
+    with pytest.raises(SandboxError, match="could not drop root privileges"):
+        run_python(f"open({str(marker)!r}, 'w').write('x')\n", "assert True\n",
+                   limits=SandboxLimits(uid_range=(2**32 - 1, 2**32)))
+    assert not marker.exists()
