@@ -1,0 +1,384 @@
+"""A 2-D map of a run's gradient features: PCA to 50 dims, then UMAP (run in the background).
+
+Which features: the train features of the *last* warmup checkpoint. One checkpoint keeps the
+input at k dims (not k x n_ckpt); the last adapter is the one closest to the model that will
+be fine-tuned, and its Adam moments are the most settled. It is the space the inspector's
+nearest neighbours use, so the map and the neighbour list agree. (The score itself weighs
+every checkpoint; a map of ``concat(sqrt(w_i) T_i)`` would reproduce its geometry exactly, at
+n_ckpt times the cost.)
+
+How: rows are L2-normalised (cosine geometry), PCA is fitted on a seeded sample of at most
+`PCA_FIT_ROWS` rows, every row is projected shard by shard (memory: n x 50 float32). UMAP
+is fitted on a seeded sample of at most ``max_points`` rows and every other row is placed
+with ``transform``; the validation pairs' vectors (val split, same checkpoint) are placed the
+same way, so they show which neighbourhood of the pool each pair pulls towards.
+
+Nearest neighbours are exact (sklearn, brute force over BLAS) and handed to UMAP as a sparse
+precomputed distance graph. Why: umap's own small-data path calls a Python distance per
+pair (20 s for 3000 points) and its NN-descent path compiles for about a minute on 2 cores;
+this way the 3000-example demo maps in seconds. The cost is O(n_fit x n) distance
+evaluations: minutes at 200k fitted points.
+
+On disk (``workdir/map/``): ``map.npz`` (xy float32 [n, 2], example_ids int64, val_xy float32,
+fitted bool) and ``map.json`` (seed, n, method, timings), each written atomically, plus
+``status.json`` (queued | running | done | failed, error, pid) for the background job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from curation.errors import CurationError
+from curation.features import FeatureReader, FeatureStore, atomic_write
+from curation.influence import normalise_rows
+from curation.workspace import Workspace
+
+MAP_DIR, ARRAYS, META, STATUS, LOG = "map", "map.npz", "map.json", "status.json", "map.log"
+PCA_DIMS = 50
+PCA_FIT_ROWS = 20_000  # enough for 50 components; bounds the PCA input to 20k x k floats
+N_NEIGHBOURS = 15
+N_EPOCHS = 200  # umap's default for n > 10k; enough for a browsing map, half the small-n default
+MIN_POINTS = 5
+
+
+@dataclass
+class MapData:
+    """A computed map: what `compute_map` saves and `load_map` returns."""
+
+    xy: np.ndarray  # [n, 2] float32, one row per train example
+    example_ids: np.ndarray  # [n] int64
+    val_xy: np.ndarray  # [n_val, 2] float32, the validation pairs in feature-row order
+    fitted: np.ndarray  # [n] bool: fitted by UMAP (True) or placed by transform (False)
+    meta: dict[str, Any]
+
+
+def map_dir(workdir: Path) -> Path:
+    """Where a run's map and its job status live."""
+    return Path(workdir) / MAP_DIR
+
+
+def sample_rows(n: int, max_points: int, seed: int) -> np.ndarray:
+    """Sorted row indices of a seeded sample of ``min(n, max_points)`` rows (all when n fits)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+# ---------------------------------------------------------------------------- computing
+
+
+def last_checkpoint(fstore: FeatureStore) -> int:
+    """Index of the last complete train checkpoint; raises when there is none."""
+    i = 0
+    while fstore.exists("train", i):
+        i += 1
+    if i == 0:
+        raise CurationError(f"no complete train features under {fstore.root}")
+    return i - 1
+
+
+def gather_rows(reader: FeatureReader, rows: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 rows ``rows`` (sorted) of a split, read shard by shard."""
+    out = np.empty((len(rows), reader.k), np.float32)
+    for start, end, block in reader.iter_shards():
+        lo, hi = np.searchsorted(rows, [start, end])
+        if hi > lo:
+            out[lo:hi] = block[rows[lo:hi] - start]
+    return normalise_rows(out)
+
+
+def _fit_pca(reader: FeatureReader, seed: int):
+    """PCA on a seeded sample of normalised rows (randomised SVD: 50 of k=8192 components)."""
+    from sklearn.decomposition import PCA
+
+    x = gather_rows(reader, sample_rows(reader.n, PCA_FIT_ROWS, seed))
+    dims = min(PCA_DIMS, len(x), reader.k)
+    return PCA(n_components=dims, svd_solver="randomized" if dims < min(x.shape) else "full",
+               random_state=seed).fit(x)
+
+
+def _project(reader: FeatureReader, pca) -> np.ndarray:
+    """Every train row through the PCA, shard by shard: [n, dims] float32."""
+    out = np.empty((reader.n, pca.n_components_), np.float32)
+    for start, end, block in reader.iter_shards():
+        out[start:end] = pca.transform(normalise_rows(block))
+    return out
+
+
+def _knn_graph(nn, query: np.ndarray, n_fit: int, symmetric: bool) -> sp.csr_matrix:
+    """Sparse [len(query), n_fit] distances to the nearest fitted rows, as UMAP's precomputed
+    metric wants them: the fit graph symmetric with an exact-zero diagonal."""
+    dist, idx = nn.kneighbors(query)
+    dist = dist.astype(np.float32)
+    n, k = idx.shape
+    rows = np.repeat(np.arange(n), k)
+    if not symmetric:
+        return sp.csr_matrix((dist.ravel(), (rows, idx.ravel())), shape=(n, n_fit))
+    dist[idx == rows.reshape(n, k)] = 0.0  # self-distance, exactly
+    r, c = np.concatenate([rows, idx.ravel()]), np.concatenate([idx.ravel(), rows])
+    _, first = np.unique(r.astype(np.int64) * n_fit + c, return_index=True)
+    v = np.concatenate([dist.ravel(), dist.ravel()])
+    return sp.coo_matrix((v[first], (r[first], c[first])), shape=(n, n_fit)).tocsr()
+
+
+def _umap(P: np.ndarray, fit_rows: np.ndarray, extra: list[np.ndarray], seed: int,
+          timings: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """UMAP of ``P[fit_rows]``; the other rows of P and every array of ``extra`` transformed."""
+    import umap
+    from sklearn.neighbors import NearestNeighbors
+
+    fit = P[fit_rows]
+    k = min(N_NEIGHBOURS, len(fit) - 1)
+    t = time.perf_counter()
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(fit)
+    graph = _knn_graph(nn, fit, len(fit), symmetric=True)
+    timings["knn_s"] = time.perf_counter() - t
+    init = fit[:, :2] * (10.0 / max(float(np.abs(fit[:, :2]).max()), 1e-12))  # umap's pca init
+    reducer = umap.UMAP(n_neighbors=k, metric="precomputed", init=init, n_epochs=N_EPOCHS,
+                        random_state=seed, transform_seed=seed, low_memory=True)
+    with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted, seeded
+        warnings.simplefilter("ignore", UserWarning)
+        t = time.perf_counter()
+        xy = np.empty((len(P), 2), np.float32)
+        xy[fit_rows] = reducer.fit_transform(graph)
+        timings["umap_fit_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rest = np.setdiff1d(np.arange(len(P)), fit_rows)
+        placed = [_transform(reducer, nn, q, len(fit)) for q in [P[rest], *extra]]
+        timings["transform_s"] = time.perf_counter() - t
+    xy[rest] = placed[0]
+    return xy, placed[1:]
+
+
+def _transform(reducer, nn, query: np.ndarray, n_fit: int) -> np.ndarray:
+    if not len(query):
+        return np.empty((0, 2), np.float32)
+    return reducer.transform(_knn_graph(nn, query, n_fit, symmetric=False)).astype(np.float32)
+
+
+def compute_map(workdir: Path, seed: int = 0, max_points: int = 200_000) -> Path:
+    """Compute and save the map of a run's features; returns ``workdir/map``.
+
+    Deterministic for a seed (UMAP runs single-threaded when seeded).
+    """
+    t0 = time.perf_counter()
+    fstore = FeatureStore(Path(workdir) / "features")
+    ckpt = last_checkpoint(fstore)
+    reader = fstore.reader("train", ckpt)
+    if reader.n < MIN_POINTS:
+        raise CurationError(f"a map needs at least {MIN_POINTS} examples, the run has {reader.n}")
+    timings: dict[str, float] = {}
+    pca = _fit_pca(reader, seed)
+    P = _project(reader, pca)
+    timings["pca_s"] = time.perf_counter() - t0
+    val = ([pca.transform(normalise_rows(fstore.reader("val", ckpt).load_all()))]
+           if fstore.exists("val", ckpt) else [np.empty((0, P.shape[1]), np.float32)])
+    fit_rows = sample_rows(reader.n, max_points, seed)
+    xy, (val_xy,) = _umap(P, fit_rows, val, seed, timings)
+    fitted = np.zeros(reader.n, bool)
+    fitted[fit_rows] = True
+    timings["total_s"] = time.perf_counter() - t0
+    meta = {"seed": seed, "n": reader.n, "n_fit": len(fit_rows), "n_val": len(val_xy),
+            "max_points": max_points, "checkpoint": ckpt, "features": reader.manifest.fingerprint(),
+            "method": f"pca{pca.n_components_}+umap(n_neighbors={min(N_NEIGHBOURS, len(fit_rows) - 1)}"
+                      f", n_epochs={N_EPOCHS}, exact knn)",
+            "timings": {k: round(v, 3) for k, v in timings.items()}}
+    return save_map(workdir, MapData(xy, np.asarray(reader.example_ids, np.int64),
+                                     val_xy.astype(np.float32), fitted, meta))
+
+
+# ---------------------------------------------------------------------------- selections
+
+
+def inside_polygon(xy: np.ndarray, px, py, chunk: int = 1 << 22) -> np.ndarray:
+    """Even-odd rule: which points of ``xy`` lie inside the polygon (vectorised ray casting,
+    in chunks of points so that points x vertices stays under ``chunk`` cells)."""
+    x0, y0 = np.asarray(px, np.float64), np.asarray(py, np.float64)
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    step = max(1, chunk // len(x0))
+    out = np.empty(len(xy), bool)
+    for s in range(0, len(xy), step):
+        x, y = xy[s:s + step, 0:1], xy[s:s + step, 1:2]
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        out[s:s + step] = ((crosses & (x < at)).sum(axis=1) % 2) == 1
+    return out
+
+
+def ids_in_selection(data: MapData, selection: dict) -> np.ndarray:
+    """Example ids a plotly box/lasso selection covers, in map coordinates, over *every* point
+    (also those not drawn when the map shows a sample); plus points picked by click (their
+    ``customdata`` is the example id). Sorted, unique."""
+    hit = np.zeros(len(data.xy), bool)
+    for box in selection.get("box") or []:
+        (xa, xb), (ya, yb) = sorted(box["x"][:2]), sorted(box["y"][:2])
+        hit |= ((data.xy[:, 0] >= xa) & (data.xy[:, 0] <= xb)
+                & (data.xy[:, 1] >= ya) & (data.xy[:, 1] <= yb))
+    for lasso in selection.get("lasso") or []:
+        if len(lasso["x"]) >= 3:
+            hit |= inside_polygon(data.xy, lasso["x"], lasso["y"])
+    clicked = [int(np.ravel(p["customdata"])[0]) for p in selection.get("points") or []
+               if p.get("customdata") is not None]
+    return np.union1d(data.example_ids[hit], np.asarray(clicked, np.int64))
+
+
+def map_figure(data: MapData, values, val_labels: list[str], max_drawn: int = 200_000, seed: int = 0):
+    """Plotly Scattergl of the map: examples coloured by ``values`` (one per row of ``data``:
+    numbers give a colour scale, a pandas Categorical one trace per category), validation
+    pairs as stars. Float32 coordinates and int32 example ids (``customdata``) travel as binary
+    arrays; above ``max_drawn`` points a seeded sample is drawn."""
+    import plotly.graph_objects as go
+
+    draw = sample_rows(len(data.xy), max_drawn, seed)
+    xy, ids, values = data.xy[draw], data.example_ids[draw].astype(np.int32), values[draw]
+    hover = "example %{customdata}<extra>%{fullData.name}</extra>"
+    groups = ([(str(c), np.asarray(values == c)) for c in values.categories]
+              if hasattr(values, "categories") else [("examples", slice(None))])
+    fig = go.Figure([go.Scattergl(x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=name,
+                                  customdata=ids[rows], hovertemplate=hover, marker=dict(size=4))
+                     for name, rows in groups])
+    if not hasattr(values, "categories"):
+        fig.update_traces(marker=dict(color=np.asarray(values, np.float32), colorscale="Viridis",
+                                      showscale=True))
+    fig.add_trace(go.Scattergl(x=data.val_xy[:, 0], y=data.val_xy[:, 1], mode="markers",
+                               name="validation pairs", text=val_labels[: len(data.val_xy)],
+                               hovertemplate="pair: %{text}<extra></extra>",
+                               marker=dict(symbol="star", size=13, color="black",
+                                           line=dict(color="white", width=1))))
+    fig.update_layout(height=600, dragmode="lasso", legend=dict(itemsizing="constant"))
+    return fig
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+def save_map(workdir: Path, data: MapData) -> Path:
+    """Arrays, then meta, then status "done": a reader never sees a half-written map."""
+    out = map_dir(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / ARRAYS, lambda f: np.savez(f, xy=data.xy, example_ids=data.example_ids,
+                                                  val_xy=data.val_xy, fitted=data.fitted))
+    _write_json(out / META, data.meta)
+    _write_json(out / STATUS, {"state": "done", "finished": time.time()})
+    return out
+
+
+def load_map(workdir: Path) -> MapData | None:
+    """The saved map, or None when there is none (yet)."""
+    out = map_dir(workdir)
+    if not (out / META).is_file() or not (out / ARRAYS).is_file():
+        return None
+    with np.load(out / ARRAYS, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in ("xy", "example_ids", "val_xy", "fitted")}
+    return MapData(meta=json.loads((out / META).read_text()), **arrays)
+
+
+def map_status(workdir: Path) -> dict[str, Any]:
+    """``{"state": missing|queued|running|done|failed, ...}``; a job whose process is gone
+    without reporting is "failed", never "running" forever."""
+    path = map_dir(workdir) / STATUS
+    if not path.is_file():
+        return {"state": "done" if load_map(workdir) else "missing"}
+    status = json.loads(path.read_text())
+    if status["state"] in ("queued", "running") and not _alive(status.get("pid")):
+        return {**status, "state": "failed", "error": "the map process ended without a result"}
+    return status
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie counts as ended)."""
+    if not pid:
+        return True  # queued, not started yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+# ---------------------------------------------------------------------------- background job
+
+
+def launch_map(store, run_id: int, ws: Workspace | None = None, seed: int = 0) -> int:
+    """Start ``python -m curation.maps RUN_ID`` detached (like `jobs.launch`); returns its pid.
+
+    A map already queued or running is not started twice.
+    """
+    from curation.explore import run_info
+
+    info = run_info(store, run_id)
+    if info.status != "done" or info.workdir is None:
+        raise CurationError(f"run {run_id} is {info.status}: map it once it is done")
+    status = map_status(info.workdir)
+    if status["state"] in ("queued", "running"):
+        return int(status.get("pid") or 0)
+    out = map_dir(info.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / STATUS, {"state": "queued", "queued": time.time()})
+    ws = (ws or Workspace.from_env()).ensure()
+    env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url,
+           "PYTHONUNBUFFERED": "1"}
+    with open(out / LOG, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "curation.maps", str(run_id), "--seed", str(seed)],
+                                cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    _write_json(out / STATUS, {"state": "queued", "queued": time.time(), "pid": proc.pid})
+    return proc.pid
+
+
+def run_map_job(workdir: Path, seed: int = 0, max_points: int = 200_000) -> None:
+    """`compute_map` with its state in ``status.json``: running, then done or failed + error."""
+    path = map_dir(workdir) / STATUS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, {"state": "running", "pid": os.getpid(), "started": time.time()})
+    try:
+        compute_map(workdir, seed=seed, max_points=max_points)
+    except BaseException as e:
+        _write_json(path, {"state": "failed", "error": f"{type(e).__name__}: {e}"})
+        traceback.print_exc()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m curation.maps RUN_ID [--seed S] [--max-points N]``: the background job."""
+    import argparse
+
+    from curation.explore import run_info
+    from curation.store import Store
+
+    p = argparse.ArgumentParser(prog="python -m curation.maps", description=main.__doc__)
+    p.add_argument("run_id", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-points", type=int, default=200_000)
+    args = p.parse_args(argv)
+    info = run_info(Store.open(Workspace.from_env()), args.run_id)
+    try:
+        run_map_job(info.workdir, args.seed, args.max_points)
+    except Exception:  # noqa: BLE001  (recorded in status.json and the log)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The Explore library: the scores frame, cutoffs, explanations and the UMAP map, checked
+against an independent numpy computation on a small synthetic run (no model is run)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import insert, select
+
+from curation import explore, maps
+from curation.config import ScoreConfig, SelectConfig
+from curation.features import FeatureManifest, FeatureStore
+from curation.influence import ScoringInputs, score
+from curation.methods.base import ScoreOutput
+from curation.runs import store_scores
+from curation.store import Decision, Example, Pool, PreferencePair, PreferenceSet, Run, Store
+
+LRS = [2e-4, 1e-4]
+SUBTASKS = ["alpha"] * 3 + ["beta"] * 3  # 2 subtasks x 3 pairs
+SOURCES = ["flan", "dolly", "oasst"]
+
+
+@dataclass
+class SyntheticRun:
+    run_id: int
+    pool: str
+    example_ids: list[int]
+    train: list[np.ndarray]  # per checkpoint, as stored
+    val: list[np.ndarray]
+    workdir: Path
+
+
+def unit(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    x = rng.normal(size=(n, k))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _examples(store: Store, pool: str, n: int) -> list[int]:
+    with store.session() as s:
+        p = Pool(name=pool, n_examples=n)
+        s.add(p)
+        s.flush()
+        rows = [dict(pool_id=p.id, uid=f"{pool}-{i}", content_hash=f"{pool}{i:060d}",
+                     source=SOURCES[i % 3], fmt="messages", line=i + 1,
+                     messages=[{"role": "user", "content": f"question {i} <b>bold</b>"},
+                               {"role": "assistant", "content": f"answer {i}"}],
+                     original={}, n_turns=2, prompt_chars=20, response_chars=9, total_chars=29 + i % 50)
+                for i in range(n)]
+        s.execute(insert(Example), rows)
+        return list(s.scalars(select(Example.id).where(Example.pool_id == p.id).order_by(Example.id)))
+
+
+def _prefs(store: Store, name: str) -> int:
+    with store.session() as s:
+        ps = PreferenceSet(name=name)
+        s.add(ps)
+        s.flush()
+        for j, sub in enumerate(SUBTASKS):
+            s.add(PreferencePair(set_id=ps.id, position=j, prompt=f"pair prompt {j}", prompt_messages=[],
+                                 chosen=f"good {j}", rejected=f"bad {j}", subtask=sub))
+        return ps.id
+
+
+def _write(fstore: FeatureStore, split: str, i: int, x: np.ndarray, ids: list[int], dtype: str,
+           shard_size: int) -> None:
+    m = FeatureManifest(model="tiny", tokenizer_hash="t", checkpoint=f"epoch_{i}",
+                        projector={"type": "sjlt", "seed": 0, "k": x.shape[1]}, k=x.shape[1],
+                        dtype=dtype, example_ids=ids, shard_size=shard_size)
+    w = fstore.writer(split, i, m)
+    for j, start, end in w.pending_shards():
+        w.write_shard(j, x[start:end])
+
+
+def build_synthetic_run(store: Store, workdir: Path, n: int = 60, k: int = 32, seed: int = 0,
+                        shard_size: int = 16, dtype: str = "float32", pool: str = "synthetic",
+                        percent: float = 10.0) -> SyntheticRun:
+    """A done ROSE run over random unit features: 2 checkpoints, 2 subtasks x 3 pairs.
+    Scores go through the library (influence.score, runs.store_scores) like a real run."""
+    rng = np.random.default_rng(seed)
+    ids = _examples(store, pool, n)
+    prefs_id = _prefs(store, pool)
+    cfg = ScoreConfig(select=SelectConfig(percent=percent))
+    with store.session() as s:
+        run = Run(pool_id=s.get(Example, ids[0]).pool_id, prefs_id=prefs_id, method="rose",
+                  config=cfg.to_dict(), status="done", workdir=str(workdir), meta={})
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    train = [unit(rng, n, k).astype(dtype) for _ in LRS]
+    val = [unit(rng, len(SUBTASKS), k).astype(dtype) for _ in LRS]
+    fstore = FeatureStore(workdir / "features")
+    for i in range(len(LRS)):
+        _write(fstore, "train", i, train[i], ids, dtype, shard_size)
+        _write(fstore, "val", i, val[i], list(range(len(SUBTASKS))), dtype, shard_size)
+    res = score(ScoringInputs([fstore.reader("train", i) for i in range(2)],
+                              [fstore.reader("val", i) for i in range(2)], LRS, SUBTASKS))
+    out = ScoreOutput(res.scores, res.subtasks, res.subtask_means, res.per_checkpoint, res.driver)
+    n_sel = store_scores(store, run_id, ids, out, cfg)
+    with store.session() as s:
+        r = s.get(Run, run_id)
+        r.n_selected, r.meta = n_sel, {"subtasks": res.subtasks, "checkpoint_lrs": LRS}
+    return SyntheticRun(run_id, pool, ids, train, val, workdir)
+
+
+def reference(run: SyntheticRun) -> dict:
+    """Independent float64 computation of the run's scores and geometry."""
+    norm = lambda x: x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    w = np.asarray(LRS) / sum(LRS)
+    S = [norm(t) @ norm(v).T for t, v in zip(run.train, run.val)]
+    C = sum(wi * Si for wi, Si in zip(w, S))
+    cols = {name: np.array(SUBTASKS) == name for name in ("alpha", "beta")}
+    means = np.stack([C[:, c].mean(1) for c in cols.values()], 1)
+    driver = means.argmax(1)
+    per_ckpt = np.stack([wi * np.stack([Si[:, c].mean(1) for c in cols.values()], 1)
+                         [np.arange(len(C)), driver] for wi, Si in zip(w, S)], 1)
+    scores = means.max(1)
+    order = np.lexsort((np.array(run.example_ids), -scores))
+    rank = np.empty(len(scores), int)
+    rank[order] = np.arange(1, len(scores) + 1)
+    last = norm(run.train[-1])
+    return dict(C=C, S=S, means=means, driver=driver, per_ckpt=per_ckpt, scores=scores, rank=rank,
+                neighbour_cos=last @ last.T)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+@pytest.fixture
+def run(store, tmp_path) -> SyntheticRun:
+    return build_synthetic_run(store, tmp_path / "run")
+
+
+def decide(store: Store, run: SyntheticRun, example_id: int, action: str, reason: str = "") -> None:
+    with store.session() as s:
+        pool_id = s.get(Example, example_id).pool_id
+        s.add(Decision(pool_id=pool_id, example_id=example_id, action=action, reason=reason, batch="t"))
+
+
+# ---------------------------------------------------------------------------- frame and cutoffs
+
+
+def test_frame_has_every_score_in_rank_order(store, run):
+    ref = reference(run)
+    df = explore.run_scores_frame(store, run.run_id)
+    assert len(df) == 60 and df["rank"].tolist() == list(range(1, 61))
+    assert df["score"].dtype == np.float32 and df["rank"].dtype == np.int32
+    assert str(df["source"].dtype) == "category" and str(df["override"].dtype) == "category"
+    pos = {e: i for i, e in enumerate(run.example_ids)}
+    rows = [pos[e] for e in df["example_id"]]
+    np.testing.assert_allclose(df["score"], ref["scores"][rows], atol=1e-6)
+    assert df["subtask"].tolist() == [["alpha", "beta"][d] for d in ref["driver"][rows]]
+    assert df["selected"].sum() == 6 and df["selected"].head(6).all()
+    assert df["override"].isna().all() and set(df["state"]) == {"selected", "not selected"}
+
+
+def test_latest_decision_wins_and_clear_means_none(store, run):
+    a, b, c = run.example_ids[:3]
+    decide(store, run, a, "pin")
+    decide(store, run, b, "pin")
+    decide(store, run, b, "exclude")
+    decide(store, run, c, "exclude")
+    decide(store, run, c, "clear")
+    df = explore.run_scores_frame(store, run.run_id).set_index("example_id")
+    assert df.loc[a, "override"] == "pin" and df.loc[a, "state"] == "pinned"
+    assert df.loc[b, "override"] == "exclude" and df.loc[b, "state"] == "excluded"
+    assert df.loc[[c], "override"].isna().all()
+
+
+def test_cutoff_counts_follow_the_selection_rule(store, run):
+    df = explore.run_scores_frame(store, run.run_id)
+    cut = explore.cutoff_for(df, percent=10)
+    assert (cut.budget, cut.n_kept, cut.n_auto) == (6, 6, 6)
+    assert cut.kept.tolist() == [True] * 6 + [False] * 54
+    assert cut.score == pytest.approx(float(df["score"].iloc[5]))
+    assert explore.cutoff_for(df, n=11).n_kept == 11
+    assert explore.cutoff_for(df, percent=100).n_kept == 60
+    top, low = int(df["example_id"].iloc[0]), int(df["example_id"].iloc[40])
+    decide(store, run, top, "exclude")
+    decide(store, run, low, "pin")
+    df = explore.run_scores_frame(store, run.run_id)
+    cut = explore.cutoff_for(df, percent=10)
+    kept = set(df["example_id"][cut.kept])
+    assert (cut.n_kept, cut.n_pinned, cut.n_excluded, cut.n_auto) == (6, 1, 1, 5)
+    assert low in kept and top not in kept
+    assert kept - {low} == set(df["example_id"].iloc[1:6])
+
+
+def test_summaries_count_every_example(store, run):
+    df = explore.run_scores_frame(store, run.run_id)
+    cut = explore.cutoff_for(df, percent=20)
+    by_source = explore.summary_by(df, "source", cut.kept)
+    assert by_source["examples"].sum() == 60 and by_source["kept"].sum() == 12
+    assert set(by_source["source"]) == set(SOURCES)
+    by_sub = explore.summary_by(df, "subtask")
+    assert by_sub["kept"].sum() == 6
+    for _, row in by_sub.iterrows():
+        assert row["examples"] == (df["subtask"] == row["subtask"]).sum()
+
+
+def test_checkpoint_breakdown_averages_the_selected(store, run):
+    ref = reference(run)
+    sel = np.argsort(ref["rank"])[:6]
+    out = explore.checkpoint_breakdown(store, run.run_id)
+    np.testing.assert_allclose(out["mean_contribution"], ref["per_ckpt"][sel].mean(0), atol=1e-5)
+    np.testing.assert_allclose(out["weight"], np.asarray(LRS) / sum(LRS))
+    assert out["share"].sum() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------- explanations
+
+
+@pytest.mark.parametrize("position", [0, 17, 59])
+def test_explain_matches_numpy(store, run, position):
+    ref = reference(run)
+    eid = run.example_ids[position]
+    exp = explore.explain(store, run.run_id, eid, n_pairs=4, n_neighbours=5)
+    assert exp.score == pytest.approx(ref["scores"][position], abs=1e-6)
+    assert exp.rank == ref["rank"][position] and exp.n_total == 60
+    assert exp.percentile == pytest.approx(100 * (60 - exp.rank) / 60)
+    assert exp.subtask_means == pytest.approx(dict(zip(("alpha", "beta"), ref["means"][position])), abs=1e-6)
+    assert exp.driver == ["alpha", "beta"][ref["driver"][position]]
+    contrib = [c.contribution for c in exp.checkpoints]
+    np.testing.assert_allclose(contrib, ref["per_ckpt"][position], atol=1e-6)
+    assert sum(contrib) == pytest.approx(exp.score, abs=1e-5)
+    assert [c.weight for c in exp.checkpoints] == pytest.approx(np.asarray(LRS) / sum(LRS))
+    order = np.lexsort((np.arange(6), -ref["C"][position]))[:4]
+    assert [p.val_row for p in exp.val_pairs] == order.tolist()
+    np.testing.assert_allclose([p.cosine for p in exp.val_pairs], ref["C"][position][order], atol=1e-6)
+    np.testing.assert_allclose(exp.val_pairs[0].per_checkpoint,
+                               [S[position, order[0]] for S in ref["S"]], atol=1e-6)
+    assert exp.val_pairs[0].prompt == f"pair prompt {order[0]}"
+    assert exp.val_pairs[0].subtask == SUBTASKS[order[0]]
+    assert exp.messages[0]["content"] == f"question {position} <b>bold</b>"
+
+
+def test_neighbours_are_exact_and_exclude_self(store, run):
+    ref = reference(run)
+    for position in (0, 31):
+        eid = run.example_ids[position]
+        cos = ref["neighbour_cos"][position].copy()
+        cos[position] = -np.inf
+        order = np.lexsort((np.array(run.example_ids), -cos))[:5]
+        exp = explore.explain(store, run.run_id, eid, n_pairs=0, n_neighbours=5)
+        assert [nb.example_id for nb in exp.neighbours] == [run.example_ids[j] for j in order]
+        np.testing.assert_allclose([nb.cosine for nb in exp.neighbours], cos[order], atol=1e-6)
+        assert eid not in [nb.example_id for nb in exp.neighbours]
+        assert exp.neighbours[0].rank == ref["rank"][order[0]]
+
+
+def test_neighbours_do_not_depend_on_shard_size(store, tmp_path):
+    a = build_synthetic_run(store, tmp_path / "a", shard_size=7, pool="a")
+    b = build_synthetic_run(store, tmp_path / "b", shard_size=60, pool="b")
+    ra = FeatureStore(a.workdir / "features").reader("train", 1)
+    rb = FeatureStore(b.workdir / "features").reader("train", 1)
+    na = [c for _, c in explore.nearest_neighbours(ra, 5, 8)]
+    nb = [c for _, c in explore.nearest_neighbours(rb, 5, 8)]
+    np.testing.assert_allclose(na, nb, atol=1e-6)
+
+
+def test_explain_says_why(store, run):
+    df = explore.run_scores_frame(store, run.run_id)
+    top, low = int(df["example_id"].iloc[0]), int(df["example_id"].iloc[-1])
+    exp = explore.explain(store, run.run_id, top, n_pairs=0, n_neighbours=0)
+    assert exp.status == "selected" and "within the top 10%" in exp.why
+    assert explore.explain(store, run.run_id, low, 0, 0).status == "not selected"
+    decide(store, run, low, "pin", "rare skill")
+    exp = explore.explain(store, run.run_id, low, 0, 0)
+    assert exp.status == "pinned" and exp.override == "pin" and "rare skill" in exp.why
+
+
+def test_explain_unknown_example_is_a_user_error(store, run):
+    from curation.errors import CurationError
+    with pytest.raises(CurationError):
+        explore.explain(store, run.run_id, 10**9)
+
+
+def test_explain_without_features_notes_it(store, run):
+    import shutil
+    shutil.rmtree(run.workdir / "features")
+    exp = explore.explain(store, run.run_id, run.example_ids[0])
+    assert exp.val_pairs == [] and exp.neighbours == [] and exp.notes
+
+
+# ---------------------------------------------------------------------------- the map
+
+
+@pytest.fixture(scope="module")
+def feature_dir(tmp_path_factory) -> Path:
+    """300 clustered train points and 6 val points, features only (no database)."""
+    root = tmp_path_factory.mktemp("mapped")
+    rng = np.random.default_rng(1)
+    centres = unit(rng, 4, 48)
+    train = unit(rng, 300, 48) * 0.4 + centres[np.arange(300) % 4]
+    val = unit(rng, 6, 48) * 0.4 + centres[np.arange(6) % 4]
+    fstore = FeatureStore(root / "features")
+    for i in range(2):
+        _write(fstore, "train", i, train, list(range(100, 400)), "float16", 64)
+        _write(fstore, "val", i, val, list(range(6)), "float16", 64)
+    return root
+
+
+def test_map_shapes_and_determinism(feature_dir, tmp_path):
+    maps.compute_map(feature_dir, seed=3)
+    first = maps.load_map(feature_dir)
+    assert first.xy.shape == (300, 2) and first.xy.dtype == np.float32
+    assert first.val_xy.shape == (6, 2) and np.isfinite(first.val_xy).all()
+    assert first.example_ids.tolist() == list(range(100, 400)) and first.fitted.all()
+    assert first.meta["seed"] == 3 and first.meta["n"] == 300 and first.meta["checkpoint"] == 1
+    assert maps.map_status(feature_dir)["state"] == "done"
+    maps.compute_map(feature_dir, seed=3)
+    np.testing.assert_array_equal(maps.load_map(feature_dir).xy, first.xy)
+
+
+def test_map_samples_then_transforms(feature_dir):
+    maps.compute_map(feature_dir, seed=0, max_points=120)
+    m = maps.load_map(feature_dir)
+    assert m.fitted.sum() == 120 and m.meta["n_fit"] == 120
+    assert m.xy.shape == (300, 2) and np.isfinite(m.xy).all() and np.isfinite(m.val_xy).all()
+    # the clusters survive: a transformed point lands nearer its cluster than the others do
+    cluster = (m.example_ids - 100) % 4
+    centre = np.stack([m.xy[m.fitted & (cluster == c)].mean(0) for c in range(4)])
+    nearest = np.linalg.norm(m.xy[~m.fitted, None] - centre[None], axis=2).argmin(1)
+    assert (nearest == cluster[~m.fitted]).mean() > 0.9
+
+
+def test_selection_geometry():
+    xy = np.array([[0, 0], [1, 1], [2, 2], [5, 5], [1, 4]], np.float32)
+    data = maps.MapData(xy, np.arange(10, 15), np.empty((0, 2), np.float32), np.ones(5, bool), {})
+    box = {"box": [{"x": [1.5, 0.5], "y": [0.5, 4.5]}], "lasso": [], "points": []}
+    assert maps.ids_in_selection(data, box).tolist() == [11, 14]
+    tri = {"lasso": [{"x": [-1, 3, 3], "y": [-1, -1, 3]}], "points": [{"customdata": [13]}]}
+    assert maps.ids_in_selection(data, tri).tolist() == [10, 11, 12, 13]
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-2, 2, size=(500, 2))
+    square = maps.inside_polygon(pts, [-1, 1, 1, -1], [-1, -1, 1, 1], chunk=64)
+    assert (square == (np.abs(pts) < 1).all(1)).all()
+
+
+def test_status_reports_a_dead_job_as_failed(tmp_path):
+    assert maps.map_status(tmp_path)["state"] == "missing"
+    (tmp_path / "map").mkdir()
+    (tmp_path / "map" / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 7}))
+    status = maps.map_status(tmp_path)
+    assert status["state"] == "failed" and "ended" in status["error"]
+
+
+def test_launch_map_runs_in_the_background(store, run, monkeypatch):
+    monkeypatch.setenv("CURATION_HOME", str(run.workdir.parent / "ws"))
+    monkeypatch.setenv("CURATION_DB_URL", store.url)
+    pid = maps.launch_map(store, run.run_id)
+    assert pid > 0 and maps.map_status(run.workdir)["state"] in ("queued", "running", "done")
+    deadline = time.time() + 180
+    while maps.map_status(run.workdir)["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+    status = maps.map_status(run.workdir)
+    assert status["state"] == "done", (status, (run.workdir / "map" / "map.log").read_text())
+    assert maps.load_map(run.workdir).xy.shape == (60, 2)
+
+
+def test_map_figure_draws_a_seeded_sample_with_ids():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    data = maps.MapData(rng.normal(size=(500, 2)).astype(np.float32), np.arange(1000, 1500),
+                        np.zeros((3, 2), np.float32), np.ones(500, bool), {})
+    states = pd.Categorical(rng.choice(["pinned", "selected", "not selected"], 500),
+                            categories=["pinned", "excluded", "selected", "not selected"])
+    fig = maps.map_figure(data, states, ["a", "b", "c"], max_drawn=200)
+    drawn = np.concatenate([t.customdata for t in fig.data[:-1]])
+    assert len(drawn) == 200 and set(drawn) <= set(range(1000, 1500))
+    assert fig.data[-1].name == "validation pairs" and len(fig.data[-1].x) == 3
+    again = maps.map_figure(data, states, [], max_drawn=200)
+    assert np.array_equal(np.concatenate([t.customdata for t in again.data[:-1]]), drawn)
+    scored = maps.map_figure(data, np.linspace(0, 1, 500, dtype=np.float32), [], max_drawn=1000)
+    assert len(scored.data) == 2 and len(scored.data[0].marker.color) == 500
