@@ -117,17 +117,26 @@ else:
 
 st.subheader("Inspector")
 rows = [r for r in (table.selection.rows if table and table.selection else []) if r < len(kept)]
-first = int(kept["rank"].iloc[rows[0]]) if rows else 1
-rank = int(st.number_input("Inspect the example at rank", min_value=1, max_value=len(df), value=first, step=1))
-example_id = int(df["example_id"].iloc[int(np.searchsorted(df["rank"].to_numpy(), rank))])
+if rows or "inspect_rank" not in st.session_state:  # a table click moves the inspector there
+    st.session_state["inspect_rank"] = int(kept["rank"].iloc[rows[0]]) if rows else 1
+rank = int(st.number_input("Inspect the example at rank", min_value=1, max_value=len(df), step=1, key="inspect_rank"))
+
+
+def example_at(rank: int) -> int:
+    return int(df["example_id"].iloc[int(np.searchsorted(df["rank"].to_numpy(), rank))])
 
 
 def decide_one(action: str) -> None:
-    """Pin or exclude the inspected example (a button callback, so the reason typed is the one kept)."""
+    """Pin or exclude the inspected example. A callback reads the widgets' state, so a click that
+    interrupts a rerun still acts on the rank and reason on screen."""
     from curation import curate
+    at_rank = int(st.session_state["inspect_rank"])
     with user_errors():
-        curate.decide(store(), info.pool, [example_id], action, st.session_state.get("one_reason", ""))
-        st.session_state["decided"] = f"{'Pinned' if action == 'pin' else 'Excluded'} example at rank {rank}."
+        curate.decide(store(), info.pool, [example_at(at_rank)], action, st.session_state.get("one_reason", ""))
+        st.session_state["decided"] = f"{'Pinned' if action == 'pin' else 'Excluded'} example at rank {at_rank}."
+
+
+example_id = example_at(rank)
 
 
 c1, c2, c3 = st.columns([3, 1, 1])
