@@ -18,8 +18,14 @@ def _speed(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from curation.bench.ui import main
+    return main(args)
+
+
 BENCHES: dict[str, Bench] = {
     "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
+    "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 
 
