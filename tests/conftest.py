@@ -138,3 +138,13 @@ def micro_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("micro") / "model"
     build_tiny_model(DEMO_POOL, out, TinyConfig(**MICRO_MODEL_CONFIG))
     return out
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """A fresh workspace (SQLite in tmp_path) that the library and the app pages both use."""
+    from curation.workspace import Workspace
+
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    return Workspace.from_env().ensure()

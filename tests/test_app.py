@@ -9,18 +9,11 @@ from streamlit.testing.v1 import AppTest
 
 from curation.demo import ensure_demo
 from curation.store import Store
-from curation.workspace import Workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/explore.py", "pages/compare.py",
          "pages/curate.py"]
 
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
 
 
 def run_page(page: str) -> AppTest:
@@ -34,18 +27,18 @@ def run_page(page: str) -> AppTest:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_runs_on_empty_workspace(workspace, page):
+def test_page_runs_on_empty_workspace(ws, page):
     run_page(page)
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_runs_on_demo(workspace, page):
-    ensure_demo(Store.open(workspace))
+def test_page_runs_on_demo(ws, page):
+    ensure_demo(Store.open(ws))
     run_page(page)
 
 
-def test_pool_page_searches_and_counts(workspace):
-    ensure_demo(Store.open(workspace))
+def test_pool_page_searches_and_counts(ws):
+    ensure_demo(Store.open(ws))
     at = run_page("pages/pool.py")
     total = int(at.metric[0].value.replace(",", ""))
     assert total > 1000
@@ -55,7 +48,7 @@ def test_pool_page_searches_and_counts(workspace):
     assert not at.exception
 
 
-def test_preferences_page_shows_demo_pairs(workspace):
-    ensure_demo(Store.open(workspace))
+def test_preferences_page_shows_demo_pairs(ws):
+    ensure_demo(Store.open(ws))
     at = run_page("pages/preferences.py")
     assert any("pairs" in m.value and "subtasks" in m.value for m in at.markdown)

@@ -39,12 +39,6 @@ def nano_model(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
-
 
 def demo_examples(n: int) -> list[list[dict]]:
     with open(DEMO_POOL) as f:

@@ -19,16 +19,9 @@ from curation.errors import CurationError
 from curation.methods import ScoreOutput
 from curation.runs import create_run, execute_run, store_scores
 from curation.store import Example, Pool, Run, Score, Store
-from curation.workspace import Workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
 
 
 @pytest.fixture

@@ -11,18 +11,11 @@ from streamlit.testing.v1 import AppTest
 
 from curation import curate
 from curation.store import Store
-from curation.workspace import Workspace
 from test_curate import conv, seed_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/curate.py"
 
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/explore.py"
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
-
 
 @pytest.fixture
-def run(workspace):
-    return build_synthetic_run(Store.open(workspace), workspace.home / "runs" / "synthetic")
+def run(ws):
+    return build_synthetic_run(Store.open(ws), ws.home / "runs" / "synthetic")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_without_runs_points_to_scoring(workspace):
+def test_without_runs_points_to_scoring(ws):
     at = open_page()
     assert any("Scoring page" in i.value for i in at.info)
 

@@ -35,12 +35,6 @@ def micro_config(model: Path, method: str = "rose", **features) -> ScoreConfig:
                        select=SelectConfig(percent=5))
 
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
-    monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    return Workspace.from_env().ensure()
-
 
 def env_for(ws: Workspace) -> dict:
     env = {**os.environ, "CURATION_HOME": str(ws.home)}
