@@ -95,8 +95,8 @@ def time_pages(repeats: int) -> dict[str, dict[str, float]]:
 
 
 def run_ui(n: int, repeats: int = 2, log=print) -> dict:
-    from curation.demo import ensure_demo
-    from curation.imports import import_pool
+    from curation.demo import DEMO_PREFS
+    from curation.imports import import_pool, import_prefs
     from curation.store import Store
     from curation.workspace import Workspace
 
@@ -105,7 +105,7 @@ def run_ui(n: int, repeats: int = 2, log=print) -> dict:
         os.environ.pop("CURATION_DB_URL", None)
         ws = Workspace.from_env().ensure()
         store = Store.open(ws)
-        ensure_demo(store)
+        import_prefs(store, DEMO_PREFS, name="demo")  # only the prefs: the big pool is the one pages show
         write_pool(Path(tmp) / "big.jsonl", n)
         t0 = time.perf_counter()
         import_pool(store, Path(tmp) / "big.jsonl", name="big")
