@@ -22,9 +22,14 @@ with st.expander("Import a pool", expanded=not pools):
         fmt = c2.selectbox("Format", POOL_FORMATS)
         strict = c3.checkbox("Strict: import nothing if any line is bad")
         if st.form_submit_button("Import", type="primary"):
-            with user_errors(), st.spinner("Importing…"):
+            with user_errors():
                 src = save_upload(upload) if upload else path.strip()
-                res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict)
+                bar = st.progress(0.0, text="Importing…")
+                res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict,
+                                  progress=lambda done, total: bar.progress(
+                                      min(done / total, 1.0) if total else 0.0, text=f"Importing… {done:,} records"
+                                      + (f" of {total:,}" if total else "")))
+                bar.empty()
                 (st.success if res.status == "imported" else st.error)(res.summary())
                 if res.problems:
                     st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)

@@ -52,3 +52,13 @@ def test_preferences_page_shows_demo_pairs(ws):
     ensure_demo(Store.open(ws))
     at = run_page("pages/preferences.py")
     assert any("pairs" in m.value and "subtasks" in m.value for m in at.markdown)
+
+
+def test_pool_page_imports_a_server_path_and_reports_bad_lines(ws, tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"instruction": "Say hi", "output": "hi"}\n{"instruction": "", "output": "x"}\n')
+    at = run_page("pages/pool.py")
+    next(t for t in at.text_input if t.label == "Server path").set_value(str(f))
+    next(b for b in at.button if b.label == "Import").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("pool 'mine': imported; 1 ok, 1 bad" in s.value for s in at.success)
