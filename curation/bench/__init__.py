@@ -18,6 +18,11 @@ def _speed(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _quality(args: argparse.Namespace) -> int:
+    from curation.bench.quality import main
+    return main(args)
+
+
 def _ui(args: argparse.Namespace) -> int:
     from curation.bench.ui import main
     return main(args)
@@ -25,6 +30,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 BENCHES: dict[str, Bench] = {
     "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
+    "quality": _quality,  # precision, planted-noise rate and downstream accuracy of each method's selection
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 

@@ -1,0 +1,376 @@
+"""`bench quality`: does a method select the target task's examples, avoid planted noise, and
+make a better fine-tuned model?
+
+For each suite (`quality_suites`: ``synthetic``, ``t0``) the pool and each target's pairs are
+imported into a throwaway workspace and every method runs once through the real library
+(`import_pool` / `import_prefs` / `create_run` / `execute_run`), all runs sharing the cached base
+model and, for the gradient methods, one warmup (same pool and config, same warmup dir). The
+1/5/10% selections all come from that one run's scores (`select.select_top`). Metrics:
+
+* ``precision``: share of the selected examples whose dataset is the target's.
+* ``noise_rate`` (synthetic): share of the selected *target* examples that carry a planted wrong
+  answer; omitted when a selection holds no target example.
+* ``accuracy_mean`` / ``accuracy_std``: exact match on the target's held-out prompts after a
+  fresh LoRA fine-tune of the base model on the selection (`downstream`, budgets matched per
+  percent), mean and population std (ddof=0) over the seeds. For several targets (t0) a seed's
+  accuracy is the mean over targets, each target tuned on its own selection.
+
+``--json`` prints ``{suite: {method: {percent: {metric: value}}, "full_pool": {"100": {...}},
+"_info": {...}}}``; ``_info`` (not a method) holds sizes, skipped or failed methods, run ids, the
+per-seed accuracies, the budgets and the wall time per stage. A suite that cannot run is
+``{"_info": {"skipped": reason}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from curation.bench.downstream import DownstreamConfig, mean_std, run_downstream
+from curation.bench.quality_suites import (Suite, SyntheticSpec, T0Spec, Target, build_synthetic, build_t0,
+                                           t0_available, t0_root)
+from curation.config import FeatureConfig, ScoreConfig, SelectConfig
+from curation.model import ModelConfig, load_model
+from curation.select import select_top
+from curation.warmup import WarmupConfig
+
+METHODS = ("rose", "less", "nice", "repsim", "bm25", "random")
+SUITES = ("synthetic", "t0")
+Log = Callable[[str], None]
+
+
+@dataclass
+class QualityConfig:
+    """Everything one `bench quality` invocation does; `quick()` is the test-sized variant."""
+
+    suites: tuple[str, ...] = SUITES
+    methods: tuple[str, ...] = METHODS
+    percents: tuple[float, ...] = (1.0, 5.0, 10.0)
+    model: str = "tiny"  # base model of scoring and downstream ("tiny" = the cached offline model)
+    max_length: int = 512  # scoring max tokens per example (the product default)
+    device: str = "cpu"
+    threads: int = 1
+    k: int = 8192
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    nice: dict[str, Any] = field(default_factory=dict)  # NICE options besides the reward
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    t0: T0Spec = field(default_factory=T0Spec)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    t0_downstream: bool = False  # t0 fine-tunes: off by default (long prompts, slow on CPU)
+    feature_batch_size: int = 16
+
+    @classmethod
+    def quick(cls, model: str | None = None, **overrides: Any) -> "QualityConfig":
+        """Seconds-scale sizes for tests: tiny pool, small k, 1 seed, downstream at 5% only."""
+        values = dict(
+            model=model or "tiny", max_length=128, k=256,
+            warmup=WarmupConfig(percent=10, epochs=2, batch_size=16, max_length=128),
+            nice={"samples": 2, "max_new_tokens": 16},
+            synthetic=SyntheticSpec(pool_size=300, shots=2, heldout=10),
+            t0=T0Spec(targets=("ag_news",), pool_size=200, shots=2, heldout=5, max_length=128),
+            downstream=DownstreamConfig(percents=(5.0,), seeds=(0,), epochs=1, min_steps=3, full_pool_epochs=1,
+                                        max_length=128, max_new_tokens=16))
+        return cls(**{**values, **overrides})
+
+    def score_config(self, method: str, model_path: str, reward: str, max_length: int | None = None) -> ScoreConfig:
+        options = {"nice": {"reward": reward, **self.nice}}.get(method, {})
+        max_length = max_length or self.max_length
+        model = ModelConfig(name_or_path=model_path, max_length=max_length, device=self.device)
+        warmup = dataclasses.replace(self.warmup, max_length=min(self.warmup.max_length, max_length))
+        return ScoreConfig(method=method, model=model,
+                           warmup=warmup, features=FeatureConfig(k=self.k, batch_size=self.feature_batch_size),
+                           select=SelectConfig(percent=max(self.percents)), options=options, threads=self.threads)
+
+    def __post_init__(self) -> None:
+        if not set(self.downstream.percents) <= set(self.percents):
+            raise ValueError(f"downstream percents {self.downstream.percents} must be among {self.percents}")
+
+
+def pct_key(percent: float) -> str:
+    """"5" for 5.0, "2.5" for 2.5: the JSON key of a percent."""
+    return f"{percent:g}"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def selection_metrics(selected_uids: list[str], labels: dict[str, dict], target: str,
+                      has_noise: bool) -> dict[str, float]:
+    """precision (and noise_rate when the suite plants noise) of one selection, from pool labels."""
+    rows = [labels[u] for u in selected_uids]
+    on_target = [r for r in rows if r["dataset"] == target]
+    out = {"precision": len(on_target) / len(rows)}
+    if has_noise and on_target:
+        out["noise_rate"] = sum(bool(r.get("noisy")) for r in on_target) / len(on_target)
+    return out
+
+
+def _mean_metrics(per_target: list[dict[str, float]]) -> dict[str, float]:
+    """Macro mean over targets of each metric present for every target."""
+    keys = [k for k in per_target[0] if all(k in m for m in per_target)]
+    return {k: float(np.mean([m[k] for m in per_target])) for k in keys}
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class SuiteRun:
+    """One suite in its throwaway workspace: import, score each method, select, fine-tune."""
+
+    def __init__(self, suite: Suite, cfg: QualityConfig, model_path: str, workdir: Path, log: Log):
+        from curation.store import Store
+        from curation.workspace import Workspace
+
+        self.suite, self.cfg, self.model_path, self.log = suite, cfg, model_path, log
+        self.ws = Workspace(home=workdir.resolve(), db_url=f"sqlite:///{workdir.resolve() / 'curation.db'}").ensure()
+        self.store = Store.open(self.ws)
+        self.labels = {r["id"]: r for r in suite.pool}
+        self.info: dict[str, Any] = {"workdir": str(self.ws.home), "sizes": suite.sizes, "notes": list(suite.notes),
+                                     "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+                                     "skipped_methods": {}, "failed_methods": {}, "runs": {},
+                                     "cost": {"scoring": {}, "downstream": {}}}
+        self.selections: dict[str, dict[str, dict[str, list[int]]]] = {}  # target -> method -> pct -> ids
+
+    def import_data(self) -> None:
+        from curation.imports import import_pool, import_prefs
+        from curation.synthetic import to_jsonl
+
+        t = time.perf_counter()
+        data = self.ws.uploads
+        (data / "pool.jsonl").write_text(to_jsonl(self.suite.pool), encoding="utf-8")
+        import_pool(self.store, data / "pool.jsonl", name="pool")
+        for tg in self.suite.targets:
+            (data / f"prefs-{tg.name}.jsonl").write_text(to_jsonl(tg.prefs), encoding="utf-8")
+            import_prefs(self.store, data / f"prefs-{tg.name}.jsonl", name=f"prefs-{tg.name}", subtask_field="subtask")
+        self.uid = self._uids()
+        self.info["cost"]["import_s"] = round(time.perf_counter() - t, 2)
+
+    def _uids(self) -> dict[int, str]:
+        from sqlalchemy import select
+
+        from curation.store import Example
+        with self.store.session() as s:
+            return dict(s.execute(select(Example.id, Example.uid)).all())
+
+    def score_all(self) -> None:
+        from curation.methods import REGISTRY
+        for method in self.cfg.methods:
+            if method not in REGISTRY:
+                self.info["skipped_methods"][method] = "not registered in curation.methods.REGISTRY"
+                self.log(f"{self.suite.name}: {method} skipped (not registered)")
+                continue
+            for tg in self.suite.targets:
+                self._score(method, tg)
+
+    def _score(self, method: str, tg: Target) -> None:
+        from curation.runs import create_run, execute_run, load_scores, show_run
+
+        key = method if len(self.suite.targets) == 1 else f"{method}/{tg.name}"
+        self.log(f"{self.suite.name}: scoring {key}")
+        t = time.perf_counter()
+        run_id = None
+        try:
+            run_id = create_run(self.store, "pool", f"prefs-{tg.name}",
+                                self.cfg.score_config(method, self.model_path, tg.nice_reward, self.suite.max_length),
+                                ws=self.ws)
+            execute_run(self.store, run_id, ws=self.ws)
+        except Exception as e:  # noqa: BLE001  (one broken method must not sink the whole bench)
+            self.info["failed_methods"][key] = f"{type(e).__name__}: {e}"
+            self.log(f"{self.suite.name}: {key} failed: {type(e).__name__}: {e}")
+            return
+        finally:
+            if run_id is not None:
+                self.info["runs"][key] = run_id
+        ids, scores = load_scores(self.store, run_id)
+        self.selections.setdefault(tg.name, {})[method] = {
+            pct_key(p): select_top(scores, ids, percent=p).selected_ids for p in self.cfg.percents}
+        self.info["cost"]["scoring"][key] = {"wall_s": round(time.perf_counter() - t, 2),
+                                             "stages": show_run(self.store, run_id, top=0)["stage_times"]}
+
+    def selection_table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """method -> percent -> precision/noise_rate (macro mean over targets)."""
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        methods = [m for m in self.cfg.methods if all(m in self.selections.get(t.name, {}) for t in self.suite.targets)]
+        for m in methods:
+            table[m] = {}
+            for p in map(pct_key, self.cfg.percents):
+                per_target = [selection_metrics([self.uid[i] for i in self.selections[t.name][m][p]], self.labels,
+                                                t.name, self.suite.has_noise) for t in self.suite.targets]
+                table[m][p] = _mean_metrics(per_target)
+                if len(per_target) > 1:
+                    self.info.setdefault("per_target", {}).setdefault(m, {})[p] = {
+                        t.name: v for t, v in zip(self.suite.targets, per_target)}
+        full = [selection_metrics(list(self.uid.values()), self.labels, t.name, self.suite.has_noise)
+                for t in self.suite.targets]
+        table["full_pool"] = {"100": _mean_metrics(full)}
+        return table
+
+    # ------------------------------------------------------------ downstream
+
+    def downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
+        """Fine-tune per (method, percent, seed) and on the full pool; fills accuracy into `table`."""
+        from sqlalchemy import select
+
+        from curation.store import Example
+
+        self.log(f"{self.suite.name}: downstream fine-tunes")
+        t = time.perf_counter()
+        model, tok = load_model(ModelConfig(name_or_path=self.model_path, device=self.cfg.device), self.ws.home)
+        with self.store.session() as s:
+            messages = dict(s.execute(select(Example.id, Example.messages).order_by(Example.id)).all())
+        pcts = [pct_key(p) for p in self.cfg.downstream.percents]
+        sets = {m: {pk: {tg: [messages[i] for i in self.selections[tg][m][pk]] for tg in self.selections}
+                    for pk in pcts} for m in table if m != "full_pool"}
+        evals = {tg.name: (tg.heldout, tg.check) for tg in self.suite.targets}
+        res = run_downstream(model, tok, sets, list(messages.values()), evals, self.cfg.downstream,
+                             self.ws.home / "downstream", lambda msg: self.log(f"{self.suite.name}: {msg}"))
+        for method, by_pct in res.per_seed.items():
+            for pk, accs in by_pct.items():
+                table[method][pk]["accuracy_mean"], table[method][pk]["accuracy_std"] = mean_std(accs)
+        self.info.update(base_model_accuracy=res.base_accuracy, accuracy_per_seed=res.per_seed, budgets=res.budgets)
+        self.info["cost"]["downstream"] = {**res.cost, "total_s": round(time.perf_counter() - t, 2)}
+
+
+# ---------------------------------------------------------------- suites
+
+
+def resolve_model(name: str, log: Log) -> str:
+    """A local path for the base model: "tiny" is built (first time, minutes) or found in the cache."""
+    if name != "tiny":
+        return name
+    from curation.tiny import ensure_tiny_model
+    from curation.workspace import Workspace
+    log("resolving the tiny base model (built on first use: a few minutes)")
+    return str(ensure_tiny_model(Workspace.from_env().ensure().home))
+
+
+def build_suite(name: str, cfg: QualityConfig) -> Suite | str:
+    """The suite's data, or the reason it is skipped."""
+    if name == "synthetic":
+        return build_synthetic(cfg.synthetic)
+    if name == "t0":
+        if not t0_available(cfg.t0):
+            return f"t0 data not found at {t0_root(cfg.t0)}"
+        return build_t0(cfg.t0)
+    raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+
+
+def run_suite(name: str, cfg: QualityConfig, workdir: Path, log: Log) -> dict:
+    """One suite's result object (methods, full_pool, _info)."""
+    started = time.perf_counter()
+    suite = build_suite(name, cfg)
+    if isinstance(suite, str):
+        log(f"{name}: skipped ({suite})")
+        return {"_info": {"skipped": suite}}
+    build_s = time.perf_counter() - started
+    run = SuiteRun(suite, cfg, resolve_model(cfg.model, log), workdir, log)
+    run.import_data()
+    run.score_all()
+    table = run.selection_table()
+    if name == "synthetic" or cfg.t0_downstream:
+        run.downstream(table)
+    else:
+        run.info["notes"].append("downstream fine-tuning is off for this suite (QualityConfig.t0_downstream)")
+    cost = run.info["cost"]
+    cost["build_s"] = round(build_s, 2)
+    cost["scoring_total_s"] = round(sum(v["wall_s"] for v in cost["scoring"].values()), 2)
+    cost["downstream_total_s"] = cost["downstream"].get("total_s", 0.0)
+    cost["total_s"] = round(time.perf_counter() - started, 2)
+    run.info["notes"].append("the gradient methods share one warmup: the first of them to run pays for it")
+    return {**table, "_info": run.info}
+
+
+def run_quality(cfg: QualityConfig, workdir: Path | None = None, log: Log | None = None) -> dict:
+    """Every suite of `cfg`; with no `workdir` each suite works in a temp dir under the workspace
+    (``$CURATION_HOME/bench/``) that is deleted afterwards."""
+    log = log or (lambda msg: None)
+    result = {}
+    for name in cfg.suites:
+        if workdir is not None:
+            result[name] = run_suite(name, cfg, Path(workdir) / name, log)
+            continue
+        from curation.workspace import Workspace
+        parent = Workspace.from_env().ensure().home / "bench"
+        parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"quality-{name}-", dir=parent))
+        try:
+            result[name] = run_suite(name, cfg, tmp, log)
+            result[name].get("_info", {}).pop("workdir", None)  # deleted below
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def summary(result: dict) -> str:
+    """The human report: one table per suite, then costs and notes."""
+    lines = []
+    for suite, data in result.items():
+        info = data.get("_info", {})
+        if "skipped" in info:
+            lines.append(f"== {suite}: skipped ({info['skipped']})")
+            continue
+        lines.append(f"== {suite} ({json.dumps(info.get('sizes', {}))})")
+        lines.append(f"{'method':<10}{'pct':>5}{'precision':>11}{'noise':>8}{'accuracy':>17}")
+        for method, rows in data.items():
+            if method == "_info":
+                continue
+            for p, m in rows.items():
+                acc = (f"{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f}" if "accuracy_mean" in m else "-")
+                noise = f"{m['noise_rate']:.3f}" if "noise_rate" in m else "-"
+                lines.append(f"{method:<10}{p:>5}{m['precision']:>11.3f}{noise:>8}{acc:>17}")
+        if "base_model_accuracy" in info:
+            lines.append(f"base model (no fine-tune) accuracy: {info['base_model_accuracy']:.3f}")
+        for key in ("skipped_methods", "failed_methods"):
+            for method, why in info.get(key, {}).items():
+                lines.append(f"{key.split('_')[0]}: {method}: {why}")
+        cost = info.get("cost", {})
+        lines.append(f"wall time: total {cost.get('total_s', 0):.0f} s, scoring {cost.get('scoring_total_s', 0):.0f} s, "
+                     f"downstream {cost.get('downstream_total_s', 0):.0f} s")
+        for method, c in cost.get("scoring", {}).items():
+            lines.append(f"  score {method:<22}{c['wall_s']:8.1f} s  " + ", ".join(
+                f"{k} {v:.1f}" for k, v in (c["stages"] or {}).items()))
+        lines += [f"note: {n}" for n in info.get("notes", [])]
+    return "\n".join(lines)
+
+
+def config_from_args(args: argparse.Namespace) -> QualityConfig:
+    """CLI options over the full (or, with --quick, the small) defaults."""
+    overrides: dict[str, Any] = {}
+    suite = getattr(args, "suite", None)
+    if suite:
+        overrides["suites"] = (suite,)
+    for name in ("k", "threads", "device"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    model = getattr(args, "model", None)
+    if getattr(args, "quick", False):
+        return QualityConfig.quick(model=model, **overrides)
+    return QualityConfig(**({"model": model} if model else {}), **overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    cfg = config_from_args(args)
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[bench quality {time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    result = run_quality(cfg, log=log)
+    print(json.dumps(result) if args.json else summary(result))
+    return 0
