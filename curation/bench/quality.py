@@ -194,8 +194,10 @@ class SuiteRun:
         ids, scores = load_scores(self.store, run_id)
         self.selections.setdefault(tg.name, {})[method] = {
             pct_key(p): select_top(scores, ids, percent=p).selected_ids for p in self.cfg.percents}
-        self.info["cost"]["scoring"][key] = {"wall_s": round(time.perf_counter() - t, 2),
-                                             "stages": show_run(self.store, run_id, top=0)["stage_times"]}
+        shown = show_run(self.store, run_id, top=0)
+        self.info["cost"]["scoring"][key] = {"wall_s": round(time.perf_counter() - t, 2), "stages": shown["stage_times"]}
+        if (shown["meta"] or {}).get("warnings"):  # e.g. NICE prompts whose samples all got reward 0
+            self.info.setdefault("run_warnings", {})[key] = shown["meta"]["warnings"]
 
     def selection_table(self) -> dict[str, dict[str, dict[str, float]]]:
         """method -> percent -> precision/noise_rate (macro mean over targets)."""
