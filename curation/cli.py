@@ -210,6 +210,35 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return run_bench(a)
 
 
+@command("decide")
+def cmd_decide(a: argparse.Namespace) -> int:
+    """Pin, exclude or clear examples by id, as the Curate page does (one undoable batch)."""
+    from curation import curate
+    batch = curate.decide(_store(), a.pool, a.ids, a.action, a.reason or "", author=a.author)
+    print(f"{a.action} {len(set(a.ids))} example(s) of '{a.pool}' (batch {batch[:8]})")
+    return 0
+
+
+@command("undo")
+def cmd_undo(a: argparse.Namespace) -> int:
+    from curation import curate
+    batch = curate.undo_last(_store(), a.pool)
+    print(f"undid batch {batch[:8]}" if batch else "nothing to undo")
+    return 0
+
+
+@command("export")
+def cmd_export(a: argparse.Namespace) -> int:
+    """The run's curated selection (pins in, excludes out) as JSONL + manifest; prints the file path."""
+    from curation.export import export_selection
+    from curation.workspace import Workspace
+    res = export_selection(_store(), a.run_id, a.format, Workspace.from_env().ensure(), percent=a.percent, n=a.n,
+                           name=a.name)
+    print(f"{res.n} examples, sha256 {res.sha256[:12]}, manifest {res.manifest_path}", file=sys.stderr)
+    print(res.path)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -247,6 +276,21 @@ def make_parser() -> argparse.ArgumentParser:
     cp.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
     cp.add_argument("--top", type=int, default=10, help="disagreements shown per pair of runs")
     cp.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    dp = sub.add_parser("decide", help="pin, exclude or clear examples (by database id) with a reason")
+    dp.add_argument("action", choices=("pin", "exclude", "clear"))
+    dp.add_argument("pool")
+    dp.add_argument("ids", type=int, nargs="+")
+    dp.add_argument("--reason", help="required for pin and exclude; kept in the audit trail")
+    dp.add_argument("--author", default="cli")
+    up = sub.add_parser("undo", help="revert the last pin/exclude action on a pool")
+    up.add_argument("pool")
+    ep = sub.add_parser("export", help="export a run's curated selection as JSONL with a manifest")
+    ep.add_argument("run_id", type=int)
+    ep.add_argument("--format", default="original", choices=("original", "messages", "alpaca"))
+    eb = ep.add_mutually_exclusive_group()
+    eb.add_argument("--percent", type=float, help="budget (default: the run's)")
+    eb.add_argument("--n", type=int)
+    ep.add_argument("--name", help="file name stem (default: run, format and time)")
     wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")
     wk.add_argument("run_id", type=int)
     from curation.bench import BENCHES

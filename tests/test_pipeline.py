@@ -68,6 +68,36 @@ def test_score_cli_on_the_demo_stores_a_selection(ws, micro_model, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "curation", "show", str(run_id)], cwd=REPO, env=env_for(ws),
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "#1 " in shown.stdout
+    check_curation_cli(ws, store, run_id)
+
+
+def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "curation", *args], cwd=REPO, env=env_for(ws),
+                          capture_output=True, text=True, timeout=120)
+
+
+def check_curation_cli(ws: Workspace, store: Store, run_id: int) -> None:
+    """decide / undo / export from the CLI: the same library calls as the Curate page."""
+    with store.session() as s:
+        top, second = s.scalars(select(Score.example_id).where(Score.run_id == run_id).order_by(Score.rank).limit(2))
+        outside = s.scalar(select(Score.example_id).where(Score.run_id == run_id, Score.rank == 2000))
+    assert cli(ws, "decide", "exclude", "demo", str(top), "--reason", "too easy").returncode == 0
+    assert cli(ws, "decide", "pin", "demo", str(second), "--reason", "keep").returncode == 0
+    assert cli(ws, "undo", "demo").stdout.startswith("undid")  # the pin of `second` is reverted
+    assert cli(ws, "decide", "pin", "demo", str(outside), "--reason", "must have").returncode == 0
+    no_reason = cli(ws, "decide", "pin", "demo", str(second))
+    assert no_reason.returncode == 2 and "reason" in no_reason.stderr and "Traceback" not in no_reason.stderr
+    out = cli(ws, "export", str(run_id), "--format", "messages")
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    manifest = json.loads(path.with_name(path.name.replace(".jsonl", ".manifest.json")).read_text())
+    assert len(rows) == 150 and all("messages" in r for r in rows)
+    assert {o["action"] for o in manifest["overrides"]} == {"exclude", "pin"}
+    uids = {e["uid"] for e in manifest["examples"]}
+    with store.session() as s:
+        from curation.store import Example
+        assert s.get(Example, outside).uid in uids and s.get(Example, top).uid not in uids
 
 
 def _train_features(workdir: Path, n_ckpt: int) -> list[np.ndarray]:
