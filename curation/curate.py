@@ -115,14 +115,18 @@ def _state_before(s: Session, batch: str) -> list[tuple[int, str]]:
     return [(e, a or "clear") for e, a in s.execute(q)]
 
 
-def _latest(pool_id: int):
-    """The latest decision per example of a pool (a max-id subquery), 'clear' ones left out."""
+def latest_decisions(pool_id):
+    """The latest decision per example of a pool (a max-id subquery), 'clear' ones left out.
+
+    The one definition of "current override" (latest wins, clear removes): Curate, Explore and
+    the export manifest all read it. `pool_id` may be an int or a scalar SQL subquery.
+    """
     newest = select(func.max(Decision.id)).where(Decision.pool_id == pool_id).group_by(Decision.example_id)
     return select(Decision).where(Decision.id.in_(newest), Decision.action != "clear")
 
 
 def _overrides(s: Session, pool_id: int) -> dict[int, str]:
-    q = _latest(pool_id).with_only_columns(Decision.example_id, Decision.action)
+    q = latest_decisions(pool_id).with_only_columns(Decision.example_id, Decision.action)
     return dict(s.execute(q).all())
 
 
@@ -135,7 +139,7 @@ def current_overrides(store: Store, pool: str) -> dict[int, str]:
 def override_details(store: Store, pool: str) -> list[dict]:
     """The current overrides with who decided them, when and why (for manifests and review)."""
     with store.session() as s:
-        latest = _latest(catalog.get_pool(s, pool).id).subquery()
+        latest = latest_decisions(catalog.get_pool(s, pool).id).subquery()
         q = (select(Example.uid, latest.c.action, latest.c.reason, latest.c.author, latest.c.created_at)
              .join(latest, latest.c.example_id == Example.id).order_by(latest.c.id))
         return [dict(uid=u, action=a, reason=r, author=w, time=t.isoformat()) for u, a, r, w, t in s.execute(q)]

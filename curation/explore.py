@@ -64,13 +64,6 @@ def run_info(store: Store, run_id: int) -> RunInfo:
                        list(meta.get("subtasks") or []))
 
 
-def _latest_decisions(run_id: int):
-    """Subquery: (example_id, latest decision id) over the run's pool."""
-    pool_id = select(Run.pool_id).where(Run.id == run_id).scalar_subquery()
-    return (select(Decision.example_id, func.max(Decision.id).label("decision_id"))
-            .where(Decision.pool_id == pool_id).group_by(Decision.example_id).subquery())
-
-
 def run_scores_frame(store: Store, run_id: int) -> pd.DataFrame:
     """Every scored example of the run, best rank first, in compact dtypes.
 
@@ -78,12 +71,13 @@ def run_scores_frame(store: Store, run_id: int) -> pd.DataFrame:
     (the automatic selection), subtask (driving subtask, category), chars (int32), override
     ("pin" | "exclude" | None, category) and state (one of `STATES`, category).
     """
-    latest = _latest_decisions(run_id)
+    from curation.curate import latest_decisions
+
+    latest = latest_decisions(select(Run.pool_id).where(Run.id == run_id).scalar_subquery()).subquery()
     q = (select(Score.example_id, Example.uid, Example.source, Score.score, Score.rank,
-                Score.selected, Score.subtask, Example.total_chars, Decision.action)
+                Score.selected, Score.subtask, Example.total_chars, latest.c.action)
          .join(Example, Example.id == Score.example_id)
          .outerjoin(latest, latest.c.example_id == Score.example_id)
-         .outerjoin(Decision, Decision.id == latest.c.decision_id)
          .where(Score.run_id == run_id).order_by(Score.rank))
     with store.engine.connect() as conn:
         rows = conn.execute(q).all()

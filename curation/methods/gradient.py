@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
