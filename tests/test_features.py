@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,16 @@ def test_shard_range_and_spec():
     for bad in ["4/4", "x", "1/2/3", "-1/2"]:
         with pytest.raises(CurationError):
             parse_shard_spec(bad)
+
+
+def test_manifest_file_names_the_ids_by_hash_and_refuses_a_changed_ids_file(tmp_path):
+    """The per-shard manifest rewrite stays small: ids live once in example_ids.npy."""
+    from curation.features import IDS_FILE
+    m = manifest()
+    m.save(tmp_path / "manifest.json")
+    head = json.loads((tmp_path / "manifest.json").read_text())
+    assert "example_ids" not in head and head["n"] == m.n
+    assert FeatureManifest.load(tmp_path / "manifest.json") == m
+    np.save(tmp_path / IDS_FILE, np.arange(m.n, dtype=np.int64))  # other ids, same count
+    with pytest.raises(StaleFeaturesError):
+        FeatureManifest.load(tmp_path / "manifest.json")
