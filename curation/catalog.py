@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from curation.errors import CurationError
 from curation.store import Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
-from curation.store.models import utcnow
 
 
 def get_pool(s: Session, name: str) -> Pool:
@@ -177,38 +176,10 @@ def get_pairs(store: Store, name: str) -> list[dict]:
                      author=p.author, created=p.created_at) for p in pset.pairs]
 
 
-def add_pair(store: Store, name: str, prompt: str, chosen: str, rejected: str, subtask: str,
-             author: str = "curator") -> int:
-    validate_pair(prompt, chosen, rejected, subtask)
-    with store.session() as s:
-        pset = get_prefset(s, name)
-        pos = (s.scalar(select(func.max(PreferencePair.position)).where(PreferencePair.set_id == pset.id)) or 0) + 1
-        pair = PreferencePair(set_id=pset.id, position=pos, prompt=prompt.strip(),
-                              prompt_messages=[{"role": "user", "content": prompt.strip()}],
-                              chosen=chosen.strip(), rejected=rejected.strip(), subtask=subtask.strip(), author=author)
-        s.add(pair)
-        s.flush()
-        return pair.id
 
 
-def update_pair(store: Store, pair_id: int, prompt: str, chosen: str, rejected: str, subtask: str) -> None:
-    validate_pair(prompt, chosen, rejected, subtask)
-    with store.session() as s:
-        pair = s.get(PreferencePair, pair_id)
-        if pair is None:
-            raise CurationError(f"no preference pair with id {pair_id}")
-        if pair.prompt != prompt.strip():
-            pair.prompt_messages = [{"role": "user", "content": prompt.strip()}]
-        pair.prompt, pair.chosen, pair.rejected, pair.subtask = prompt.strip(), chosen.strip(), rejected.strip(), subtask.strip()
-        pair.updated_at = utcnow()
 
 
-def delete_pair(store: Store, pair_id: int) -> None:
-    with store.session() as s:
-        pair = s.get(PreferencePair, pair_id)
-        if pair is None:
-            raise CurationError(f"no preference pair with id {pair_id}")
-        s.delete(pair)
 
 
 def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator") -> dict:

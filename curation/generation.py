@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from curation.features import atomic_write
-from curation.model import Messages, _render, pad_token_id
+from curation.model import Messages, render_text, pad_token_id
 from curation.projection import derive_seed
 
 CACHE_VERSION = 1  # bump when the same key would hold different samples
@@ -46,7 +46,7 @@ class SamplingConfig:
 
 def render_prompt(tokenizer, prompt_messages: Messages) -> str:
     """The prompt exactly as `encode_pair` formats it, followed by the assistant header."""
-    return _render(tokenizer, prompt_messages, add_generation_prompt=True)
+    return render_text(tokenizer, prompt_messages, add_generation_prompt=True)
 
 
 def _stop_ids(model, tokenizer) -> list[int]:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from sqlalchemy import insert, select, text
 
@@ -195,8 +195,3 @@ def import_prefs(store: Store, path: str | Path, name: str | None = None, fmt: s
         res.n_ok = len(records)
     res.report_id = _save_report(store, res, path, fmt or "auto", strict)
     return res
-
-
-def iter_problems(res: ImportResult) -> Iterable[str]:
-    for p in res.problems:
-        yield str(p)

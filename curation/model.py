@@ -148,7 +148,8 @@ def _tulu(messages: Messages, eos: str, add_generation_prompt: bool) -> str:
     return "".join(parts) + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
-def _render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> str:
+def render_text(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> str:
+    """The conversation as the model sees it: chat template, or the LESS tulu format without one."""
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -157,7 +158,7 @@ def _render(tokenizer, messages: Messages, add_generation_prompt: bool = False) 
 
 def format_conversation(tokenizer, messages: Messages) -> str:
     """The training text: the tokenizer's chat template if it has one, else the tulu format."""
-    return _render(tokenizer, messages)
+    return render_text(tokenizer, messages)
 
 
 def _assistant_spans(tokenizer, messages: Messages, text: str) -> list[tuple[int, int]]:
@@ -170,8 +171,8 @@ def _assistant_spans(tokenizer, messages: Messages, text: str) -> list[tuple[int
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        head = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1])
+        head = render_text(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render_text(tokenizer, messages[: i + 1])
         if text.startswith(upto) and upto.startswith(head) and len(head) >= cursor:
             spans.append((len(head), len(upto)))
         else:
@@ -212,7 +213,7 @@ def encode(tokenizer, messages: Messages, max_length: int) -> dict[str, list[int
     """
     if not messages:
         raise CurationError("a conversation needs at least one message")
-    text = _render(tokenizer, messages)
+    text = render_text(tokenizer, messages)
     spans = _assistant_spans(tokenizer, messages, text)
     try:
         enc = tokenizer(text, add_special_tokens=not tokenizer.chat_template,

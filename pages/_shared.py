@@ -49,7 +49,3 @@ def save_upload(upload) -> Path:
     dest = workspace().uploads / Path(upload.name).name
     dest.write_bytes(upload.getvalue())
     return dest
-
-
-def coming_soon(what: str) -> None:
-    st.info(f"Coming next: {what}. The library and CLI land first; this page will call them.")
