@@ -56,8 +56,7 @@ def _fetcher(store: Store):
 
 
 def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
-    """Everything a method needs, read once; also applies the run's CPU thread count."""
-    import torch
+    """Everything a method needs, read once."""
     with store.session() as s:
         ids = list(s.scalars(select(Example.id).where(Example.pool_id == run.pool_id).order_by(Example.id)))
         pairs = [] if run.prefs_id is None else [
@@ -65,9 +64,15 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
             for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == run.prefs_id)
                                .order_by(PreferencePair.position, PreferencePair.id))]
     config = ScoreConfig.from_dict(run.config)
-    torch.set_num_threads(config.threads)
     return ScoreInputs(example_ids=ids, fetch=_fetcher(store), pairs=pairs, config=config,
                        workdir=Path(run.workdir), workspace=ws, reporter=reporter)
+
+
+def _use_threads(config: ScoreConfig) -> None:
+    """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads)."""
+    import torch
+
+    torch.set_num_threads(config.threads)
 
 
 def _set(store: Store, run_id: int, **values) -> None:
@@ -89,6 +94,7 @@ def execute_shard(store: Store, run_id: int, rank: tuple[int, int], ws: Workspac
     if not method.shards_features:  # nothing to split: the unsharded pass does all the work
         return
     inputs = _inputs(store, run, ws, Reporter(None, None, echo))
+    _use_threads(inputs.config)
     inputs.rank = rank
     inputs.workdir.mkdir(parents=True, exist_ok=True)
     method.score(inputs)
@@ -108,6 +114,7 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
     reporter = Reporter(store, run_id, echo)
     try:
         inputs = _inputs(store, run, ws, reporter)
+        _use_threads(inputs.config)
         inputs.workdir.mkdir(parents=True, exist_ok=True)
         out = get_method(run.method).score(inputs)
         reporter.stage("select", len(inputs.example_ids))
