@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import streamlit as st
 
 from curation.errors import CurationError
@@ -49,3 +50,17 @@ def save_upload(upload) -> Path:
     dest = workspace().uploads / Path(upload.name).name
     dest.write_bytes(upload.getvalue())
     return dest
+
+
+def import_source(placeholder: str, types: list[str]):
+    """Server path and upload fields (inside a form); call the result on submit to get the path."""
+    path = st.text_input("Server path", placeholder=placeholder)
+    upload = st.file_uploader("…or upload", type=types)
+    return lambda: save_upload(upload) if upload else path.strip()
+
+
+def show_import(res) -> None:
+    """An import's summary (red when strict mode rejected it) and every bad line, as a table."""
+    (st.success if res.status == "imported" else st.error)(res.summary())
+    if res.problems:
+        st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)

@@ -6,7 +6,7 @@ import streamlit as st
 from curation import catalog
 from curation.demo import ensure_demo
 from curation.imports import import_pool
-from pages._shared import render_messages, save_upload, store, user_errors
+from pages._shared import import_source, render_messages, show_import, store, user_errors
 
 POOL_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "tulu", "prompt_completion", "prompt_response"]
 
@@ -15,24 +15,21 @@ pools = catalog.list_pools(store())
 
 with st.expander("Import a pool", expanded=not pools):
     with st.form("import_pool"):
-        path = st.text_input("Server path", placeholder="/data/pool.jsonl")
-        upload = st.file_uploader("…or upload", type=["jsonl", "json", "parquet", "csv"])
+        source = import_source("/data/pool.jsonl", ["jsonl", "json", "parquet", "csv"])
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("Name (default: file name)")
         fmt = c2.selectbox("Format", POOL_FORMATS)
         strict = c3.checkbox("Strict: import nothing if any line is bad")
         if st.form_submit_button("Import", type="primary"):
             with user_errors():
-                src = save_upload(upload) if upload else path.strip()
+                src = source()
                 bar = st.progress(0.0, text="Importing…")
                 res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict,
                                   progress=lambda done, total: bar.progress(
                                       min(done / total, 1.0) if total else 0.0, text=f"Importing… {done:,} records"
                                       + (f" of {total:,}" if total else "")))
                 bar.empty()
-                (st.success if res.status == "imported" else st.error)(res.summary())
-                if res.problems:
-                    st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+                show_import(res)
     if st.button("Load the demo pool and preference set"):
         with user_errors(), st.spinner("Importing the demo…"):
             for res in ensure_demo(store()):

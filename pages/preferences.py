@@ -5,7 +5,7 @@ import streamlit as st
 
 from curation import catalog
 from curation.imports import import_prefs
-from pages._shared import save_upload, store, user_errors
+from pages._shared import import_source, show_import, store, user_errors
 
 st.title("Preferences")
 st.caption("Each pair says which of two responses to a prompt is better for your task. "
@@ -15,8 +15,7 @@ sets = catalog.list_prefsets(store())
 
 with st.expander("Import or create a preference set", expanded=not sets):
     with st.form("import_prefs"):
-        path = st.text_input("Server path", placeholder="/data/prefs.jsonl or a ROSE *_preference.json")
-        upload = st.file_uploader("…or upload", type=["jsonl", "json"])
+        source = import_source("/data/prefs.jsonl or a ROSE *_preference.json", ["jsonl", "json"])
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Name (default: file name)")
         fmt = c2.selectbox("Format", ["auto", "trl", "hh", "rose"])
@@ -24,12 +23,9 @@ with st.expander("Import or create a preference set", expanded=not sets):
         n_sub = c4.number_input("…or N contiguous subtasks (0 = infer)", min_value=0, value=0)
         if st.form_submit_button("Import", type="primary"):
             with user_errors():
-                src = save_upload(upload) if upload else path.strip()
-                res = import_prefs(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt,
+                res = import_prefs(store(), source(), name=name or None, fmt=None if fmt == "auto" else fmt,
                                    subtask_field=field or None, subtasks=n_sub or None)
-                st.success(res.summary())
-                if res.problems:
-                    st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+                show_import(res)
     with st.form("new_set"):
         new = st.text_input("New empty set")
         if st.form_submit_button("Create"):
