@@ -28,6 +28,10 @@ class FeatureConfig:
     batch_size: int = 16  # examples per batched backward
     dtype: str = "float16"  # stored feature dtype
     shard_size: int = 1024  # rows per shard file: the unit of resume
+    # A pool that grew keeps the warmup its stored features were made with (when that warmup
+    # is at least half the size the grown pool's share would be), so only new rows are
+    # extracted. False: always warm up on the pool's own seeded share.
+    reuse_warmup: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.batch_size < 1 or self.shard_size < 1:

@@ -436,7 +436,10 @@ class FeatureStore:
         return self.root / split / f"ckpt_{int(ckpt)}"
 
     def exists(self, split: str, ckpt: int) -> bool:
-        """True when the split/checkpoint is complete and readable."""
+        """True when the split/checkpoint is complete and readable (a view: its feature set too)."""
+        from curation.featuresets import is_view, view_readable
+        if is_view(self.path(split, ckpt)):
+            return view_readable(self.path(split, ckpt))
         path = self.path(split, ckpt) / MANIFEST
         return path.is_file() and FeatureManifest.load(path).complete
 
@@ -446,6 +449,10 @@ class FeatureStore:
         return FeatureWriter(self.path(split, ckpt), manifest, rank)
 
     def reader(self, split: str, ckpt: int) -> FeatureReader:
+        """The split's reader; a run's train split is a view into the workspace feature store."""
+        from curation.featuresets import FeatureView, is_view
+        if is_view(self.path(split, ckpt)):
+            return FeatureView(self.path(split, ckpt))
         return FeatureReader(self.path(split, ckpt))
 
     def merge(self, split: str, ckpt: int) -> FeatureManifest:

@@ -258,3 +258,33 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         raise CurationError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padded_length(n_tokens: int, max_length: int) -> int:
+    """The sequence length an item of ``n_tokens`` is padded to for feature extraction.
+
+    Why a fixed length per item: on CPU the batched kernels give each row bit-identical
+    results whatever its batch companions are, *if* the padded length is the same (measured:
+    a different padding length changes the last bits, a different batch size does not). So
+    each item is padded to a length that depends on its own length only: rounded up to an
+    eighth of its power of two (at least 16; at most 12.5% padding), capped at ``max_length``.
+    That makes stored features independent of which examples shared a shard, so features
+    extracted incrementally equal a full extraction byte for byte.
+    """
+    if n_tokens < 1:
+        raise ValueError("an item has at least one token")
+    quantum = max(16, (1 << (n_tokens.bit_length() - 1)) // 8)
+    return max(n_tokens, min(-(-n_tokens // quantum) * quantum, max_length))
+
+
+def fixed_length_buckets(lengths: Sequence[int], batch_size: int, max_length: int
+                         ) -> list[tuple[int, list[int]]]:
+    """``(padded length, indices)`` batches: items of one padded length only (see
+    `padded_length`), in index order within a length; deterministic."""
+    if batch_size < 1:
+        raise CurationError(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(padded_length(n, max_length), []).append(i)
+    return [(t, idx[s: s + batch_size]) for t, idx in sorted(groups.items())
+            for s in range(0, len(idx), batch_size)]

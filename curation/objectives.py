@@ -113,15 +113,19 @@ def sampled_item(sequences: Sequence[tuple[Tensor, Tensor]], rewards: Sequence[f
     return _rows_item(sequences, rewards)
 
 
-def collate(items: Sequence[Batch], pad_id: int = 0) -> Batch:
-    """Merge batches into one: rows stacked, right-padded, item numbers offset.
+def collate(items: Sequence[Batch], pad_id: int = 0, length: int | None = None) -> Batch:
+    """Merge batches into one: rows stacked, right-padded (to ``length`` if given), item
+    numbers offset.
 
     Right padding keeps every real token at the position it has unpadded; padding gets
     ``attention_mask`` 0 and label -100, so it neither is attended to nor scored.
     """
     if not items:
         raise ValueError("nothing to collate")
-    length = max(b.input_ids.shape[1] for b in items)
+    longest = max(b.input_ids.shape[1] for b in items)
+    if length is not None and length < longest:
+        raise ValueError(f"cannot pad rows of {longest} tokens to {length}")
+    length = longest if length is None else length
 
     def pad(t: Tensor, value: int) -> Tensor:
         return F.pad(t, (0, length - t.shape[1]), value=value)

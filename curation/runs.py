@@ -7,6 +7,7 @@ shards), so running it again on the same run id picks up where a crash or kill l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import traceback
@@ -39,8 +40,9 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
         ps = get_prefset(s, prefs) if prefs else None
         if method.needs_pairs and (ps is None or not ps.pairs):
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
+        pairs = pairs_snapshot(s, ps.id if ps else None)
         run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
-                  status="queued", stage_times={}, meta={})
+                  status="queued", stage_times={}, meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs)})
         s.add(run)
         s.flush()
         run.workdir = str(ws.run_dir(run.id))
@@ -55,17 +57,58 @@ def _fetcher(store: Store):
     return fetch
 
 
-def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
-    """Everything a method needs, read once."""
-    with store.session() as s:
-        ids = list(s.scalars(select(Example.id).where(Example.pool_id == run.pool_id).order_by(Example.id)))
-        pairs = [] if run.prefs_id is None else [
-            ValPair(p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask)
-            for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == run.prefs_id)
+def _hash_fetcher(store: Store, pool_id: int):
+    """Messages by content hash: this pool's unique index first, any pool for the rest."""
+    def fetch(hashes: Sequence[str]) -> list[list[dict]]:
+        wanted = list(dict.fromkeys(hashes))
+        with store.session() as s:
+            rows = dict(s.execute(select(Example.content_hash, Example.messages).where(
+                Example.pool_id == pool_id, Example.content_hash.in_(wanted))).all())
+            rest = [h for h in wanted if h not in rows]
+            for i in range(0, len(rest), 500):
+                rows.update(s.execute(select(Example.content_hash, Example.messages)
+                                      .where(Example.content_hash.in_(rest[i: i + 500]))).all())
+        missing = [h for h in wanted if h not in rows]
+        if missing:
+            raise CurationError(f"{len(missing)} examples of a stored feature segment are in no pool "
+                                f"any more (e.g. content {missing[0][:12]}); remove the feature set "
+                                "with `python -m curation features rm ID`")
+        return [rows[h] for h in hashes]
+    return fetch
+
+
+def pairs_snapshot(s, prefs_id: int | None) -> list[dict]:
+    """The pairs a run scores with, in feature-row order, as plain data (kept on the run)."""
+    if prefs_id is None:
+        return []
+    return [dict(id=p.id, position=p.position, prompt=p.prompt, prompt_messages=p.prompt_messages,
+                 chosen=p.chosen, rejected=p.rejected, subtask=p.subtask)
+            for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == prefs_id)
                                .order_by(PreferencePair.position, PreferencePair.id))]
+
+
+def pairs_hash(pairs: Sequence[dict]) -> str:
+    """sha256 of the pairs' content and order (ids and positions excluded: text is what counts)."""
+    content = [[p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"]] for p in pairs]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
+    """Everything a method needs, read once. The pairs are the run's snapshot (taken when it
+    was created), so a resume after an edit of the preference set scores what it started with."""
+    with store.session() as s:
+        rows = s.execute(select(Example.id, Example.content_hash).where(Example.pool_id == run.pool_id)
+                         .order_by(Example.id)).all()
+        snapshot = (run.meta or {}).get("pairs")
+        if snapshot is None:  # runs created before snapshots
+            snapshot = pairs_snapshot(s, run.prefs_id)
+        pool = s.get(Pool, run.pool_id).name
+    pairs = [ValPair(p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"])
+             for p in snapshot]
     config = ScoreConfig.from_dict(run.config)
-    return ScoreInputs(example_ids=ids, fetch=_fetcher(store), pairs=pairs, config=config,
-                       workdir=Path(run.workdir), workspace=ws, reporter=reporter)
+    return ScoreInputs(example_ids=[r[0] for r in rows], fetch=_fetcher(store), pairs=pairs, config=config,
+                       workdir=Path(run.workdir), workspace=ws, reporter=reporter, pool=pool,
+                       content_hashes=[r[1] for r in rows], fetch_hashes=_hash_fetcher(store, run.pool_id))
 
 
 def _use_threads(config: ScoreConfig) -> None:
@@ -120,8 +163,10 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
         reporter.stage("select", len(inputs.example_ids))
         n_sel = store_scores(store, run_id, inputs.example_ids, out, inputs.config)
         times = reporter.finish()
+        with store.session() as s:
+            kept = dict(s.get(Run, run_id).meta or {})  # the pairs snapshot taken at creation
         _set(store, run_id, status="done", finished_at=utcnow(), n_selected=n_sel, stage_times=times,
-             meta=_json_safe({**out.meta, "subtasks": out.subtasks}))
+             meta=_json_safe({**kept, **out.meta, "subtasks": out.subtasks}))
     except Cancelled:
         _set(store, run_id, status="cancelled", finished_at=utcnow(), stage_times=reporter.finish())
         raise

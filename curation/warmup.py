@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from curation.errors import CurationError
+from curation.features import atomic_write, save_npy_atomic
+from curation.featuresets import content_keys
 from curation.model import (Messages, Progress, collate, config_from_dict, encode, length_buckets,
                             pad_token_id, tokenizer_hash)
 
@@ -135,6 +138,44 @@ def list_checkpoints(out_dir: Path) -> list[Checkpoint]:
         found.append(Checkpoint(epoch, epoch_dir(out_dir, epoch), meta["lr"]))
         epoch += 1
     return found
+
+
+ORIGIN_FILE = "origin.json"  # what a reusing run matches: model and warmup settings
+ORIGIN_KEYS = "example_keys.npy"  # content keys of the warmup's examples
+
+
+def complete_warmup(out_dir: Path, epochs: int) -> bool:
+    return len(list_checkpoints(out_dir)) >= epochs
+
+
+def record_warmup_origin(out_dir: Path, cfg, content_hashes: Sequence[str], pool: str) -> None:
+    """Note which model, settings and examples a finished warmup used (for `reusable_warmup`)."""
+    out_dir = Path(out_dir)
+    if (out_dir / ORIGIN_FILE).is_file():
+        return
+    save_npy_atomic(out_dir / ORIGIN_KEYS, np.sort(content_keys(content_hashes)))
+    origin = {"model": cfg.model.to_dict(), "warmup": cfg.warmup.to_dict(), "n_examples": len(content_hashes),
+              "pool": pool}
+    atomic_write(out_dir / ORIGIN_FILE, lambda f: f.write(json.dumps(origin, indent=1).encode()))
+
+
+def reusable_warmup(root: Path, cfg, pool_keys, share: int) -> str | None:
+    """A finished warmup (its directory name) that a grown pool may keep, or None.
+
+    It must have the run's model and warmup settings, every one of its examples must still be
+    in the pool, and it must hold at least half of the pool's share ``share`` (a pool that
+    more than doubled gets a fresh warmup). The largest such warmup wins, then the newest.
+    """
+    found = []
+    for origin_path in Path(root).glob(f"*/{ORIGIN_FILE}"):
+        origin, out = json.loads(origin_path.read_text()), origin_path.parent
+        if (origin["model"] != cfg.model.to_dict() or origin["warmup"] != cfg.warmup.to_dict()
+                or origin["n_examples"] * 2 < share or not complete_warmup(out, cfg.warmup.epochs)):
+            continue
+        keys = np.load(out / ORIGIN_KEYS, allow_pickle=False)
+        if np.isin(keys, pool_keys).all():
+            found.append((origin["n_examples"], origin_path.stat().st_mtime, out.name))
+    return max(found)[2] if found else None
 
 
 def load_moments(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -105,34 +105,56 @@ def _train_features(workdir: Path, n_ckpt: int) -> list[np.ndarray]:
     return [fs.reader("train", i).load_all() for i in range(n_ckpt)]
 
 
-def test_killed_run_resumes_to_identical_features(ws, micro_model):
+def reference_run(tmp_path: Path, cfg: ScoreConfig) -> tuple[Workspace, Store, int]:
+    """The same run, uninterrupted, in a workspace of its own (runs of one workspace share
+    their train features, so a reference there would compute nothing)."""
+    ws = Workspace.from_env(tmp_path / "reference").ensure()
+    store = Store.open(ws)
+    ensure_demo(store)
+    run_id = create_run(store, "demo", "demo", cfg, ws=ws)
+    execute_run(store, run_id, ws=ws)
+    return ws, store, run_id
+
+
+def segment_dir(ws: Workspace, ckpt: int = 0) -> Path:
+    """The train-feature directory of the workspace's one feature-store segment."""
+    found = sorted((ws.home / "features").glob(f"fs_*/seg_*/ckpt_{ckpt}"))
+    return found[0] if found else ws.home / "features" / "none"
+
+
+def same_scores(store_a: Store, run_a: int, store_b: Store, run_b: int) -> tuple[dict, dict]:
+    with store_a.session() as s:
+        a = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == run_a)).all())
+    with store_b.session() as s:
+        b = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == run_b)).all())
+    return a, b
+
+
+def test_killed_run_resumes_to_identical_features(ws, micro_model, tmp_path):
     """SIGKILL the worker mid-features; `--resume` finishes with the uninterrupted run's features."""
     store = Store.open(ws)
     ensure_demo(store)
     cfg = micro_config(micro_model, shard_size=128)
-    reference = create_run(store, "demo", "demo", cfg)
-    execute_run(store, reference)
     victim = create_run(store, "demo", "demo", cfg)
     proc = subprocess.Popen([sys.executable, "-m", "curation", "worker", str(victim)], cwd=REPO, env=env_for(ws),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = ws.run_dir(victim) / "features" / "train" / "ckpt_0"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("shard_*.npy"))) < 3:
+    while time.time() < deadline and len(list(segment_dir(ws).glob("shard_*.npy"))) < 3:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_before = len(list(shards.glob("shard_*.npy")))
+    n_before = len(list(segment_dir(ws).glob("shard_*.npy")))
     assert 3 <= n_before < 24
     resumed = subprocess.run([sys.executable, "-m", "curation", "score", "--resume", str(victim)], cwd=REPO,
                              env=env_for(ws), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for a, b in zip(_train_features(ws.run_dir(reference), 2), _train_features(ws.run_dir(victim), 2)):
+    ref_ws, ref_store, reference = reference_run(tmp_path, cfg)
+    for a, b in zip(_train_features(ref_ws.run_dir(reference), 2), _train_features(ws.run_dir(victim), 2)):
         np.testing.assert_array_equal(a, b)
     with store.session() as s:
         assert s.get(Run, victim).status == "done"
-        ref = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == reference)).all())
-        got = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == victim)).all())
+    ref, got = same_scores(ref_store, reference, store, victim)
     assert ref == got
 
 
@@ -164,8 +186,6 @@ def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model
     store = Store.open(ws)
     ensure_demo(store)
     cfg = micro_config(micro_model, shard_size=256)
-    single = create_run(store, "demo", "demo", cfg)
-    execute_run(store, single)
     cfg_file = tmp_path / "score.json"
     cfg_file.write_text(json.dumps(cfg.to_dict()))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
@@ -173,14 +193,13 @@ def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model
                           str(cfg_file)], cwd=REPO, env=env_for(ws), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     sharded = int(out.stdout.strip().splitlines()[-1])
-    train = ws.run_dir(sharded) / "features" / "train" / "ckpt_0"
-    assert {p.name for p in train.glob("manifest*.json")} >= {"manifest.rank0of2.json", "manifest.rank1of2.json"}
-    for a, b in zip(_train_features(ws.run_dir(single), 2), _train_features(ws.run_dir(sharded), 2)):
+    names = {p.name for p in segment_dir(ws).glob("manifest*.json")}
+    assert names >= {"manifest.rank0of2.json", "manifest.rank1of2.json"}
+    ref_ws, ref_store, single = reference_run(tmp_path, cfg)
+    for a, b in zip(_train_features(ref_ws.run_dir(single), 2), _train_features(ws.run_dir(sharded), 2)):
         np.testing.assert_array_equal(a, b)
     assert show_run(store, sharded)["status"] == "done"
-    with store.session() as s:
-        ref = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == single)).all())
-        got = dict(s.execute(select(Score.example_id, Score.score).where(Score.run_id == sharded)).all())
+    ref, got = same_scores(ref_store, single, store, sharded)
     # Same features; torchrun sets OMP_NUM_THREADS=1, so BLAS sums in another order (last bits).
     assert ref.keys() == got.keys()
     np.testing.assert_allclose([got[k] for k in ref], list(ref.values()), rtol=1e-5, atol=1e-7)

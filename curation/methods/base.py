@@ -43,6 +43,10 @@ class ScoreInputs:
     workspace: Workspace
     reporter: Reporter
     rank: tuple[int, int] = (0, 1)  # (i, N): this process computes train-feature shards i, i+N, ...
+    pool: str = ""  # the pool's name (recorded by the feature store)
+    content_hashes: list[str] = field(default_factory=list)  # aligned with example_ids
+    # messages by content hash, from this pool first, then any pool (feature-store segments)
+    fetch_hashes: Callable[[Sequence[str]], list[Messages]] | None = None
 
 
 @dataclass

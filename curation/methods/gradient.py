@@ -17,14 +17,17 @@ import numpy as np
 import torch
 
 from curation.distributed import file_lock
-from curation.features import FeatureManifest, FeatureStore
+from curation.features import FeatureManifest, FeatureStore, FeatureWriter
+from curation.featuresets import (FeatureSet, FeatureSetKey, content_keys, existing_shard_size, locked,
+                                  write_view)
 from curation.grads import iter_features
 from curation.influence import ScoringInputs, score
 from curation.methods.base import Method, ScoreInputs, ScoreOutput, ValPair
-from curation.model import encode, length_buckets, load_model, pad_token_id, tokenizer_hash
+from curation.model import encode, fixed_length_buckets, load_model, pad_token_id, tokenizer_hash
 from curation.objectives import Batch, Objective, SFTObjective, collate, sft_item
 from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector
-from curation.warmup import Checkpoint, load_checkpoint, run_warmup, sample_warmup_ids
+from curation.warmup import (Checkpoint, complete_warmup, list_checkpoints, load_checkpoint,
+                             record_warmup_origin, reusable_warmup, run_warmup, sample_warmup_ids)
 
 WARMUP_SUBDIR = "warmups"
 
@@ -40,15 +43,38 @@ def tensors(enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ordered_features(model, items: Sequence[Batch], objective: Objective, projector: Projector,
-                     moments, batch_size: int, pad_id: int) -> np.ndarray:
-    """Features of `items` in their given order, computed in length-bucketed batches."""
+                     moments, batch_size: int, pad_id: int, max_length: int = 1 << 30) -> np.ndarray:
+    """Features of `items` in their given order, in batches of one padded length each.
+
+    Every item is padded to `model.padded_length` of its own length, so its features do not
+    depend on its batch companions (byte-identical on CPU; see `padded_length`).
+    """
     lengths = [int(b.input_ids.shape[1]) for b in items]
-    buckets = length_buckets(lengths, batch_size)
+    buckets = fixed_length_buckets(lengths, batch_size, max_length)
     out = np.zeros((len(items), projector.k), dtype=np.float32)
-    batches = (collate([items[i] for i in bucket], pad_id) for bucket in buckets)
-    for bucket, feats in zip(buckets, iter_features(model, batches, objective, projector, moments)):
+    batches = (collate([items[i] for i in bucket], pad_id, length) for length, bucket in buckets)
+    for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments)):
         out[bucket] = feats
     return out
+
+
+def warmup_key(cfg, messages) -> str:
+    """The warmup cache key: base model settings, warmup settings and its examples' text."""
+    return hashlib.sha256(json.dumps([cfg.model.to_dict(), cfg.warmup.to_dict(), messages],
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model, dtype: str) -> str:
+    """The base model's architecture and weight dtype (its identity beside name and tokenizer)."""
+    return hashlib.sha256((model.config.to_json_string(use_diff=False) + dtype).encode()).hexdigest()[:16]
+
+
+def feature_key(cfg, model, tok, warmup: str, ckpts: Sequence[Checkpoint], projector: Projector) -> FeatureSetKey:
+    """What a run's train features depend on (and nothing else: not the method, not the pairs)."""
+    return FeatureSetKey(model=cfg.model.name_or_path, model_fingerprint=model_fingerprint(model, cfg.model.dtype),
+                         tokenizer_hash=tokenizer_hash(tok), warmup=warmup,
+                         checkpoints=tuple(c.path.name for c in ckpts), max_length=cfg.model.max_length,
+                         projector=projector.spec(), k=projector.k, dtype=cfg.features.dtype)
 
 
 class GradientMethod(Method):
@@ -69,18 +95,30 @@ class GradientMethod(Method):
         return self.val_items(inputs.pairs, tokenizer, inputs.config.model.max_length)
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput | None:
-        """Scores, or None on a sharded rank (it only writes its train-feature shards)."""
+        """Scores, or None on a sharded rank (it only writes its train-feature shards).
+
+        Train features come from the workspace feature store (`curation.featuresets`): rows
+        any earlier run computed for the same key are reused, only the rest are extracted.
+        """
         cfg, rep = inputs.config, inputs.reporter
         rep.stage("load model")
         model, tok = load_model(cfg.model, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
-        ckpts = self._warmup(model, tok, inputs)
+        ckpts, warmup = self._warmup(model, tok, inputs)
         projector = make_projector(cfg.features)
+        fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
+                               pool=inputs.pool)
+        plan = fset.plan(content_keys(inputs.content_hashes), inputs.content_hashes)
         fstore = FeatureStore(inputs.workdir / "features")
-        sharded = inputs.rank != (0, 1)
+        sharded, extracted = inputs.rank != (0, 1), 0
         for i, ckpt in enumerate(ckpts):
+            pending = plan.pending(i)
+            if sharded and not pending:
+                continue
             peft_model, moments = load_checkpoint(model, ckpt)
-            self._train_features(peft_model, tok, moments, projector, fstore, i, ckpt, inputs)
+            for segment in pending:
+                extracted += self._segment_features(peft_model, tok, moments, projector, segment, i, ckpt, inputs)
             if not sharded:
+                write_view(fstore.path("train", i), fset, plan, i, inputs.example_ids)
                 self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs)
             model = peft_model.unload()  # back to the bare base model for the next adapter
         if sharded:  # this rank's shards are done; an unsharded pass merges and scores
@@ -92,42 +130,83 @@ class GradientMethod(Method):
             weights=[c.lr for c in ckpts], val_subtasks=[p.subtask for p in inputs.pairs]))
         result.save(inputs.workdir)
         rep.update(len(inputs.example_ids))
+        features = {"id": fset.id, "reused": extracted == 0, "extracted": extracted,
+                    "rows": len(inputs.example_ids), "new_rows": plan.new_rows}
         return ScoreOutput(scores=result.scores, subtasks=result.subtasks, subtask_means=result.subtask_means,
                            per_checkpoint=result.per_checkpoint, driver=result.driver,
                            meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
-                                 "tokenizer_hash": tokenizer_hash(tok)})
+                                 "tokenizer_hash": tokenizer_hash(tok), "features": features,
+                                 "warmup": warmup})
 
-    def _warmup(self, model, tok, inputs: ScoreInputs) -> list[Checkpoint]:
-        """LoRA warmup on a seeded share of the pool, cached by its inputs so runs share it."""
+    def _warmup(self, model, tok, inputs: ScoreInputs) -> tuple[list[Checkpoint], dict]:
+        """LoRA warmup on a seeded share of the pool, cached by its inputs so runs share it.
+
+        A pool that grew keeps the warmup its features were made with (`reusable_warmup`), so
+        only its new examples need features; ``features.reuse_warmup = false`` turns that off.
+        """
         cfg, rep = inputs.config, inputs.reporter
+        root = inputs.workspace.home / WARMUP_SUBDIR
         ids = sample_warmup_ids([str(i) for i in inputs.example_ids], cfg.warmup.percent, cfg.warmup.seed)
         messages = inputs.fetch([int(i) for i in ids])
-        key = hashlib.sha256(json.dumps([cfg.model.to_dict(), cfg.warmup.to_dict(), messages],
-                                        sort_keys=True).encode()).hexdigest()[:16]
+        key = warmup_key(cfg, messages)
         rep.stage("warmup")
-        out = inputs.workspace.home / WARMUP_SUBDIR / key
-        with file_lock(out.parent / f"{key}.lock"):  # ranks started together train it once
-            return run_warmup(model, tok, messages, cfg.warmup, out, progress=lambda s, d, t: rep.update(d, t))
+        reused = None
+        if cfg.features.reuse_warmup and not complete_warmup(root / key, cfg.warmup.epochs):
+            reused = reusable_warmup(root, cfg, content_keys(inputs.content_hashes), len(ids))
+        if reused:
+            ckpts = list_checkpoints(root / reused)[: cfg.warmup.epochs]
+            rep.update(1, 1)
+            return ckpts, {"key": reused, "reused_from_earlier_pool": True}
+        out = root / key
+        with file_lock(root / f"{key}.lock"):  # ranks started together train it once
+            ckpts = run_warmup(model, tok, messages, cfg.warmup, out, progress=lambda s, d, t: rep.update(d, t))
+            pos = {int(e): h for e, h in zip(inputs.example_ids, inputs.content_hashes)}
+            record_warmup_origin(out, cfg, [pos[int(i)] for i in ids], inputs.pool)
+        return ckpts, {"key": key, "reused_from_earlier_pool": False}
 
-    def _manifest(self, tok, ckpt: Checkpoint, projector: Projector, ids: list[int], inputs) -> FeatureManifest:
+    def _segment_features(self, model, tok, moments, projector, segment, i, ckpt, inputs: ScoreInputs) -> int:
+        """Write this rank's missing shards of one segment at checkpoint ``i``; rows written.
+
+        Under the segment's lock: a second run needing the same rows waits (heartbeat kept),
+        then finds them written.
+        """
+        cfg, rep = inputs.config, inputs.reporter
+        directory = segment.ckpt_dir(i)
+        rank_tag = "" if inputs.rank == (0, 1) else f".rank{inputs.rank[0]}of{inputs.rank[1]}"
+        stage = f"train features {ckpt.path.name}"
+
+        waiting_stage = f"{stage} (waiting: another run computes them)"
+
+        def waiting() -> None:  # keeps the heartbeat fresh and honours cancel
+            if rep.stage_name != waiting_stage:
+                rep.stage(waiting_stage)
+            else:
+                rep.update(0)
+
+        with locked(directory.parent / f".{directory.name}{rank_tag}.lock", wait=waiting):
+            writer = FeatureWriter(directory, self._manifest(tok, ckpt, projector, segment.keys.tolist(),
+                                                             inputs, existing_shard_size(directory)), inputs.rank)
+            pending = writer.pending_shards()
+            if not pending:
+                return 0
+            rep.stage(stage, sum(end - start for _, start, end in pending))
+            hashes, pad, done = segment.hashes(), pad_token_id(tok), 0
+            for index, start, end in pending:
+                items = [sft_item(*tensors(encode(tok, m, cfg.model.max_length)))
+                         for m in inputs.fetch_hashes(hashes[start:end])]
+                feats = ordered_features(model, items, SFTObjective(), projector, moments, cfg.features.batch_size,
+                                         pad, cfg.model.max_length)
+                writer.write_shard(index, feats)
+                done += end - start
+                rep.update(done)
+            return done
+
+    def _manifest(self, tok, ckpt: Checkpoint, projector: Projector, ids: list[int], inputs,
+                  shard_size: int | None = None) -> FeatureManifest:
         f = inputs.config.features
         return FeatureManifest(model=inputs.config.model.name_or_path, tokenizer_hash=tokenizer_hash(tok),
                                checkpoint=ckpt.path.name, projector=projector.spec(), k=projector.k,
-                               dtype=f.dtype, example_ids=ids, shard_size=f.shard_size)
-
-    def _train_features(self, model, tok, moments, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
-        cfg, rep, ids = inputs.config, inputs.reporter, inputs.example_ids
-        writer = fstore.writer("train", i, self._manifest(tok, ckpt, projector, ids, inputs), rank=inputs.rank)
-        pending = writer.pending_shards()
-        rep.stage(f"train features {ckpt.path.name}", sum(end - start for _, start, end in pending))
-        pad, done = pad_token_id(tok), 0
-        for index, start, end in pending:
-            items = [sft_item(*tensors(encode(tok, m, cfg.model.max_length)))
-                     for m in inputs.fetch(ids[start:end])]
-            feats = ordered_features(model, items, SFTObjective(), projector, moments, cfg.features.batch_size, pad)
-            writer.write_shard(index, feats)
-            done += end - start
-            rep.update(done)
+                               dtype=f.dtype, example_ids=ids, shard_size=shard_size or f.shard_size)
 
     def _val_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
         cfg = inputs.config
