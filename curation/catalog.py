@@ -6,7 +6,10 @@ so a 100k-example pool never has to fit in a browser session.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from typing import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import String, cast, func, select, text
@@ -51,9 +54,41 @@ def list_runs(store: Store, pool: str | None = None) -> list[dict]:
         q = q.outerjoin(PreferenceSet, Run.prefs_id == PreferenceSet.id).order_by(Run.id.desc())
         if pool:
             q = q.where(Pool.name == pool)
+        hashes: dict[int, str] = {}
         return [dict(id=r.id, method=r.method, pool=p, prefs=ps, status=r.status, stage=r.stage,
-                     progress=_fraction(r), selected=r.n_selected, created=r.created_at)
+                     progress=_fraction(r), selected=r.n_selected, created=r.created_at,
+                     pairs_version=pairs_version(s, r, hashes),
+                     features=((r.meta or {}).get("features") or {}).get("id"))
                 for r, p, ps in s.execute(q)]
+
+
+def pairs_snapshot(s, prefs_id: int | None) -> list[dict]:
+    """The pairs a run scores with, in feature-row order, as plain data (kept on the run)."""
+    if prefs_id is None:
+        return []
+    return [dict(id=p.id, position=p.position, prompt=p.prompt, prompt_messages=p.prompt_messages,
+                 chosen=p.chosen, rejected=p.rejected, subtask=p.subtask)
+            for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == prefs_id)
+                               .order_by(PreferencePair.position, PreferencePair.id))]
+
+
+def pairs_hash(pairs: Sequence[dict]) -> str:
+    """sha256 of the pairs' content and order (ids and positions excluded: text is what counts)."""
+    content = [[p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"]] for p in pairs]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def pairs_version(s: Session, run: Run, current: dict[int, str] | None = None) -> str | None:
+    """"current" when the run was scored with its preference set as it is now, "earlier" when
+    the set was edited since (the run still explains with its own snapshot), None without
+    pairs. ``current`` caches the sets' hashes across runs."""
+    recorded = (run.meta or {}).get("pairs_sha256")
+    if run.prefs_id is None or recorded is None:
+        return None
+    current = {} if current is None else current
+    if run.prefs_id not in current:
+        current[run.prefs_id] = pairs_hash(pairs_snapshot(s, run.prefs_id))
+    return "current" if current[run.prefs_id] == recorded else "earlier"
 
 
 def _fraction(r: Run) -> float:

@@ -59,7 +59,8 @@ def cmd_import_pool(a: argparse.Namespace) -> int:
     from curation.imports import import_pool
     bar = Bar("import")
     try:
-        res = import_pool(_store(), a.path, name=a.name, fmt=a.format, strict=a.strict, progress=bar)
+        res = import_pool(_store(), a.path, name=a.name, fmt=a.format, strict=a.strict, progress=bar,
+                          append=a.append)
     finally:
         bar.close()
     return _report(res)
@@ -171,12 +172,65 @@ def cmd_score(a: argparse.Namespace) -> int:
 def cmd_show(a: argparse.Namespace) -> int:
     from curation.runs import show_run
     info = show_run(_store(), a.run_id, top=a.top)
+    if a.json:
+        import json
+        print(json.dumps(info, default=str))
+        return 0
     print(f"run #{info['id']} {info['method']} pool={info['pool']} prefs={info['prefs']}: {info['status']}"
           f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
     for stage, secs in (info["stage_times"] or {}).items():
         print(f"  {stage:<32} {secs:8.1f} s")
     for t in info["top"]:
         print(f"  #{t['rank']:<5} {t['score']:+.4f} {t['source']:<18} {t['subtask'] or '':<22} {t['prompt']!r}")
+    return 0
+
+
+@command("features")
+def cmd_features(a: argparse.Namespace) -> int:
+    """`features list|rm`: the workspace's stored train features (curation.featuresets)."""
+    import json
+    from curation import featuresets
+    from curation.workspace import Workspace
+    store, home = _store(), Workspace.from_env().home
+    if a.action == "list":
+        sets = featuresets.describe_sets(store, home)
+        if a.json:
+            print(json.dumps(sets))
+            return 0
+        if not sets:
+            print("no stored features")
+        for d in sets:
+            print(f"  {d['id']}  {d['model']:<24} pool={d['pool'] or '-':<16} {d['n_examples']:>9} rows "
+                  f"x {d['checkpoints']} ckpt x k={d['k']}  {d['bytes'] / 1e6:>9.1f} MB  runs={d['runs']}")
+        return 0
+    if not a.id:
+        raise CurationError("features rm needs a feature set id (see `features list`)")
+    fset = featuresets.find_set(home, a.id)
+    if busy := featuresets.active_users(store, fset.id):
+        raise CurationError(f"feature set {fset.id} is in use by running or queued runs {busy}")
+    size = fset.nbytes()
+    featuresets.remove_set(fset)
+    print(f"removed feature set {fset.id} ({size / 1e6:.1f} MB); runs that used it can no longer show "
+          "neighbours or maps, and re-scoring them extracts features again")
+    return 0
+
+
+@command("rescore")
+def cmd_rescore(a: argparse.Namespace) -> int:
+    """Re-score a finished run's pool with its stored features (no background job)."""
+    import json
+    from curation.rescore import rescore
+    bars = StageBars()
+    try:
+        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars)
+    finally:
+        bars.close()
+    if a.json:
+        print(json.dumps({"run_id": res.run_id, "base_run_id": res.base_run_id, "seconds": res.seconds,
+                          "added": res.added, "removed": res.removed}))
+    else:
+        print(res.summary(), file=sys.stderr)
+        print(res.run_id)
     return 0
 
 
@@ -247,6 +301,7 @@ def make_parser() -> argparse.ArgumentParser:
     ip.add_argument("--name")
     ip.add_argument("--format", help="alpaca|messages|sharegpt|tulu|prompt_completion|prompt_response (default: auto)")
     ip.add_argument("--strict", action="store_true", help="import nothing if any line is bad")
+    ip.add_argument("--append", action="store_true", help="add to the existing pool --name (new content only)")
     pp = sub.add_parser("import-prefs", help="import a preference set (trl, hh, rose)")
     pp.add_argument("path")
     pp.add_argument("--name")
@@ -272,6 +327,16 @@ def make_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="status, time per stage and top examples of a run")
     sh.add_argument("run_id", type=int)
     sh.add_argument("--top", type=int, default=10)
+    sh.add_argument("--json", action="store_true", help="one JSON object: status, method, stage_times, features, ...")
+    fp = sub.add_parser("features", help="stored train features: list them, or rm one to free disk")
+    fp.add_argument("action", choices=("list", "rm"))
+    fp.add_argument("id", nargs="?", help="feature set id (or a unique prefix) for rm")
+    fp.add_argument("--json", action="store_true")
+    rp = sub.add_parser("rescore", help="re-score a finished gradient run with its stored features, in seconds")
+    rp.add_argument("run_id", type=int)
+    rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")
+    rp.add_argument("--method", help="rose, less or nice (default: the run's)")
+    rp.add_argument("--json", action="store_true")
     cp = sub.add_parser("compare", help="overlap, Jaccard, Spearman and Kendall of finished runs; disagreements")
     cp.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
     cp.add_argument("--top", type=int, default=10, help="disagreements shown per pair of runs")

@@ -338,15 +338,13 @@ def aligned_pairs(store: Store, info: RunInfo, train: list[FeatureReader], fstor
     pairs = _run_pairs(store, info.id)
     val = [fstore.reader("val", i) for i in range(len(train))]
     if len(pairs) != val[0].n:
-        raise CurationError(f"run {info.id}: {val[0].n} validation features but the preference "
-                            f"set now has {len(pairs)} pairs; score again to explain it")
+        raise CurationError(f"run {info.id}: {val[0].n} validation features but "
+                            f"{len(pairs)} pairs recorded; score again to explain it")
     inputs = ScoringInputs(train=train, val=val, weights=info.checkpoint_lrs,
                            val_subtasks=[p.subtask for p in pairs])
-    finished = _finished_at(store, info.id)
     return [AlignedPair(m.val_row, m.subtask, m.cosine, m.per_checkpoint,
                         pairs[m.val_row].prompt, pairs[m.val_row].chosen,
-                        pairs[m.val_row].rejected,
-                        bool(finished and pairs[m.val_row].updated_at > finished))
+                        pairs[m.val_row].rejected, pairs[m.val_row].edited_since_run)
             for m in top_val(inputs, row, n)]
 
 
@@ -355,17 +353,37 @@ def val_subtasks(store: Store, run_id: int) -> list[str]:
     return [p.subtask for p in _run_pairs(store, run_id)]
 
 
-def _run_pairs(store: Store, run_id: int) -> list[PreferencePair]:
-    """The run's pairs in feature-row order (the order `runs._inputs` scored them in)."""
-    with store.session() as s:
-        prefs_id = s.scalar(select(Run.prefs_id).where(Run.id == run_id))
-        return list(s.scalars(select(PreferencePair).where(PreferencePair.set_id == prefs_id)
-                              .order_by(PreferencePair.position, PreferencePair.id)))
+@dataclass(frozen=True)
+class RunPair:
+    """A pair as the run scored it (its snapshot), and whether the set has changed it since."""
+
+    id: int | None
+    prompt: str
+    prompt_messages: list
+    chosen: str
+    rejected: str
+    subtask: str
+    edited_since_run: bool  # edited or deleted in the preference set after the run was created
 
 
-def _finished_at(store: Store, run_id: int):
+def _run_pairs(store: Store, run_id: int) -> list[RunPair]:
+    """The run's pairs in feature-row order: the snapshot taken when it was created (older
+    runs without one: the set's current pairs, flagged when edited after the run finished)."""
     with store.session() as s:
-        return s.scalar(select(Run.finished_at).where(Run.id == run_id))
+        run = s.get(Run, run_id)
+        current = {p.id: p for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == run.prefs_id)
+                                              .order_by(PreferencePair.position, PreferencePair.id))}
+        snapshot = (run.meta or {}).get("pairs")
+        if snapshot is None:
+            return [RunPair(p.id, p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask,
+                            bool(run.finished_at and p.updated_at > run.finished_at)) for p in current.values()]
+
+        def edited(p: dict) -> bool:
+            now = current.get(p.get("id"))
+            return now is None or (now.prompt, now.chosen, now.rejected, now.subtask) != \
+                (p["prompt"], p["chosen"], p["rejected"], p["subtask"])
+        return [RunPair(p.get("id"), p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"],
+                        edited(p)) for p in snapshot]
 
 
 def nearest_neighbours(reader: FeatureReader, row: int, n: int) -> list[tuple[int, float]]:

@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import select
 
 import curation
+from curation.catalog import pairs_version
 from curation.curate import CuratedSelection, curated_selection, override_details
 from curation.errors import CurationError
 from curation.store import Example, Export, Pool, PreferenceSet, Run, Store
@@ -192,6 +193,7 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
         pool = s.get(Pool, run.pool_id)
         prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
         cfg, meta, method, pool_size = run.config or {}, run.meta or {}, run.method, pool.n_examples
+        pairs_state = pairs_version(s, run)
     return {
         "tool_version": curation.__version__,
         "created": utcnow().isoformat(),
@@ -203,6 +205,8 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
                           "projection": (cfg.get("features") or {}).get("seed")},
                 "warmup": cfg.get("warmup"), "projector": meta.get("projector"), "config": cfg, "meta": meta},
         "pool": sel.pool, "preference_set": prefs,
+        "preference_pairs": {"sha256": meta.get("pairs_sha256"), "n": len(meta.get("pairs") or []),
+                             "version": pairs_state},
         "budget": {"percent": sel.percent, "n": sel.n},
         "counts": {"pool": pool_size, "budget": sel.budget, "auto": sel.n_auto, "pinned": len(sel.pinned),
                    "excluded": len(sel.excluded), "automatic_selection": int(sel.auto.sum()),

@@ -416,3 +416,63 @@ class FeatureView:
             return []
         return list(range(self.manifest.n_shards))
 
+
+
+# ---------------------------------------------------------------------------- management
+
+
+def describe_sets(store, home: Path) -> list[dict[str, Any]]:
+    """Every feature set with its size and the runs that use it (`features list`)."""
+    from sqlalchemy import select
+
+    from curation.store import Pool, Run
+
+    with store.session() as s:
+        runs = s.execute(select(Run.id, Run.meta, Run.status)).all()
+        pools = set(s.scalars(select(Pool.name)))
+    users: dict[str, list[int]] = {}
+    for rid, meta, _ in runs:
+        fid = ((meta or {}).get("features") or {}).get("id")
+        if fid:
+            users.setdefault(fid, []).append(rid)
+    out = []
+    for fset in list_sets(home):
+        served = [p for p in fset.meta.get("pools", []) if p in pools]
+        out.append({"id": fset.id, "pool": served[-1] if served else None, "pools": served,
+                    "model": fset.key.model, "n_examples": fset.n_rows(), "bytes": fset.nbytes(),
+                    "checkpoints": len(fset.key.checkpoints), "k": fset.key.k,
+                    "runs": sorted(users.get(fset.id, [])), "created": fset.meta.get("created")})
+    return out
+
+
+def active_users(store, set_id: str) -> list[int]:
+    """Queued or running runs whose features are (or will be) in the set."""
+    from sqlalchemy import select
+
+    from curation.store import Run
+
+    with store.session() as s:
+        rows = s.execute(select(Run.id, Run.meta).where(Run.status.in_(("queued", "running")))).all()
+    return [rid for rid, meta in rows if ((meta or {}).get("features") or {}).get("id") == set_id]
+
+
+def pool_feature_status(store, pool: str, home: Path, model: str | None = None) -> list[dict[str, Any]]:
+    """Per feature set of ``model`` (default: any): how many of the pool's examples it covers."""
+    from sqlalchemy import select
+
+    from curation.catalog import get_pool
+    from curation.store import Example
+
+    with store.session() as s:
+        pool_id = get_pool(s, pool).id
+        hashes = list(s.scalars(select(Example.content_hash).where(Example.pool_id == pool_id)))
+    keys = content_keys(hashes) if hashes else np.zeros(0, np.int64)
+    out = []
+    for fset in list_sets(home):
+        if model and fset.key.model != model:
+            continue
+        covered = fset.coverage(keys)
+        if covered:
+            out.append({"id": fset.id, "model": fset.key.model, "k": fset.key.k, "covered": covered,
+                        "n": len(hashes), "bytes": fset.nbytes()})
+    return sorted(out, key=lambda d: -d["covered"])

@@ -85,8 +85,10 @@ class _Abort(Exception):
 
 
 def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
-                strict: bool = False, progress: Progress | None = None) -> ImportResult:
-    """Stream `path` into a new pool named `name` (default: the file stem)."""
+                strict: bool = False, progress: Progress | None = None, append: bool = False) -> ImportResult:
+    """Stream `path` into a new pool named `name` (default: the file stem), or with ``append``
+    into that existing pool (content it already holds is skipped as duplicate; its stored
+    gradient features stay valid and only the new examples get features on the next run)."""
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
@@ -96,10 +98,15 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
     seen_fmt = fmt or "auto"
     try:
         with store.session() as s:
-            _check_name_free(s, Pool, name, "pool")
-            pool = Pool(name=name)
-            s.add(pool)
-            s.flush()
+            pool = s.scalar(select(Pool).where(Pool.name == name)) if append else None
+            if append and pool is None:
+                raise CurationError(f"no pool named '{name}' to append to")
+            if pool is None:
+                _check_name_free(s, Pool, name, "pool")
+                pool = Pool(name=name)
+                s.add(pool)
+                s.flush()
+            before = pool.n_examples or 0
             batch: list[PoolRecord] = []
             done = 0
             for item in iter_pool_file(path, fmt):
@@ -121,9 +128,9 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
             _insert_batch(s, store, pool.id, batch, res)
             if progress:
                 progress(done, total)
-            if res.n_ok == 0:
+            if res.n_ok == 0 and not (append and res.n_duplicate):
                 raise CurationError(f"{path}: no valid examples" + (f" ({res.problems[0]})" if res.problems else ""))
-            pool.n_examples = res.n_ok
+            pool.n_examples = before + res.n_ok
     except _Abort:
         res.status, res.n_ok, res.n_duplicate, res.n_bad, res.problems = "rejected", 0, 0, 0, []
         for item in iter_pool_file(path, fmt):  # a second pass lists every bad line, not just the first

@@ -7,7 +7,6 @@ shards), so running it again on the same run id picks up where a crash or kill l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import traceback
@@ -17,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from curation.catalog import get_pool, get_prefset
+from curation.catalog import get_pool, get_prefset, pairs_hash, pairs_snapshot, pairs_version
 from curation.config import ScoreConfig
 from curation.errors import CurationError
 from curation.jobs import Cancelled, Reporter
@@ -75,22 +74,6 @@ def _hash_fetcher(store: Store, pool_id: int):
                                 "with `python -m curation features rm ID`")
         return [rows[h] for h in hashes]
     return fetch
-
-
-def pairs_snapshot(s, prefs_id: int | None) -> list[dict]:
-    """The pairs a run scores with, in feature-row order, as plain data (kept on the run)."""
-    if prefs_id is None:
-        return []
-    return [dict(id=p.id, position=p.position, prompt=p.prompt, prompt_messages=p.prompt_messages,
-                 chosen=p.chosen, rejected=p.rejected, subtask=p.subtask)
-            for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == prefs_id)
-                               .order_by(PreferencePair.position, PreferencePair.id))]
-
-
-def pairs_hash(pairs: Sequence[dict]) -> str:
-    """sha256 of the pairs' content and order (ids and positions excluded: text is what counts)."""
-    content = [[p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"]] for p in pairs]
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreInputs:
@@ -224,9 +207,12 @@ def show_run(store: Store, run_id: int, top: int = 10) -> dict:
         tops = [dict(rank=r, score=sc, subtask=st, uid=u, source=src,
                      prompt=next((m["content"] for m in msgs if m["role"] == "user"), "")[:100])
                 for r, sc, st, u, src, msgs in s.execute(q)]
+        wall = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
         return dict(id=run.id, method=run.method, pool=pool, prefs=prefs, status=effective_status(run),
-                    stage=run.stage, stage_times=run.stage_times,
-                    progress=dict(done=run.stage_done, total=run.stage_total, rate=run.rate, eta_s=run.eta_s), error=run.error, selected=run.n_selected,
+                    stage=run.stage, stage_times=run.stage_times, wall_s=wall,
+                    progress=dict(done=run.stage_done, total=run.stage_total, rate=run.rate, eta_s=run.eta_s),
+                    error=run.error, selected=run.n_selected,
+                    features=(run.meta or {}).get("features"), pairs_version=pairs_version(s, run),
                     config=run.config, meta=run.meta, top=tops, workdir=run.workdir)
 
 
