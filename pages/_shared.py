@@ -64,3 +64,19 @@ def show_import(res) -> None:
     (st.success if res.status == "imported" else st.error)(res.summary())
     if res.problems:
         st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+
+
+def feature_line(status: list[dict], n: int) -> str:
+    """One line on whether a pool's gradient features are stored (re-scoring takes seconds)."""
+    if not status:
+        return "Gradient features: none stored for this pool yet (the first ROSE/LESS/NICE run computes them)."
+    parts = [f"{d['model']} k={d['k']}: {d['covered']:,} of {n:,} examples ({d['bytes'] / 1e6:,.0f} MB, "
+             f"set {d['id'][:8]})" for d in status]
+    return "Gradient features stored for " + "; ".join(parts) + ". Runs on these reuse them."
+
+
+def show_rescored(res) -> None:
+    """The outcome of a re-score: the new run and how the selection moved."""
+    st.session_state["explore_run"] = res.run_id
+    st.session_state["rescored_msg"] = f"Selection updated: {res.summary()}."
+    st.success(st.session_state["rescored_msg"])

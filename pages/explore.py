@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from curation import catalog, explore, maps
-from pages._shared import render_messages, store, user_errors
+from curation import catalog, explore, maps, rescore
+from pages._shared import render_messages, show_rescored, store, user_errors
 
 MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
@@ -19,9 +19,24 @@ if not runs:
     st.info("No finished scoring run yet: start one on the Scoring page.")
     st.page_link("pages/scoring.py", label="Go to Scoring", icon=":material/speed:")
     st.stop()
-run_id = st.selectbox("Run", [r["id"] for r in runs], format_func=lambda i: next(
-    f"#{r['id']} {r['method']} on {r['pool']} ({r['selected']:,} selected)" for r in runs if r["id"] == i))
+run_ids = [r["id"] for r in runs]
+wanted = st.session_state.get("explore_run")
+run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in run_ids else 0,
+                      format_func=lambda i: next(f"#{r['id']} {r['method']} on {r['pool']} ({r['selected']:,} selected)"
+                                                 + (" · scored with an earlier version of the pairs"
+                                                    if r["pairs_version"] == "earlier" else "")
+                                                 for r in runs if r["id"] == i))
 info = explore.run_info(store(), run_id)
+if msg := st.session_state.pop("rescored_msg", None):
+    st.success(msg)
+if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
+    c1, c2 = st.columns([4, 1])
+    c1.warning("This run was scored with an earlier version of its preference set: its scores and "
+               "explanations describe the pairs it was scored with (the run keeps them).")
+    if c2.button("Re-score with the current pairs", disabled=info.method not in ("rose", "less", "nice")):
+        with user_errors(), st.spinner("Re-scoring with the stored features…"):
+            show_rescored(rescore.rescore(store(), run_id))
+            st.rerun()
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading scores…")

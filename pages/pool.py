@@ -6,7 +6,8 @@ import streamlit as st
 from curation import catalog
 from curation.demo import ensure_demo
 from curation.imports import import_pool
-from pages._shared import import_source, render_messages, show_import, store, user_errors
+from curation import featuresets
+from pages._shared import feature_line, import_source, render_messages, show_import, store, user_errors, workspace
 
 POOL_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "tulu", "prompt_completion", "prompt_response"]
 
@@ -20,12 +21,13 @@ with st.expander("Import a pool", expanded=not pools):
         name = c1.text_input("Name (default: file name)")
         fmt = c2.selectbox("Format", POOL_FORMATS)
         strict = c3.checkbox("Strict: import nothing if any line is bad")
+        append = c3.checkbox("Append to the pool of that name (new content only)")
         if st.form_submit_button("Import", type="primary"):
             with user_errors():
                 src = source()
                 bar = st.progress(0.0, text="Importing…")
                 res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict,
-                                  progress=lambda done, total: bar.progress(
+                                  append=append, progress=lambda done, total: bar.progress(
                                       min(done / total, 1.0) if total else 0.0, text=f"Importing… {done:,} records"
                                       + (f" of {total:,}" if total else "")))
                 bar.empty()
@@ -43,6 +45,8 @@ if not pools:
 names = [p["name"] for p in pools]
 pool = st.selectbox("Pool", names, index=names.index("demo") if "demo" in names else 0)
 sources = catalog.pool_sources(store(), pool)
+st.caption(feature_line(featuresets.pool_feature_status(store(), pool, workspace().home),
+                        next(p["examples"] for p in pools if p["name"] == pool)))
 
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
 search = c1.text_input("Search", placeholder="words in prompt or response")

@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from curation import catalog
+from curation import catalog, rescore
 from curation.imports import import_prefs
-from pages._shared import import_source, show_import, store, user_errors
+from pages._shared import import_source, show_import, show_rescored, store, user_errors
 
 st.title("Preferences")
 st.caption("Each pair says which of two responses to a prompt is better for your task. "
@@ -63,6 +63,11 @@ if c1.button("Save changes", type="primary"):
     with user_errors():
         counts = catalog.save_pairs(store(), name, edited.to_dict("records"))
         st.success(f"Saved: {counts['added']} added, {counts['updated']} updated, {counts['deleted']} deleted.")
+        base = rescore.latest_rescorable(store(), name) if any(counts.values()) else None
+        if base is not None:
+            with st.spinner(f"Re-scoring run #{base} with the stored features…"):
+                show_rescored(rescore.rescore(store(), base))
+            st.page_link("pages/explore.py", label="See it in Explore", icon=":material/insights:")
 if c2.button("Delete this set"):
     st.session_state["confirm_delete"] = name
 if st.session_state.get("confirm_delete") == name:

@@ -272,3 +272,34 @@ def test_rescore_after_an_edit_is_a_new_run_with_a_diff(ws, micro_model):
     assert len(res.added) == len(res.removed) and "since the last scoring" in res.summary()
     with pytest.raises(CurationError, match="gradient method"):
         rescore(store, first["id"], method="bm25", ws=ws)
+
+
+def test_pages_say_what_is_stored_and_rescore_an_outdated_run(ws, micro_model):
+    from streamlit.testing.v1 import AppTest
+
+    from curation import catalog
+    store = Store.open(ws)
+    ensure_demo(store)
+    first = run(store, ws, cfg_for(micro_model))
+    catalog.save_pairs(store, "demo", catalog.get_pairs(store, "demo")[1:])
+
+    def page(path: str) -> AppTest:
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+        at.run()
+        at.switch_page(path)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    pool = page("pages/pool.py")
+    assert any("Gradient features stored for" in c.value and "3,000 of 3,000" in c.value for c in pool.caption)
+    at = page("pages/explore.py")
+    assert any("earlier version" in w.value for w in at.warning)
+    next(b for b in at.button if b.label == "Re-score with the current pairs").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("since the last scoring" in s.value for s in at.success)
+    newest = max(r["id"] for r in catalog.list_runs(store))
+    assert newest != first["id"] and at.selectbox[0].value == newest
+    assert show_run(store, newest)["features"]["reused"] is True
+    assert not any("earlier version" in w.value for w in at.warning)

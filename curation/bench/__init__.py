@@ -28,9 +28,15 @@ def _ui(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _rescore(args: argparse.Namespace) -> int:
+    from curation.bench.rescore import main
+    return main(args)
+
+
 BENCHES: dict[str, Bench] = {
     "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
     "quality": _quality,  # precision, planted-noise rate and downstream accuracy of each method's selection
+    "rescore": _rescore,  # pair added -> new selection stored, on a big pool with stored features
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 
