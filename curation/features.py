@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
@@ -217,6 +218,18 @@ def shard_file(index: int) -> str:
     return f"shard_{index:05d}.npy"
 
 
+def norms_file(index: int) -> str:
+    """The L2 norms of a shard's rows (derived data: recomputed from the shard when absent)."""
+    return f"norms_{index:05d}.npy"
+
+
+def row_norms(block: np.ndarray) -> np.ndarray:
+    """L2 norm of each row, in float32, exactly as scoring computes it (so a stored norm and a
+    recomputed one are the same bits): float32 rows, then ``sqrt(einsum("ij,ij->i"))``."""
+    x = np.asarray(block, np.float32)
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
 def shard_range(n_shards: int, rank: int, world: int) -> list[int]:
     """Shard indices rank ``rank`` of ``world`` owns: strided, so ranks get equal work."""
     if not 0 <= rank < world:
@@ -342,6 +355,7 @@ class FeatureWriter:
                              f"expected {(end - start, self.manifest.k)}")
         if not np.isfinite(data).all():  # a broken gradient; never let it into scores
             raise ValueError(f"shard {index}: non-finite features")
+        save_npy_atomic(self.dir / norms_file(index), row_norms(data))  # derived; before the shard
         save_npy_atomic(self.dir / shard_file(index), data)
         entry = self._entry(index)
         self._publish([s for s in self.manifest.shards if s.index != index] + [entry])
@@ -368,6 +382,8 @@ class FeatureReader:
             hint = f"; merge the rank manifests {ranks} first" if ranks else ""
             raise CurationError(f"no features at {self.dir}{hint}")
         self.manifest = FeatureManifest.load(path)
+        self._open: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
         if not self.manifest.complete:
             raise CurationError(f"{self.dir}: {len(self.manifest.shards)} of "
                                 f"{self.manifest.n_shards} shards written; finish the features run")
@@ -393,8 +409,15 @@ class FeatureReader:
         return self._rows[example_id]
 
     def shard(self, index: int) -> np.ndarray:
-        """Read-only memmap of one shard (opened per call: keeps file descriptors bounded)."""
-        return _check_shard(self.manifest, self.dir / shard_file(index), index)
+        """Read-only memmap of one shard. The last two stay open (streaming in chunks smaller
+        than a shard opened each shard several times: 0.5 s per 100k rows); more would grow
+        the open file descriptors with the pool."""
+        with self._lock:  # scoring reads from worker threads
+            if index not in self._open:
+                if len(self._open) >= 2:
+                    self._open.pop(next(iter(self._open)))
+                self._open[index] = _check_shard(self.manifest, self.dir / shard_file(index), index)
+            return self._open[index]
 
     def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(start, end, memmap[end-start, k])`` for every shard in row order."""
@@ -422,6 +445,19 @@ class FeatureReader:
     def verify(self) -> list[int]:
         """Recompute every checksum; returns the indices of bad shards (empty when all good)."""
         return _bad_shards(self.manifest, self.dir)
+
+    def norms(self) -> np.ndarray:
+        """``[n]`` float32 row norms: the stored ones where a shard has them (written with it),
+        else computed from the shard. Saves scoring a pass over every feature."""
+        if getattr(self, "_norms", None) is None:
+            parts = []
+            for s in self.manifest.shards:
+                path = self.dir / norms_file(s.index)
+                stored = np.load(path, allow_pickle=False) if path.is_file() else None
+                ok = stored is not None and stored.shape == (s.end - s.start,) and stored.dtype == np.float32
+                parts.append(stored if ok else row_norms(self.shard(s.index)))
+            self._norms = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return self._norms
 
 
 class FeatureStore:

@@ -57,8 +57,15 @@ def content_key(content_hash: str) -> int:
 
 
 def content_keys(hashes: Sequence[str]) -> np.ndarray:
-    """Keys of a pool's examples; refuses a (60-bit) collision rather than mixing two rows."""
-    keys = np.fromiter((content_key(h) for h in hashes), np.int64, count=len(hashes))
+    """Keys of a pool's examples; refuses a (60-bit) collision rather than mixing two rows.
+
+    Vectorised (`content_key` per hash took 0.2 s per 100k): the first 16 hex digits as a
+    big-endian uint64, shifted right by 4 bits = the first 15 digits.
+    """
+    if not len(hashes):
+        return np.zeros(0, np.int64)
+    raw = np.frombuffer(bytes.fromhex("".join(h[:16] for h in hashes)), dtype=">u8")
+    keys = (raw >> np.uint64(4)).astype(np.int64)
     if len(np.unique(keys)) != len(keys):
         raise CurationError("two examples share a 60-bit content-key prefix (or a pool holds "
                             "duplicate content); deduplicate the pool")
@@ -408,6 +415,16 @@ class FeatureView:
         for start, end, block in self.iter_shards():
             out[start:end] = block
         return out
+
+    def norms(self) -> np.ndarray:
+        """``[n]`` row norms, gathered from the segments' (see `FeatureReader.norms`)."""
+        if getattr(self, "_norms", None) is None:
+            out = np.empty(self.n, np.float32)
+            for j, reader in enumerate(self.readers):
+                mask = self.seg == j
+                out[mask] = reader.norms()[self.rowmap[mask]]
+            self._norms = out
+        return self._norms
 
     def verify(self) -> list[int]:
         """Indices of view blocks touching a segment shard whose checksum fails."""

@@ -118,7 +118,18 @@ def pad_token_id(tokenizer) -> int:
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """Stable 16-hex fingerprint of vocabulary, merges, special tokens and chat template."""
+    """Stable 16-hex fingerprint of vocabulary, merges, special tokens and chat template.
+
+    Cached on the tokenizer object (50 ms each; a run asks several times), keyed by what a
+    caller may change in place: the chat template and the vocabulary size."""
+    stamp = (tokenizer.chat_template, len(tokenizer))
+    cached = getattr(tokenizer, "_curation_hash", None)
+    if cached is None or cached[0] != stamp:
+        cached = tokenizer._curation_hash = (stamp, _tokenizer_hash(tokenizer))
+    return cached[1]
+
+
+def _tokenizer_hash(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())

@@ -23,7 +23,8 @@ from curation.featuresets import (FeatureSet, FeatureSetKey, content_keys, exist
 from curation.grads import iter_features
 from curation.influence import ScoringInputs, score
 from curation.methods.base import Method, ScoreInputs, ScoreOutput, ValPair
-from curation.model import encode, fixed_length_buckets, load_model, pad_token_id, tokenizer_hash
+from curation.model import (encode, fixed_length_buckets, length_buckets, load_model, pad_token_id,
+                            tokenizer_hash)
 from curation.objectives import Batch, Objective, SFTObjective, collate, sft_item
 from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector
 from curation.warmup import (Checkpoint, complete_warmup, list_checkpoints, load_checkpoint,
@@ -43,14 +44,20 @@ def tensors(enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ordered_features(model, items: Sequence[Batch], objective: Objective, projector: Projector,
-                     moments, batch_size: int, pad_id: int, max_length: int = 1 << 30) -> np.ndarray:
+                     moments, batch_size: int, pad_id: int, max_length: int = 1 << 30,
+                     fixed_length: bool = True) -> np.ndarray:
     """Features of `items` in their given order, in batches of one padded length each.
 
     Every item is padded to `model.padded_length` of its own length, so its features do not
-    depend on its batch companions (byte-identical on CPU; see `padded_length`).
+    depend on its batch companions (byte-identical on CPU; see `padded_length`): what stored,
+    shared train features need. ``fixed_length=False`` batches by similar length instead
+    (fewer batches; for validation items, which are computed per run and never shared).
     """
     lengths = [int(b.input_ids.shape[1]) for b in items]
-    buckets = fixed_length_buckets(lengths, batch_size, max_length)
+    if fixed_length:
+        buckets = fixed_length_buckets(lengths, batch_size, max_length)
+    else:
+        buckets = [(None, b) for b in length_buckets(lengths, batch_size)]
     out = np.zeros((len(items), projector.k), dtype=np.float32)
     batches = (collate([items[i] for i in bucket], pad_id, length) for length, bucket in buckets)
     for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments)):
@@ -218,6 +225,6 @@ class GradientMethod(Method):
         inputs.reporter.stage(f"validation features {ckpt.path.name}", len(ids))
         items = self.checkpoint_val_items(model, tok, ckpt, inputs)
         feats = ordered_features(model, items, self.val_objective(inputs), projector, None,
-                                 cfg.features.batch_size, pad_token_id(tok))
+                                 cfg.features.batch_size, pad_token_id(tok), fixed_length=False)
         for index, start, end in pending:
             writer.write_shard(index, feats[start:end])
