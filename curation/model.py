@@ -51,7 +51,7 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
 class ModelConfig:
     """Which base model to load and how; goes into every run manifest."""
 
-    name_or_path: str = "tiny"  # "tiny" = the built-in offline model; else a local dir or hub id
+    name_or_path: str = "tiny"  # "tiny" (built-in), "smollm2" (after `model fetch`), a local dir or hub id
     dtype: str = "float32"  # float32 | bfloat16 (float64 for equivalence tests)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     max_length: int = 512  # tokens per example after truncation (see `encode`)
@@ -94,6 +94,10 @@ def load_model(cfg: ModelConfig, workspace: Path, tiny_cfg: Any = None,
         from curation.tiny import ensure_tiny_model  # lazy: tiny imports this module
 
         source, local_only = str(ensure_tiny_model(workspace, corpus_path, tiny_cfg, progress)), True
+    elif cfg.name_or_path == "smollm2":
+        from curation.models import resolve
+
+        source, local_only = resolve("smollm2", workspace), True
     else:
         source, local_only = cfg.name_or_path, not cfg.allow_download
     from transformers import AutoModelForCausalLM, AutoTokenizer
