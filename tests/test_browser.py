@@ -87,7 +87,10 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model):
     page.get_by_text("3,000").first.wait_for()
 
     goto(page, url, "Scoring")
-    page.get_by_label("Model", exact=True).fill(str(micro_model))
+    page.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="other path or id…").click()
+    page.get_by_label("Local HF model folder (or a hub id with downloads allowed)").fill(str(micro_model))
+    page.get_by_label("Local HF model folder (or a hub id with downloads allowed)").press("Enter")
     page.get_by_role("button", name="Launch in the background").click()
     page.get_by_text(re.compile(r"Run #1 launched")).wait_for()
     page.get_by_text(re.compile(r"150 selected")).wait_for(timeout=600_000)

@@ -167,24 +167,24 @@ def test_runs_reuse_features_across_methods_and_preference_sets(ws, micro_model,
     assert more["top"] != first["top"] or more["meta"]["pairs_sha256"] != first["meta"]["pairs_sha256"]
 
 
-@pytest.mark.parametrize("change", ["k", "max_length", "checkpoint", "model"])
-def test_no_reuse_when_a_key_part_differs(ws, micro_model, tmp_path, change):
+def test_no_reuse_when_a_key_part_differs(ws, micro_model, tmp_path):
+    """k, max length, checkpoint (warmup epochs) and model each get a feature set of their own."""
+    from conftest import MICRO_MODEL_CONFIG
+
+    from curation.tiny import TinyConfig, build_tiny_model
     store = Store.open(ws)
     ensure_demo(store)
     first = run(store, ws, cfg_for(micro_model))
-    if change == "model":
-        from curation.tiny import TinyConfig, build_tiny_model
-        from conftest import MICRO_MODEL_CONFIG
-        other = tmp_path / "other_model"
-        build_tiny_model(DEMO_POOL, other, TinyConfig(**{**MICRO_MODEL_CONFIG, "steps": 10}))
-        cfg = cfg_for(other)
-    else:
-        cfg = cfg_for(micro_model, **{"k": dict(k=128), "max_length": dict(max_length=96),
-                                      "checkpoint": dict(epochs=1)}[change])
-    second = run(store, ws, cfg)
-    assert second["features"]["id"] != first["features"]["id"]
-    assert second["features"]["reused"] is False and second["features"]["new_rows"] == 3000
-    assert len(list_sets(ws.home)) == 2
+    other = tmp_path / "other_model"
+    build_tiny_model(DEMO_POOL, other, TinyConfig(**{**MICRO_MODEL_CONFIG, "steps": 10}))
+    variants = {"k": cfg_for(micro_model, k=128), "max_length": cfg_for(micro_model, max_length=96),
+                "checkpoint": cfg_for(micro_model, epochs=1), "model": cfg_for(other)}
+    seen = {first["features"]["id"]}
+    for change, cfg in variants.items():
+        got = run(store, ws, cfg)["features"]
+        assert got["id"] not in seen and got["reused"] is False and got["new_rows"] == 3000, change
+        seen.add(got["id"])
+    assert len(list_sets(ws.home)) == 5
 
 
 def test_changed_pool_content_extracts_only_the_changed_examples(ws, micro_model, tmp_path):

@@ -74,14 +74,13 @@ def test_score_on_smollm2_completes_on_cpu(smol_home, tmp_path, monkeypatch):
     ws = Workspace.from_env().ensure()
     store = Store.open(ws)
     small = tmp_path / "pool.jsonl"
-    small.write_text("\n".join(DEMO_POOL.read_text().splitlines()[:24]) + "\n")
+    small.write_text("\n".join(DEMO_POOL.read_text().splitlines()[:12]) + "\n")
     import_pool(store, small, name="small")
     import_prefs(store, DEMO_PREFS, name="demo")
-    cfg = ScoreConfig(model=ModelConfig(name_or_path="smollm2", max_length=128),
-                      warmup=WarmupConfig(percent=10, epochs=1, max_length=128),
-                      features=FeatureConfig(k=512, batch_size=8), select=SelectConfig(percent=None, n=5))
+    cfg = ScoreConfig(model=ModelConfig(name_or_path="smollm2"), warmup=WarmupConfig(percent=10, epochs=1),
+                      features=FeatureConfig(k=256), select=SelectConfig(percent=None, n=5))
     defaults_for("smollm2", ws.home).apply(cfg)
-    cfg.model.max_length = cfg.warmup.max_length = 128
+    cfg.model.max_length = cfg.warmup.max_length = 96
     runs = []
     for method in ("rose", "less"):
         run_id = create_run(store, "small", "demo", ScoreConfig.from_dict({**cfg.to_dict(), "method": method}), ws)

@@ -359,8 +359,23 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
             overrides[name] = getattr(args, name)
     model = getattr(args, "model", None)
     if getattr(args, "quick", False):
-        return QualityConfig.quick(model=model, **overrides)
-    return QualityConfig(**({"model": model} if model else {}), **overrides)
+        cfg = QualityConfig.quick(model=model, **overrides)
+    else:
+        cfg = QualityConfig(**({"model": model} if model else {}), **overrides)
+    return with_model_defaults(cfg) if model else cfg
+
+
+def with_model_defaults(cfg: QualityConfig) -> QualityConfig:
+    """The base model's size-based lr and LoRA rank (`models.defaults_for`) for the warmup, and
+    its lr scaled the same way for the downstream fine-tune (the tiny model's 3e-3 would wreck
+    a 135M model); sizes (pool, k, lengths) stay as chosen."""
+    from curation.models import TINY, defaults_for
+    from curation.workspace import Workspace
+
+    d = defaults_for(cfg.model, Workspace.from_env().home)
+    warmup = dataclasses.replace(cfg.warmup, lr=d.lr, lora_r=d.lora_r, lora_alpha=d.lora_alpha)
+    downstream = dataclasses.replace(cfg.downstream, lr=cfg.downstream.lr * d.lr / TINY.lr)
+    return dataclasses.replace(cfg, warmup=warmup, downstream=downstream)
 
 
 def main(args: argparse.Namespace) -> int:
