@@ -25,7 +25,7 @@ class FeatureConfig:
     k: int = 8192  # projection dimension (published: 8192)
     projector: str = "sparse_jl"  # sparse_jl (CountSketch-style, no d x k matrix) | dense_rademacher
     seed: int = 0  # projection seed: identical matrix in every process and on every device
-    batch_size: int = 16  # examples per batched backward
+    batch_size: int = 32  # examples per batched backward (32: +20% examples/s on the tiny model vs 16)
     dtype: str = "float16"  # stored feature dtype
     shard_size: int = 1024  # rows per shard file: the unit of resume
     # A pool that grew keeps the warmup its stored features were made with (when that warmup

@@ -371,22 +371,16 @@ class FeatureWriter:
         self.manifest.save(self.manifest_path)
 
 
-class FeatureReader:
-    """Reads one complete split/checkpoint; shards are memory-mapped, never loaded whole."""
+class SplitRows:
+    """What every reader of one row-ordered split shares (`FeatureReader` and the feature
+    store's `FeatureView`): sizes, ids, row lookup and streaming, all from ``self.manifest``
+    and ``self.shard(index)``."""
 
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        path = self.dir / MANIFEST
-        if not path.is_file():
-            ranks = sorted(p.name for p in self.dir.glob("manifest.rank*.json"))
-            hint = f"; merge the rank manifests {ranks} first" if ranks else ""
-            raise CurationError(f"no features at {self.dir}{hint}")
-        self.manifest = FeatureManifest.load(path)
-        self._open: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-        if not self.manifest.complete:
-            raise CurationError(f"{self.dir}: {len(self.manifest.shards)} of "
-                                f"{self.manifest.n_shards} shards written; finish the features run")
+    dir: Path
+    manifest: FeatureManifest
+
+    def shard(self, index: int) -> np.ndarray:
+        raise NotImplementedError
 
     @property
     def n(self) -> int:
@@ -408,6 +402,36 @@ class FeatureReader:
             raise KeyError(f"example {example_id} has no features in {self.dir}")
         return self._rows[example_id]
 
+    def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, end, memmap[end-start, k])`` for every shard in row order."""
+        for s in self.manifest.shards:
+            yield s.start, s.end, self.shard(s.index)
+
+    def load_all(self, dtype: str = "float32") -> np.ndarray:
+        """The whole ``[n, k]`` matrix in memory: for small splits (validation) only."""
+        out = np.empty((self.n, self.k), dtype=dtype)
+        for start, end, block in self.iter_shards():
+            out[start:end] = block
+        return out
+
+
+class FeatureReader(SplitRows):
+    """Reads one complete split/checkpoint; shards are memory-mapped, never loaded whole."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        path = self.dir / MANIFEST
+        if not path.is_file():
+            ranks = sorted(p.name for p in self.dir.glob("manifest.rank*.json"))
+            hint = f"; merge the rank manifests {ranks} first" if ranks else ""
+            raise CurationError(f"no features at {self.dir}{hint}")
+        self.manifest = FeatureManifest.load(path)
+        self._open: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        if not self.manifest.complete:
+            raise CurationError(f"{self.dir}: {len(self.manifest.shards)} of "
+                                f"{self.manifest.n_shards} shards written; finish the features run")
+
     def shard(self, index: int) -> np.ndarray:
         """Read-only memmap of one shard. The last two stay open (streaming in chunks smaller
         than a shard opened each shard several times: 0.5 s per 100k rows); more would grow
@@ -419,11 +443,6 @@ class FeatureReader:
                 self._open[index] = _check_shard(self.manifest, self.dir / shard_file(index), index)
             return self._open[index]
 
-    def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        """``(start, end, memmap[end-start, k])`` for every shard in row order."""
-        for s in self.manifest.shards:
-            yield s.start, s.end, self.shard(s.index)
-
     def rows(self, start: int, end: int) -> np.ndarray:
         """Rows ``[start, end)`` in the stored dtype (copied only when they span shards)."""
         if not 0 <= start <= end <= self.n:
@@ -434,13 +453,6 @@ class FeatureReader:
         parts = [self.shard(j)[max(start - j * size, 0): end - j * size]
                  for j in range(start // size, math.ceil(end / size))]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def load_all(self, dtype: str = "float32") -> np.ndarray:
-        """The whole ``[n, k]`` matrix in memory: for small splits (validation) only."""
-        out = np.empty((self.n, self.k), dtype=dtype)
-        for start, end, block in self.iter_shards():
-            out[start:end] = block
-        return out
 
     def verify(self) -> list[int]:
         """Recompute every checksum; returns the indices of bad shards (empty when all good)."""

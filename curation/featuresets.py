@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from curation.errors import CurationError
-from curation.features import (MANIFEST, FeatureManifest, FeatureReader, ShardEntry, atomic_write,
+from curation.features import (MANIFEST, FeatureManifest, FeatureReader, ShardEntry, SplitRows, atomic_write,
                                save_npy_atomic, shard_file)
 
 FEATURES_SUBDIR = "features"
@@ -342,7 +342,7 @@ def view_readable(directory: Path) -> bool:
                for name in head["segments"])
 
 
-class FeatureView:
+class FeatureView(SplitRows):
     """A pool's rows gathered from feature-set segments; reads like a `FeatureReader`.
 
     Rows that are consecutive in one segment (the usual case: a pool featurized once, or
@@ -369,25 +369,6 @@ class FeatureView:
                                 for j in range(self.manifest.n_shards)]
         self.featureset = head["featureset"]
 
-    @property
-    def n(self) -> int:
-        return self.manifest.n
-
-    @property
-    def k(self) -> int:
-        return self.manifest.k
-
-    @property
-    def example_ids(self) -> list[int]:
-        return self.manifest.example_ids
-
-    def row_of(self, example_id: int) -> int:
-        if not hasattr(self, "_rows"):
-            self._rows = {e: r for r, e in enumerate(self.manifest.example_ids)}
-        if example_id not in self._rows:
-            raise KeyError(f"example {example_id} has no features in {self.dir}")
-        return self._rows[example_id]
-
     def rows(self, start: int, end: int) -> np.ndarray:
         """Rows ``[start, end)`` in the stored dtype."""
         if not 0 <= start <= end <= self.n:
@@ -404,17 +385,6 @@ class FeatureView:
 
     def shard(self, index: int) -> np.ndarray:
         return self.rows(*self.manifest.shard_rows(index))
-
-    def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for j in range(self.manifest.n_shards):
-            start, end = self.manifest.shard_rows(j)
-            yield start, end, self.rows(start, end)
-
-    def load_all(self, dtype: str = "float32") -> np.ndarray:
-        out = np.empty((self.n, self.k), dtype=dtype)
-        for start, end, block in self.iter_shards():
-            out[start:end] = block
-        return out
 
     def norms(self) -> np.ndarray:
         """``[n]`` row norms, gathered from the segments' (see `FeatureReader.norms`)."""

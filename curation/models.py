@@ -197,7 +197,7 @@ class ModelDefaults:
         cfg.warmup.batch_size, cfg.features.batch_size = self.warmup_batch, self.feature_batch
 
 
-TINY = ModelDefaults(1e-3, 8, 16, 512, 8, 16, "1.3M parameters: a large lr, a small rank (measured on the demo)")
+TINY = ModelDefaults(1e-3, 8, 16, 512, 8, 32, "1.3M parameters: a large lr, a small rank (measured on the demo)")
 SMALL = ModelDefaults(2e-4, 8, 16, 256, 8, 8, "100M-1B parameters: the usual LoRA lr for small instruct models; "
                                              "256 tokens keeps CPU runs to minutes per 100 examples")
 LARGE = ModelDefaults(2e-5, 128, 512, 2048, 4, 4, "7B-class: the LESS/ROSE papers' settings")

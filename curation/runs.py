@@ -22,7 +22,7 @@ from curation.errors import CurationError
 from curation.jobs import Cancelled, Reporter
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
 from curation.select import select_top
-from curation.store import Example, Pool, PreferencePair, PreferenceSet, Run, Score, Store
+from curation.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.store.db import markers
 from curation.store.models import utcnow
 from curation.workspace import Workspace
