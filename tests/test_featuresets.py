@@ -82,6 +82,19 @@ def test_item_features_do_not_depend_on_batch_companions(tiny_model, items):
     assert full.tobytes() == parts.tobytes()
 
 
+def test_extraction_reports_progress_within_a_shard(tiny_model, items):
+    """A shard of a real model takes minutes on CPU: progress (and so the heartbeat) moves per
+    batch, not per shard."""
+    from curation.methods.gradient import ordered_features
+    from curation.objectives import SFTObjective
+    from curation.projection import SparseJLProjector
+
+    seen: list[int] = []
+    ordered_features(tiny_model, items.sft(20), SFTObjective(), SparseJLProjector(64, 0), None, 4, 0,
+                     on_batch=seen.append)
+    assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] == 20
+
+
 def test_content_keys_refuse_collisions():
     h = "ab" * 32
     assert content_key(h) == int(h[:15], 16) < 2 ** 63

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,13 +45,15 @@ def tensors(enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ordered_features(model, items: Sequence[Batch], objective: Objective, projector: Projector,
                      moments, batch_size: int, pad_id: int, max_length: int = 1 << 30,
-                     fixed_length: bool = True) -> np.ndarray:
+                     fixed_length: bool = True, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Features of `items` in their given order, in batches of one padded length each.
 
     Every item is padded to `model.padded_length` of its own length, so its features do not
     depend on its batch companions (byte-identical on CPU; see `padded_length`): what stored,
     shared train features need. ``fixed_length=False`` batches by similar length instead
     (fewer batches; for validation items, which are computed per run and never shared).
+    ``on_batch(items_done)`` after each batch: progress and heartbeat within a shard (a shard
+    of a 135M model on CPU takes minutes, longer than a run may go without a heartbeat).
     """
     lengths = [int(b.input_ids.shape[1]) for b in items]
     if fixed_length:
@@ -60,8 +62,12 @@ def ordered_features(model, items: Sequence[Batch], objective: Objective, projec
         buckets = [(None, b) for b in length_buckets(lengths, batch_size)]
     out = np.zeros((len(items), projector.k), dtype=np.float32)
     batches = (collate([items[i] for i in bucket], pad_id, length) for length, bucket in buckets)
+    done = 0
     for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments)):
         out[bucket] = feats
+        done += len(bucket)
+        if on_batch:
+            on_batch(done)
     return out
 
 
@@ -202,7 +208,7 @@ class GradientMethod(Method):
                 items = [sft_item(*tensors(encode(tok, m, cfg.model.max_length)))
                          for m in inputs.fetch_hashes(hashes[start:end])]
                 feats = ordered_features(model, items, SFTObjective(), projector, moments, cfg.features.batch_size,
-                                         pad, cfg.model.max_length)
+                                         pad, cfg.model.max_length, on_batch=lambda d, base=done: rep.update(base + d))
                 writer.write_shard(index, feats)
                 done += end - start
                 rep.update(done)
