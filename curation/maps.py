@@ -199,6 +199,38 @@ def compute_map(workdir: Path, seed: int = 0, max_points: int = 200_000) -> Path
                                      val_xy.astype(np.float32), fitted, meta))
 
 
+def reuse_map(base_workdir: Path, workdir: Path) -> Path | None:
+    """Give a re-scored run its base run's map when both read the same train features.
+
+    The pool's layout depends only on the train features, so it is copied as is (the page
+    colours it by the new scores); the validation pairs changed, and the saved map keeps no
+    reducer to place them with, so each pair is drawn at its most aligned pool example (the
+    highest cosine at the map's checkpoint; the meta says so). None when there is no map to
+    reuse or the features differ.
+    """
+    base = load_map(base_workdir)
+    fstore = FeatureStore(Path(workdir) / "features")
+    if base is None or not fstore.exists("train", base.meta["checkpoint"]):
+        return None
+    ckpt = base.meta["checkpoint"]
+    reader = fstore.reader("train", ckpt)
+    if reader.manifest.fingerprint() != base.meta.get("features"):
+        return None
+    val = normalise_rows(fstore.reader("val", ckpt).load_all()) if fstore.exists("val", ckpt) else None
+    val_xy = np.empty((0, 2), np.float32)
+    if val is not None and len(val):
+        best, where = np.full(len(val), -np.inf, np.float32), np.zeros(len(val), np.int64)
+        for start, _, block in reader.iter_shards():
+            cos = normalise_rows(block) @ val.T  # [rows, n_val]
+            top = cos.argmax(axis=0)
+            better = cos[top, np.arange(len(val))] > best
+            best[better], where[better] = cos[top, np.arange(len(val))][better], start + top[better]
+        val_xy = base.xy[where].astype(np.float32)
+    meta = {**base.meta, "n_val": len(val_xy), "reused_from": str(base_workdir),
+            "val_placement": "each validation pair at its most aligned pool example"}
+    return save_map(workdir, MapData(base.xy, base.example_ids, val_xy, base.fitted, meta))
+
+
 # ---------------------------------------------------------------------------- selections
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,10 +88,21 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         run = s.get(Run, new_id)
         run.meta = {**(run.meta or {}), "rescored_from": run_id}
     execute_run(store, new_id, ws, echo=echo)
+    _reuse_map(store, run_id, new_id)
     old, new = (curated_selection(store, r) for r in (run_id, new_id))
     a, b = np.asarray(old.selected_ids, np.int64), np.asarray(new.selected_ids, np.int64)
     return Rescored(new_id, run_id, time.time() - t0, added=np.setdiff1d(b, a).tolist(),
                     removed=np.setdiff1d(a, b).tolist())
+
+
+def _reuse_map(store: Store, base_id: int, new_id: int) -> None:
+    """The base run's map for the new run (same train features; see `maps.reuse_map`)."""
+    from curation.maps import reuse_map
+
+    with store.session() as s:
+        base, new = s.get(Run, base_id).workdir, s.get(Run, new_id).workdir
+    if base and new:
+        reuse_map(Path(base), Path(new))
 
 
 def latest_rescorable(store: Store, prefs: str, ws: Workspace | None = None) -> int | None:

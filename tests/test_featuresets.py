@@ -274,6 +274,8 @@ def test_rescore_after_an_edit_is_a_new_run_with_a_diff(ws, micro_model):
     ensure_demo(store)
     first = run(store, ws, cfg_for(micro_model))
     assert stored_features(store, first["id"], ws) is not None
+    from curation import maps
+    maps.compute_map(ws.run_dir(first["id"]), seed=0)
     pairs = catalog.get_pairs(store, "demo")
     catalog.save_pairs(store, "demo", pairs[:-3])  # remove three pairs
     assert show_run(store, first["id"])["pairs_version"] == "earlier"
@@ -283,6 +285,11 @@ def test_rescore_after_an_edit_is_a_new_run_with_a_diff(ws, micro_model):
     assert len(new["meta"]["pairs"]) == len(pairs) - 3 and len(first["meta"]["pairs"]) == len(pairs)
     assert new["meta"]["rescored_from"] == first["id"]
     assert len(res.added) == len(res.removed) and "since the last scoring" in res.summary()
+    base_map, new_map = maps.load_map(ws.run_dir(first["id"])), maps.load_map(ws.run_dir(res.run_id))
+    assert new_map is not None and new_map.meta["reused_from"] == str(ws.run_dir(first["id"]))
+    np.testing.assert_array_equal(new_map.xy, base_map.xy)  # same train features: same layout
+    assert new_map.val_xy.shape == (len(pairs) - 3, 2)
+    assert all(any((p == base_map.xy).all(1)) for p in new_map.val_xy)  # each at a pool example
     with pytest.raises(CurationError, match="gradient method"):
         rescore(store, first["id"], method="bm25", ws=ws)
 
