@@ -433,14 +433,16 @@ def describe_sets(store, home: Path) -> list[dict[str, Any]]:
 
 
 def active_users(store, set_id: str) -> list[int]:
-    """Queued or running runs whose features are (or will be) in the set."""
+    """Live (queued or running, heartbeat fresh) runs that read or write the set."""
     from sqlalchemy import select
 
+    from curation.jobs import effective_status
     from curation.store import Run
 
     with store.session() as s:
-        rows = s.execute(select(Run.id, Run.meta).where(Run.status.in_(("queued", "running")))).all()
-    return [rid for rid, meta in rows if ((meta or {}).get("features") or {}).get("id") == set_id]
+        runs = s.scalars(select(Run).where(Run.status.in_(("queued", "running")))).all()
+        return [r.id for r in runs if effective_status(r) in ("queued", "running")
+                and ((r.meta or {}).get("features") or {}).get("id") == set_id]
 
 
 def pool_feature_status(store, pool: str, home: Path, model: str | None = None) -> list[dict[str, Any]]:

@@ -54,6 +54,15 @@ class Reporter:
             self.echo(self.stage_name, done, self.total)
         self._write()
 
+    def note(self, **meta) -> None:
+        """Merge ``meta`` into the run's metadata now (e.g. which feature set a running run
+        writes, so `features rm` can refuse to delete it under the run)."""
+        if self.store is None:
+            return
+        with self.store.session() as s:
+            run = s.get(Run, self.run_id)
+            run.meta = {**(run.meta or {}), **meta}
+
     def finish(self) -> dict[str, float]:
         """Close the last stage and return wall seconds per stage (never raises Cancelled)."""
         self._close_stage()

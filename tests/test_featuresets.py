@@ -178,6 +178,22 @@ def test_runs_reuse_features_across_methods_and_preference_sets(ws, micro_model,
         a, b = (FeatureStore(ws.run_dir(r["id"]) / "features").reader("train", i) for r in (first, more))
         assert a.rows(0, 3000).tobytes() == b.rows(0, 3000).tobytes()
     assert more["top"] != first["top"] or more["meta"]["pairs_sha256"] != first["meta"]["pairs_sha256"]
+    check_features_rm(store, ws, first["id"], listed["id"])
+
+
+def check_features_rm(store: Store, ws: Workspace, run_id: int, set_id: str) -> None:
+    """`features rm` refuses while a live run uses the set; afterwards the runs say so."""
+    from curation.cli import main
+    from curation.store import Run
+    from curation.store.models import utcnow
+    with store.session() as s:
+        s.get(Run, run_id).status, s.get(Run, run_id).heartbeat = "running", utcnow()
+    assert main(["features", "rm", set_id[:6]]) == 2 and (ws.home / "features" / f"fs_{set_id}").is_dir()
+    with store.session() as s:
+        s.get(Run, run_id).status = "done"
+    assert main(["features", "rm", set_id[:6]]) == 0 and not (ws.home / "features" / f"fs_{set_id}").exists()
+    assert not FeatureStore(ws.run_dir(run_id) / "features").exists("train", 0)
+    assert stored_features(store, run_id, ws) is None
 
 
 def test_no_reuse_when_a_key_part_differs(ws, micro_model, tmp_path):

@@ -121,6 +121,7 @@ class GradientMethod(Method):
         fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
                                pool=inputs.pool)
         plan = fset.plan(content_keys(inputs.content_hashes), inputs.content_hashes)
+        rep.note(features={"id": fset.id, "reused": None})  # in use from now on (`features rm` checks)
         fstore = FeatureStore(inputs.workdir / "features")
         sharded, extracted = inputs.rank != (0, 1), 0
         for i, ckpt in enumerate(ckpts):
