@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Sequence
 from dataclasses import dataclass
+from typing import Sequence
 
 from sqlalchemy import String, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from curation.errors import CurationError
+from curation.featuresets import run_feature_set
 from curation.store import Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
 
 
@@ -58,8 +59,13 @@ def list_runs(store: Store, pool: str | None = None) -> list[dict]:
         return [dict(id=r.id, method=r.method, pool=p, prefs=ps, status=r.status, stage=r.stage,
                      progress=_fraction(r), selected=r.n_selected, created=r.created_at,
                      pairs_version=pairs_version(s, r, hashes),
-                     features=((r.meta or {}).get("features") or {}).get("id"))
+                     features=run_feature_set(r.meta))
                 for r, p, ps in s.execute(q)]
+
+
+def pool_hashes(s: Session, pool_id: int) -> list[str]:
+    """Content hashes of a pool's examples: what its stored gradient features are keyed by."""
+    return list(s.scalars(select(Example.content_hash).where(Example.pool_id == pool_id)))
 
 
 def pairs_snapshot(s, prefs_id: int | None) -> list[dict]:

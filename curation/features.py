@@ -371,6 +371,12 @@ class FeatureWriter:
         self.manifest.save(self.manifest_path)
 
 
+def is_complete(directory: Path) -> bool:
+    """A feature directory whose manifest lists every shard (what readers require)."""
+    path = Path(directory) / MANIFEST
+    return path.is_file() and FeatureManifest.load(path).complete
+
+
 class SplitRows:
     """What every reader of one row-ordered split shares (`FeatureReader` and the feature
     store's `FeatureView`): sizes, ids, row lookup and streaming, all from ``self.manifest``
@@ -428,6 +434,7 @@ class FeatureReader(SplitRows):
         self.manifest = FeatureManifest.load(path)
         self._open: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._norms: np.ndarray | None = None
         if not self.manifest.complete:
             raise CurationError(f"{self.dir}: {len(self.manifest.shards)} of "
                                 f"{self.manifest.n_shards} shards written; finish the features run")
@@ -461,7 +468,7 @@ class FeatureReader(SplitRows):
     def norms(self) -> np.ndarray:
         """``[n]`` float32 row norms: the stored ones where a shard has them (written with it),
         else computed from the shard. Saves scoring a pass over every feature."""
-        if getattr(self, "_norms", None) is None:
+        if self._norms is None:
             parts = []
             for s in self.manifest.shards:
                 path = self.dir / norms_file(s.index)
@@ -488,8 +495,7 @@ class FeatureStore:
         from curation.featuresets import is_view, view_readable
         if is_view(self.path(split, ckpt)):
             return view_readable(self.path(split, ckpt))
-        path = self.path(split, ckpt) / MANIFEST
-        return path.is_file() and FeatureManifest.load(path).complete
+        return is_complete(self.path(split, ckpt))
 
     def writer(self, split: str, ckpt: int, manifest: FeatureManifest,
                rank: tuple[int, int] = (0, 1)) -> FeatureWriter:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from curation.errors import CurationError
-from curation.features import (MANIFEST, FeatureManifest, FeatureReader, ShardEntry, SplitRows, atomic_write,
+from curation.features import (FeatureManifest, FeatureReader, ShardEntry, SplitRows, atomic_write, is_complete,
                                save_npy_atomic, shard_file)
 
 FEATURES_SUBDIR = "features"
@@ -52,8 +52,14 @@ VIEW_BLOCK = 4096  # rows per virtual shard of a view (iteration unit)
 
 
 def content_key(content_hash: str) -> int:
-    """The row key of an example: the first 60 bits of its sha256 content hash (fits int64)."""
+    """The row key of an example: the first 60 bits of its sha256 content hash (fits int64).
+    The definition; `content_keys` computes the same for a whole pool at once."""
     return int(content_hash[:15], 16)
+
+
+def run_feature_set(meta: dict | None) -> str | None:
+    """The id of the feature set a run's metadata names (None for other methods)."""
+    return ((meta or {}).get("features") or {}).get("id")
 
 
 def content_keys(hashes: Sequence[str]) -> np.ndarray:
@@ -102,26 +108,24 @@ class FeatureSetKey:
 
 
 @contextmanager
-def locked(path: Path, wait: Callable[[], None] | None = None, poll_s: float = 1.0) -> Iterator[bool]:
-    """Exclusive inter-process lock on ``path``; yields whether it had to wait.
+def locked(path: Path, wait: Callable[[], None] | None = None, poll_s: float = 1.0) -> Iterator[None]:
+    """Exclusive inter-process lock on ``path``.
 
     While another process holds it, ``wait()`` is called every ``poll_s`` (a run keeps its
     heartbeat fresh and can be cancelled while it waits).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        waited = False
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                waited = True
                 if wait:
                     wait()
                 time.sleep(poll_s)
         try:
-            yield waited
+            yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -151,20 +155,12 @@ class Segment:
         return self.dir / f"ckpt_{int(ckpt)}"
 
     def complete(self, ckpt: int) -> bool:
-        path = self.ckpt_dir(ckpt) / MANIFEST
-        return path.is_file() and FeatureManifest.load(path).complete
-
-    def reader(self, ckpt: int) -> FeatureReader:
-        return FeatureReader(self.ckpt_dir(ckpt))
-
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+        return is_complete(self.ckpt_dir(ckpt))
 
 
 def existing_shard_size(directory: Path) -> int | None:
     """The shard size a feature directory was started with (a later run must keep it)."""
-    path = Path(directory) / MANIFEST
-    found = [path] if path.is_file() else sorted(Path(directory).glob("manifest*.json"))
+    found = sorted(Path(directory).glob("manifest*.json"))  # manifest.json sorts first
     return FeatureManifest.load(found[0]).shard_size if found else None
 
 
@@ -336,10 +332,7 @@ def view_info(directory: Path) -> dict[str, Any]:
 def view_readable(directory: Path) -> bool:
     """The view's segments all exist and are complete (false after `features rm`)."""
     head = view_info(directory)
-    root = Path(head["root"])
-    return all((root / name / f"ckpt_{head['ckpt']}" / MANIFEST).is_file() and
-               FeatureManifest.load(root / name / f"ckpt_{head['ckpt']}" / MANIFEST).complete
-               for name in head["segments"])
+    return all(is_complete(Path(head["root"]) / name / f"ckpt_{head['ckpt']}") for name in head["segments"])
 
 
 class FeatureView(SplitRows):
@@ -367,7 +360,7 @@ class FeatureView(SplitRows):
             shard_size=VIEW_BLOCK)
         self.manifest.shards = [ShardEntry(j, *self.manifest.shard_rows(j), shard_file(j), "")
                                 for j in range(self.manifest.n_shards)]
-        self.featureset = head["featureset"]
+        self._norms: np.ndarray | None = None
 
     def rows(self, start: int, end: int) -> np.ndarray:
         """Rows ``[start, end)`` in the stored dtype."""
@@ -388,7 +381,7 @@ class FeatureView(SplitRows):
 
     def norms(self) -> np.ndarray:
         """``[n]`` row norms, gathered from the segments' (see `FeatureReader.norms`)."""
-        if getattr(self, "_norms", None) is None:
+        if self._norms is None:
             out = np.empty(self.n, np.float32)
             for j, reader in enumerate(self.readers):
                 mask = self.seg == j
@@ -397,12 +390,9 @@ class FeatureView(SplitRows):
         return self._norms
 
     def verify(self) -> list[int]:
-        """Indices of view blocks touching a segment shard whose checksum fails."""
-        bad = [(j, r.verify()) for j, r in enumerate(self.readers)]
-        if not any(b for _, b in bad):
-            return []
-        return list(range(self.manifest.n_shards))
-
+        """Every view block when any segment shard fails its checksum (a view's blocks do not
+        map one to one onto shards), else none."""
+        return list(range(self.manifest.n_shards)) if any(r.verify() for r in self.readers) else []
 
 
 # ---------------------------------------------------------------------------- management
@@ -419,8 +409,7 @@ def describe_sets(store, home: Path) -> list[dict[str, Any]]:
         pools = set(s.scalars(select(Pool.name)))
     users: dict[str, list[int]] = {}
     for rid, meta, _ in runs:
-        fid = ((meta or {}).get("features") or {}).get("id")
-        if fid:
+        if fid := run_feature_set(meta):
             users.setdefault(fid, []).append(rid)
     out = []
     for fset in list_sets(home):
@@ -442,20 +431,16 @@ def active_users(store, set_id: str) -> list[int]:
     with store.session() as s:
         runs = s.scalars(select(Run).where(Run.status.in_(("queued", "running")))).all()
         return [r.id for r in runs if effective_status(r) in ("queued", "running")
-                and ((r.meta or {}).get("features") or {}).get("id") == set_id]
+                and run_feature_set(r.meta) == set_id]
 
 
 def pool_feature_status(store, pool: str, home: Path, model: str | None = None) -> list[dict[str, Any]]:
     """Per feature set of ``model`` (default: any): how many of the pool's examples it covers."""
-    from sqlalchemy import select
-
-    from curation.catalog import get_pool
-    from curation.store import Example
+    from curation.catalog import get_pool, pool_hashes
 
     with store.session() as s:
-        pool_id = get_pool(s, pool).id
-        hashes = list(s.scalars(select(Example.content_hash).where(Example.pool_id == pool_id)))
-    keys = content_keys(hashes) if hashes else np.zeros(0, np.int64)
+        hashes = pool_hashes(s, get_pool(s, pool).id)
+    keys = content_keys(hashes)
     out = []
     for fset in list_sets(home):
         if model and fset.key.model != model:

@@ -57,11 +57,8 @@ class Reporter:
     def note(self, **meta) -> None:
         """Merge ``meta`` into the run's metadata now (e.g. which feature set a running run
         writes, so `features rm` can refuse to delete it under the run)."""
-        if self.store is None:
-            return
-        with self.store.session() as s:
-            run = s.get(Run, self.run_id)
-            run.meta = {**(run.meta or {}), **meta}
+        if self.store is not None:
+            merge_run_meta(self.store, self.run_id, **meta)
 
     def finish(self) -> dict[str, float]:
         """Close the last stage and return wall seconds per stage (never raises Cancelled)."""
@@ -92,6 +89,13 @@ class Reporter:
             cancel = run.cancel_requested
         if cancel and check_cancel:
             raise Cancelled(f"run {self.run_id} cancelled")
+
+
+def merge_run_meta(store: Store, run_id: int, **meta) -> None:
+    """Add keys to a run's metadata, keeping the rest (the pairs snapshot taken at creation)."""
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        run.meta = {**(run.meta or {}), **meta}
 
 
 def log_path(ws: Workspace, run_id: int) -> Path:

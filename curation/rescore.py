@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
 from curation.config import ScoreConfig
 from curation.errors import CurationError
-from curation.featuresets import FeatureSet, content_keys, find_set
-from curation.store import Example, Pool, PreferenceSet, Run, Store
+from curation.catalog import pool_hashes
+from curation.featuresets import FeatureSet, content_keys, find_set, run_feature_set
+from curation.jobs import merge_run_meta
+from curation.store import Pool, PreferenceSet, Run, Store
 from curation.workspace import Workspace
 
 
@@ -45,8 +47,7 @@ def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> F
         run = s.get(Run, run_id)
         if run is None:
             raise CurationError(f"no run with id {run_id}")
-        fid = ((run.meta or {}).get("features") or {}).get("id")
-        hashes = list(s.scalars(select(Example.content_hash).where(Example.pool_id == run.pool_id)))
+        fid, hashes = run_feature_set(run.meta), pool_hashes(s, run.pool_id)
     if not fid:
         return None
     try:
@@ -84,9 +85,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
                             f"'{pool}' any more; launch a scoring run")
     cfg.threads = max(cfg.threads, os.cpu_count() or 1)  # the curator is waiting: use the machine
     new_id = create_run(store, pool, prefs, cfg, ws)
-    with store.session() as s:
-        run = s.get(Run, new_id)
-        run.meta = {**(run.meta or {}), "rescored_from": run_id}
+    merge_run_meta(store, new_id, rescored_from=run_id)
     execute_run(store, new_id, ws, echo=echo)
     _reuse_map(store, run_id, new_id)
     old, new = (curated_selection(store, r) for r in (run_id, new_id))

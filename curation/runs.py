@@ -147,10 +147,8 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
         reporter.stage("select", len(inputs.example_ids))
         n_sel = store_scores(store, run_id, inputs.example_ids, out, inputs.config)
         times = reporter.finish()
-        with store.session() as s:
-            kept = dict(s.get(Run, run_id).meta or {})  # the pairs snapshot taken at creation
-        _set(store, run_id, status="done", finished_at=utcnow(), n_selected=n_sel, stage_times=times,
-             meta=_json_safe({**kept, **out.meta, "subtasks": out.subtasks}))
+        reporter.note(**_json_safe({**out.meta, "subtasks": out.subtasks}))
+        _set(store, run_id, status="done", finished_at=utcnow(), n_selected=n_sel, stage_times=times)
     except Cancelled:
         _set(store, run_id, status="cancelled", finished_at=utcnow(), stage_times=reporter.finish())
         raise

@@ -3,11 +3,17 @@
 import pandas as pd
 import streamlit as st
 
-from curation import catalog
+from curation import catalog, featuresets
 from curation.demo import ensure_demo
 from curation.imports import import_pool
-from curation import featuresets
 from pages._shared import feature_line, import_source, render_messages, show_import, store, user_errors, workspace
+
+@st.cache_data(ttl=15, show_spinner=False)
+def feature_status(db_url: str, pool: str) -> list[dict]:
+    """Cached: it reads every content hash of the pool and walks the feature store, and the
+    page reruns on every keystroke in the search box."""
+    return featuresets.pool_feature_status(store(), pool, workspace().home)
+
 
 POOL_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "tulu", "prompt_completion", "prompt_response"]
 
@@ -45,8 +51,7 @@ if not pools:
 names = [p["name"] for p in pools]
 pool = st.selectbox("Pool", names, index=names.index("demo") if "demo" in names else 0)
 sources = catalog.pool_sources(store(), pool)
-st.caption(feature_line(featuresets.pool_feature_status(store(), pool, workspace().home),
-                        next(p["examples"] for p in pools if p["name"] == pool)))
+st.caption(feature_line(feature_status(store().url, pool), next(p["examples"] for p in pools if p["name"] == pool)))
 
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
 search = c1.text_input("Search", placeholder="words in prompt or response")

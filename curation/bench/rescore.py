@@ -35,12 +35,12 @@ def plain_read(paths: list[Path], block: int = 1 << 24) -> tuple[float, int]:
 
 def fill_features(store, ws, run_id: int, log) -> list[Path]:
     """Warm up for real, then write synthetic train features into the run's feature set."""
-    from curation.features import FeatureManifest, FeatureWriter
+    from curation.features import FeatureWriter
     from curation.featuresets import FeatureSet, content_keys
     from curation.jobs import Reporter
     from curation.methods import get_method
     from curation.methods.gradient import feature_key, make_projector
-    from curation.model import load_model, tokenizer_hash
+    from curation.model import load_model
     from curation.runs import _inputs
     from curation.store import Run
 
@@ -49,18 +49,15 @@ def fill_features(store, ws, run_id: int, log) -> list[Path]:
         inputs = _inputs(store, run, ws, Reporter(None, None))
     cfg, method = inputs.config, get_method("rose")
     model, tok = load_model(cfg.model, ws.home)
-    ckpts, warmup = method._warmup(model, tok, inputs)
+    keys = content_keys(inputs.content_hashes)
+    ckpts, warmup = method._warmup(model, tok, inputs, keys)
     projector = make_projector(cfg.features)
     fset = FeatureSet.open(ws.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector), pool=inputs.pool)
-    plan = fset.plan(content_keys(inputs.content_hashes), inputs.content_hashes)
+    plan = fset.plan(keys, inputs.content_hashes)
     rng, k = np.random.default_rng(0), cfg.features.k
     for i, ckpt in enumerate(ckpts):
         for seg in plan.pending(i):
-            m = FeatureManifest(model=cfg.model.name_or_path, tokenizer_hash=tokenizer_hash(tok),
-                                checkpoint=ckpt.path.name, projector=projector.spec(), k=k,
-                                dtype=cfg.features.dtype, example_ids=seg.keys.tolist(),
-                                shard_size=cfg.features.shard_size)
-            writer = FeatureWriter(seg.ckpt_dir(i), m)
+            writer = FeatureWriter(seg.ckpt_dir(i), method._manifest(tok, ckpt, projector, seg.keys.tolist(), inputs))
             for index, start, end in writer.pending_shards():
                 x = rng.standard_normal((end - start, k), dtype=np.float32)
                 writer.write_shard(index, x / np.linalg.norm(x, axis=1, keepdims=True))

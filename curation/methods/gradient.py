@@ -116,11 +116,12 @@ class GradientMethod(Method):
         cfg, rep = inputs.config, inputs.reporter
         rep.stage("load model")
         model, tok = load_model(cfg.model, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
-        ckpts, warmup = self._warmup(model, tok, inputs)
+        keys = content_keys(inputs.content_hashes)
+        ckpts, warmup = self._warmup(model, tok, inputs, keys)
         projector = make_projector(cfg.features)
         fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
                                pool=inputs.pool)
-        plan = fset.plan(content_keys(inputs.content_hashes), inputs.content_hashes)
+        plan = fset.plan(keys, inputs.content_hashes)
         rep.note(features={"id": fset.id, "reused": None})  # in use from now on (`features rm` checks)
         fstore = FeatureStore(inputs.workdir / "features")
         sharded, extracted = inputs.rank != (0, 1), 0
@@ -152,7 +153,7 @@ class GradientMethod(Method):
                                  "tokenizer_hash": tokenizer_hash(tok), "features": features,
                                  "warmup": warmup})
 
-    def _warmup(self, model, tok, inputs: ScoreInputs) -> tuple[list[Checkpoint], dict]:
+    def _warmup(self, model, tok, inputs: ScoreInputs, keys: np.ndarray) -> tuple[list[Checkpoint], dict]:
         """LoRA warmup on a seeded share of the pool, cached by its inputs so runs share it.
 
         A pool that grew keeps the warmup its features were made with (`reusable_warmup`), so
@@ -166,7 +167,7 @@ class GradientMethod(Method):
         rep.stage("warmup")
         reused = None
         if cfg.features.reuse_warmup and not complete_warmup(root / key, cfg.warmup.epochs):
-            reused = reusable_warmup(root, cfg, content_keys(inputs.content_hashes), len(ids))
+            reused = reusable_warmup(root, cfg, keys, len(ids))
         if reused:
             ckpts = list_checkpoints(root / reused)[: cfg.warmup.epochs]
             rep.update(1, 1)
