@@ -134,6 +134,7 @@ class Raise(Method):
         snap = sorted({plan.span(d)[0] for d in (0, plan.decisions // 2, plan.decisions - 1)})
         ep = rollout(env, sel.actor, sel.critic, feats, clusters, torch.arange(plan.n), plan, examples, ids,
                      cfg.reward_scale, gen, snapshot_at=snap, tick=tick)
+        rep.update(plan.decisions)
         width = max((len(r) for r in ep.steps), default=0)
         steps = np.full((plan.steps, width), -1, np.int64)
         slot_clusters = np.full((plan.steps, width), -1, np.int32)
