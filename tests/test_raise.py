@@ -167,3 +167,31 @@ def test_compute_static_clusters_every_example(micro_model, tmp_path):
     whole = difficulty_features(model, tok, messages, 128, pad_token_id(tok), 8, None)[0]
     np.testing.assert_allclose(static.difficulty, whole, rtol=1e-5, atol=1e-4)  # chunking changes nothing
     assert static.embedding.shape == (20, 32) and sorted(set(static.clusters.tolist())) == [0, 1, 2]
+
+
+def test_scoring_page_launches_raise_with_its_options(ws, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from curation import jobs
+    from curation.demo import ensure_demo
+    from curation.store import Run
+
+    store = Store.open(ws)
+    ensure_demo(store)
+    launched = []
+    monkeypatch.setattr(jobs, "launch", lambda store, run_id, ws=None: launched.append(run_id) or 0)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/scoring.py")
+    at.run()
+    next(s for s in at.selectbox if s.label == "Method").set_value("raise")
+    next(n for n in at.number_input if n.label == "Episodes K").set_value(3)
+    next(s for s in at.selectbox if s.label == "Validation loss").set_value("sft")
+    next(b for b in at.button if "Launch" in b.label).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    with store.session() as s:
+        run_row = s.get(Run, launched[0])
+        assert run_row.method == "raise"
+        assert run_row.config["options"]["episodes"] == 3 and run_row.config["options"]["reward"] == "sft"
