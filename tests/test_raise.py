@@ -119,6 +119,10 @@ def test_raise_run_is_deterministic_explains_and_exports_its_schedule(mini, ws, 
     exp = explain(mini, a, first)
     assert "Picked" in exp.evidence["Selection history"]
     assert {r["feature"] for r in exp.evidence["State features"]} >= {"prompt_tokens", "logp_y_given_x", "cluster"}
+    import pandas as pd
+    import pyarrow as pa
+    for rows in (exp.evidence["State features"], exp.evidence["Steps that train on it"]):
+        pa.Table.from_pandas(pd.DataFrame(rows))  # what the Explore page's st.dataframe needs
     assert exp.evidence["Steps that train on it"][0] == {"step": 1, "slot": 1, "cluster": int(sched_a.slot_clusters[0, 0])}
 
     res = export_selection(mini, a, "messages", ws)

@@ -184,7 +184,7 @@ class Raise(Method):
         text = (f"Picked {int(count[i])} times in the {len(schedule.steps)}-step schedule"
                 + (f", first at step {int(first[i]) + 1}" if first[i] >= 0 else "")
                 + f" (cluster {int(static.clusters[i])}). Actor-score percentile in the pool: {snaps}."
-                + f" Embedding (32-d PCA, first 4): {np.round(static.embedding[i, :4], 3).tolist()}."
+                + f" Embedding (32-d PCA, first 4): {[round(float(v), 3) for v in static.embedding[i, :4]]}."
                 + _train_note(folder, i))
         return {"State features": state, "Selection history": text,
                 "Steps that train on it": schedule.history(example_id) or "never picked by the schedule"}

@@ -11,15 +11,17 @@ cross-entropy of the chosen responses. The reward of a decision is the drop of t
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from curation.methods.base import ValPair
 from curation.model import Messages, collate, encode, encode_pair, length_buckets, pad_token_id
 from curation.objectives import token_logprobs
 from curation.warmup import ADAPTER_NAME, WarmupConfig
+
+if TYPE_CHECKING:  # importing curation.methods here would import this module back
+    from curation.methods.base import ValPair
 
 CACHE_LIMIT = 50_000  # encoded examples kept between steps (a big pool is fetched on demand)
 

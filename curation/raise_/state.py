@@ -162,7 +162,7 @@ def kmeans_clusters(embedding: np.ndarray, n_clusters: int, seed: int) -> np.nda
 
 def compute_static(model, tok, example_ids: Sequence[int], fetch: Callable[[Sequence[int]], list[Messages]],
                    max_length: int, pad_id: int, batch_size: int, n_clusters: int, seed: int,
-                   chunk: int = 1024, progress: Callable[[int], None] | None = None) -> StaticFeatures:
+                   chunk: int = 256, progress: Callable[[int], None] | None = None) -> StaticFeatures:
     """Static state features of the whole pool, ``chunk`` examples fetched at a time."""
     ids = list(example_ids)
     diff = np.zeros((len(ids), len(DIFFICULTY)), np.float64)
