@@ -31,8 +31,12 @@ SCORE_BATCH = 20_000
 
 
 def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
-               ws: Workspace | None = None) -> int:
-    """Register a run (status queued) after checking its inputs exist and fit the method."""
+               ws: Workspace | None = None, pairs: list[dict] | None = None, meta: dict | None = None) -> int:
+    """Register a run (status queued) after checking its inputs exist and fit the method.
+
+    ``pairs`` replaces the preference set's pairs (a subset of them: `check` scores with its
+    scoring part only); ``meta`` is added to the run's metadata (e.g. ``check_of``).
+    """
     method = get_method(config.method)
     ws = (ws or Workspace.from_env()).ensure()
     with store.session() as s:
@@ -40,9 +44,11 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
         ps = get_prefset(s, prefs) if prefs else None
         if method.needs_pairs and (ps is None or not ps.pairs):
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
-        pairs = pairs_snapshot(s, ps.id if ps else None)
+        if pairs is None:
+            pairs = pairs_snapshot(s, ps.id if ps else None)
         run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
-                  status="queued", stage_times={}, meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs)})
+                  status="queued", stage_times={},
+                  meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})})
         s.add(run)
         s.flush()
         run.workdir = str(ws.run_dir(run.id))
