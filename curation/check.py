@@ -152,9 +152,10 @@ def answer_flags(store: Store, selected: list[int], reward_spec: str | None = No
     """Selected examples whose record carries a verifiable answer that the response contradicts.
 
     The check is the run's NICE reward when it has one, else ``number`` for numeric labels
-    (last number of the response) and ``exact_match`` otherwise.
+    (last number of the response) and, for text labels, whether the response contains the
+    label as whole words (a short label such as "positive" inside a full sentence).
     """
-    from curation.rewards import last_number, make_reward
+    from curation.rewards import last_number, make_reward, normalise_text
     flags = []
     with store.session() as s:
         rows = s.execute(select(Example.id, Example.uid, Example.messages, Example.original)
@@ -165,8 +166,12 @@ def answer_flags(store: Store, selected: list[int], reward_spec: str | None = No
         replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
         if label is None or not replies:
             continue
-        spec = reward_spec or ("number" if last_number(str(label)) is not None else "exact_match")
-        if make_reward(spec)("", replies[-1], str(label)) <= 0:
+        spec = reward_spec or ("number" if last_number(str(label)) is not None else "contains")
+        if spec == "contains":
+            ok = f" {normalise_text(str(label))} " in f" {normalise_text(replies[-1])} "
+        else:
+            ok = make_reward(spec)("", replies[-1], str(label)) > 0
+        if not ok:
             flags.append({"example_id": int(ex_id), "uid": uid, "label": str(label), "reward": spec,
                           "reason": f"the response's answer disagrees with its record's label {label!r} ({spec})"})
     return sorted(flags, key=lambda f: f["example_id"])
