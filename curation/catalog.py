@@ -49,7 +49,8 @@ def list_prefsets(store: Store) -> list[dict]:
         return [dict(name=n, pairs=c, subtasks=k, created=t) for n, c, k, t in s.execute(q)]
 
 
-def list_runs(store: Store, pool: str | None = None) -> list[dict]:
+def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> list[dict]:
+    """Runs, newest first; a check's own scoring sub-runs (``meta.internal``) only with ``internal``."""
     with store.session() as s:
         q = select(Run, Pool.name, PreferenceSet.name).join(Pool, Run.pool_id == Pool.id)
         q = q.outerjoin(PreferenceSet, Run.prefs_id == PreferenceSet.id).order_by(Run.id.desc())
@@ -60,7 +61,7 @@ def list_runs(store: Store, pool: str | None = None) -> list[dict]:
                      progress=_fraction(r), selected=r.n_selected, created=r.created_at,
                      pairs_version=pairs_version(s, r, hashes),
                      features=run_feature_set(r.meta))
-                for r, p, ps in s.execute(q)]
+                for r, p, ps in s.execute(q) if internal or not (r.meta or {}).get("internal")]
 
 
 def pool_hashes(s: Session, pool_id: int) -> list[str]:

@@ -350,3 +350,39 @@ def _alive(pid: int | None) -> bool:
 def record_failure(ws: Workspace, run_id: int, error: str) -> None:
     st = {"status": "failed", "error": error, "updated": time.time(), "pid": os.getpid()}
     _write_json(status_path(ws, run_id), st)
+
+
+@dataclass
+class CheckState:
+    """What a page shows about a run's check: the last verdict and a background job, if any."""
+
+    summary: dict | None  # meta.check of the last finished check
+    job: dict | None  # check_status(): queued / running (stage k of N, ETA) / done / failed / dead
+
+    @property
+    def running(self) -> bool:
+        return bool(self.job and self.job["status"] in ("queued", "running"))
+
+    @property
+    def warns_export(self) -> bool:
+        """An export of this run should ask first: its check found it no better than random."""
+        return bool(self.summary and self.summary["label"] != "better than random")
+
+    def progress_line(self) -> str | None:
+        if not self.job:
+            return None
+        j = self.job
+        if j["status"] in ("queued", "running"):
+            eta = f", about {j['eta_s'] / 60:.0f} min left" if j.get("eta_s") else ""
+            return f"Check running: step {j['done'] + 1} of {j['total'] or '?'} ({j['stage']}){eta}"
+        if j["status"] in ("failed", "dead"):
+            return f"The last check {j['status']}: {j.get('error') or 'its process stopped without a result'}"
+        return None
+
+
+def check_state(store: Store, run_id: int, ws: Workspace | None = None) -> CheckState:
+    ws = ws or Workspace.from_env()
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        summary = (run.meta or {}).get("check") if run else None
+    return CheckState(summary, check_status(ws, run_id))

@@ -80,3 +80,26 @@ def show_rescored(res) -> None:
     st.session_state["explore_run"] = res.run_id
     st.session_state["rescored_msg"] = f"Selection updated: {res.summary()}."
     st.success(st.session_state["rescored_msg"])
+
+
+def check_panel(run_id: int, key: str) -> None:
+    """The run's held-out check: its verdict (warning unless better than random), a running
+    check's progress, and a button that launches one in the background."""
+    from curation.check import check_state, launch_check
+
+    state = check_state(store(), run_id, workspace())
+    if state.summary:
+        s = state.summary
+        show = st.success if s["label"] == "better than random" else st.warning
+        flags = f" {s['flags']} selected examples have an answer that contradicts their label." if s["flags"] else ""
+        show(f"Held-out check ({s['finished']}): {s['verdict']}{flags}")
+    elif not state.running:
+        st.info("No held-out check of this run yet: it fine-tunes on the selection and on random "
+                "selections of the same size, and tells whether the selection helps on pairs it never saw.")
+    if line := state.progress_line():
+        st.caption(line)
+    if st.button("Run a held-out check", key=f"check-{key}", disabled=state.running,
+                 help="Background job: about a minute on the demo (tiny model), longer on real models."):
+        with user_errors():
+            launch_check(store(), run_id, workspace())
+            st.rerun()

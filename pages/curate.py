@@ -9,7 +9,8 @@ import streamlit as st
 from curation import catalog, curate
 from curation.errors import CurationError
 from curation.export import FORMATS, export_selection
-from pages._shared import store, user_errors, workspace
+from curation.check import check_state
+from pages._shared import check_panel, store, user_errors, workspace
 
 def act(describe, fn) -> None:
     """Callback body: run a library action, keep its outcome for the next run to show."""
@@ -40,6 +41,7 @@ if not runs:
 labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get)  # newest first
 pool = next(r["pool"] for r in runs if r["id"] == run_id)
+check_panel(run_id, "curate")
 
 percent0, n0 = curate.run_budget(store(), run_id)
 c1, c2 = st.columns([1, 2])
@@ -106,7 +108,10 @@ c1, c2, c3 = st.columns([1, 2, 2])
 fmt = c1.selectbox("Format", FORMATS)
 name = c2.text_input("File name (default: run, format and time)")
 exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
-if st.button("Export", type="primary"):
+anyway = True
+if check_state(store(), run_id, workspace()).warns_export:
+    anyway = st.checkbox("Export anyway: this run's held-out check found its selection no better than random")
+if st.button("Export", type="primary", disabled=not anyway):
     with user_errors(), st.spinner("Exporting…"):
         res = export_selection(store(), run_id, fmt, workspace(), percent, n,
                                example_ids=ids if exact else None, name=name.strip() or None)

@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from curation import catalog, explore, maps, rescore
-from pages._shared import render_messages, show_rescored, store, user_errors
+from pages._shared import check_panel, render_messages, show_rescored, store, user_errors
 
 MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
@@ -37,6 +37,8 @@ if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
             show_rescored(rescore.rescore(store(), run_id))
             st.rerun()
+
+check_panel(run_id, "explore")
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading scores…")
