@@ -464,7 +464,7 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--n", type=int, help="examples the engine featurizes (default 1024)")
     bp.add_argument("--device", help="cpu (default) | cuda | auto")
     bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
-    bp.add_argument("--suite", choices=("synthetic", "t0"), help="quality: run one suite (default: all)")
+    bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
     return p
 
 
