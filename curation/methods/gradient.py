@@ -22,7 +22,8 @@ from curation.featuresets import (FeatureSet, FeatureSetKey, content_keys, exist
                                   write_view)
 from curation.grads import iter_features
 from curation.influence import ScoringInputs, score
-from curation.methods.base import Method, ScoreInputs, ScoreOutput, ValPair
+from curation.errors import CurationError
+from curation.methods.base import Method, ScoreInputs, ScoreOutput, ValPair, method_options
 from curation.model import (encode, fixed_length_buckets, length_buckets, load_model, pad_token_id,
                             tokenizer_hash)
 from curation.objectives import Batch, Objective, SFTObjective, collate, sft_item
@@ -106,10 +107,27 @@ def feature_key(cfg, model, tok, warmup: str, ckpts: Sequence[Checkpoint], proje
                          projector=projector.spec(), k=projector.k, dtype=cfg.features.dtype)
 
 
+WEIGHTS = ("lr", "uniform", "last")  # checkpoint weighting: METHODS.md stage 4 uses "lr"
+
+
+def checkpoint_weighting(rule: str, lrs: Sequence[float]) -> list[float]:
+    """Stage-4 weights: epoch-mean lr (published), equal, or the last checkpoint only."""
+    if rule not in WEIGHTS:
+        raise CurationError(f"checkpoint_weights must be one of {', '.join(WEIGHTS)}, got {rule!r}")
+    if rule == "lr":
+        return list(lrs)
+    return [1.0] * len(lrs) if rule == "uniform" else [0.0] * (len(lrs) - 1) + [1.0]
+
+
 class GradientMethod(Method):
     """A method of the LESS family: only the validation side differs between them."""
 
     shards_features = True
+    option_defaults: dict = {"checkpoint_weights": "lr"}
+
+    def options(self, inputs: ScoreInputs) -> dict:
+        """This method's options over its defaults; unknown keys are refused (`method_options`)."""
+        return method_options(self.name, inputs.config, self.option_defaults)
 
     @abstractmethod
     def val_objective(self, inputs: ScoreInputs) -> Objective:
@@ -158,7 +176,8 @@ class GradientMethod(Method):
         result = score(ScoringInputs(
             train=[fstore.reader("train", i) for i in range(len(ckpts))],
             val=[fstore.reader("val", i) for i in range(len(ckpts))],
-            weights=[c.lr for c in ckpts], val_subtasks=[p.subtask for p in inputs.pairs]))
+            weights=checkpoint_weighting(self._weights_rule(inputs), [c.lr for c in ckpts]),
+            val_subtasks=[p.subtask for p in inputs.pairs]))
         result.save(inputs.workdir)
         rep.update(len(inputs.example_ids))
         features = {"id": fset.id, "reused": extracted == 0, "extracted": extracted,
@@ -168,6 +187,9 @@ class GradientMethod(Method):
                            meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
                                  "tokenizer_hash": tokenizer_hash(tok), "features": features,
                                  "warmup": warmup})
+
+    def _weights_rule(self, inputs: ScoreInputs) -> str:
+        return self.options(inputs)["checkpoint_weights"]
 
     def _warmup(self, model, tok, inputs: ScoreInputs, keys: np.ndarray) -> tuple[list[Checkpoint], dict]:
         """LoRA warmup on a seeded share of the pool, cached by its inputs so runs share it.
