@@ -3,7 +3,7 @@
 import streamlit as st
 
 from curation import catalog, jobs, models, runs
-from curation.config import FeatureConfig, ScoreConfig, SelectConfig
+from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
 from curation.warmup import WarmupConfig
@@ -44,7 +44,9 @@ with st.form("launch"):
     c1, c2, c3 = st.columns(3)
     max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
     percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
-    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192], value=8192)
+    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768], value=8192)
+    projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
+                             "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
     with st.expander("Warmup (LoRA)"):
         w = WarmupConfig()
         c1, c2, c3, c4 = st.columns(4)
@@ -56,7 +58,7 @@ with st.form("launch"):
         with user_errors():
             cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model),
                               warmup=WarmupConfig(percent=w_percent, epochs=int(epochs)),
-                              features=FeatureConfig(k=int(k)), select=SelectConfig(percent=percent))
+                              features=FeatureConfig(k=int(k), projector=projector), select=SelectConfig(percent=percent))
             defaults.apply(cfg)  # batch sizes; the form's own values override the rest
             cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
             cfg.model.max_length = cfg.warmup.max_length = int(max_length)
