@@ -16,7 +16,9 @@ train features (seconds each) except the sketch, which needs its own features:
 * ``less`` / ``less sketch``  the reference point
 
 Metrics: precision (share of the target family/dataset) and, on synthetic, the planted-noise
-rate at 1/5/10%, and Spearman of each variant's scores against the default ROSE run.
+rate at 1/5/10%; Spearman of each variant's scores against the default ROSE run; separation
+= (mean score of target examples - mean of the rest) / std of all scores; and per target the
+pair geometry (`pair_geometry`: cosine of each pair's chosen and rejected gradients).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from curation.bench.quality import QualityConfig, SuiteRun, build_suite, pct_key, resolve_model, selection_metrics
@@ -59,7 +62,7 @@ class Diagnosis:
     """One suite's variants in a throwaway workspace (built on `SuiteRun`'s import)."""
 
     def __init__(self, run: SuiteRun):
-        self.run, self.rows, self.scores = run, {}, {}
+        self.run, self.rows, self.scores, self.geometry = run, {}, {}, {}
 
     def _record(self, name: str, run_id: int, target: str, t: float) -> None:
         from curation.runs import load_scores
@@ -71,6 +74,8 @@ class Diagnosis:
                                              r.labels, target, r.suite.has_noise) for p in r.cfg.percents}
         base = self.scores[target].get("rose")
         row["spearman_vs_rose"] = float(stats.spearmanr(base, scores).statistic) if base is not None else 1.0
+        on = np.array([r.labels[r.uid[int(i)]]["dataset"] == target for i in ids])
+        row["separation"] = float((scores[on].mean() - scores[~on].mean()) / (scores.std() or 1.0))
         row["wall_s"] = round(time.perf_counter() - t, 1)
         self.rows.setdefault(target, {})[name] = row
         r.log(f"{r.suite.name}/{target}: {name}: precision@5% {row['5']['precision']:.2f}, "
@@ -104,6 +109,8 @@ class Diagnosis:
         self._record("rose sketch", sketch, tg.name, t)
         t = time.perf_counter()
         self._record("less sketch", rescore(r.store, sketch, method="less", ws=r.ws).run_id, tg.name, t)
+        self.geometry[tg.name] = pair_geometry(r.store, r.ws, base, prefs)
+        r.log(f"{r.suite.name}/{tg.name}: pair geometry {self.geometry[tg.name]}")
 
 
 def run_diagnose(cfg: QualityConfig, log=print) -> dict:
@@ -124,7 +131,7 @@ def run_diagnose(cfg: QualityConfig, log=print) -> dict:
             diag = Diagnosis(run)
             for tg in suite.targets:
                 diag.target(tg)
-            out[name] = {**diag.rows, "_info": {"sizes": suite.sizes, "model": cfg.model}}
+            out[name] = {**diag.rows, "_info": {"sizes": suite.sizes, "model": cfg.model, "pair_geometry": diag.geometry}}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -140,12 +147,12 @@ def summary(res: dict) -> str:
             if target == "_info":
                 continue
             lines += [f"{suite} / target {target}",
-                      f"{'variant':<16}{'prec 1%':>8}{'5%':>6}{'10%':>6}{'noise 5%':>10}{'spearman':>10}{'s':>7}"]
+                      f"{'variant':<16}{'prec 1%':>8}{'5%':>6}{'10%':>6}{'noise 5%':>10}{'spearman':>10}{'separation':>11}{'s':>7}"]
             for name, row in rows.items():
                 noise = row["5"].get("noise_rate")
                 lines.append(f"{name:<16}{row['1']['precision']:>8.2f}{row['5']['precision']:>6.2f}"
                              f"{row['10']['precision']:>6.2f}{'' if noise is None else f'{noise:.2f}':>10}"
-                             f"{row['spearman_vs_rose']:>10.3f}{row['wall_s']:>7.0f}")
+                             f"{row['spearman_vs_rose']:>10.3f}{row['separation']:>11.2f}{row['wall_s']:>7.0f}")
     return "\n".join(lines)
 
 
@@ -164,3 +171,42 @@ def main(args: argparse.Namespace) -> int:
     res = run_diagnose(cfg, log)
     print(json.dumps(res) if args.json else summary(res))
     return 0
+
+
+def pair_geometry(store, ws, base_run: int, prefs: str) -> dict:
+    """How much of a pair's chosen gradient survives in ROSE's chosen-minus-rejected direction.
+
+    Two LESS re-scores of the base run give the exact (or sketched) gradient direction of each
+    pair's chosen and of its rejected response (the SFT gradient is ``-∇log π(y)/|y|``: a
+    scale, so cosines are those of ``∇log π``). With ``c = cos(g_w, g_l)`` and equal norms,
+    ``|g_w - g_l| = |g_w| sqrt(2(1-c))``: at c near 1 the shared (task) part cancels and what is
+    left is the few tokens where the answers differ.
+    """
+    from curation.features import FeatureStore
+    from curation.imports import import_prefs
+    from curation.rescore import rescore
+    from curation.runs import show_run
+    from curation.store import Run
+    from curation.synthetic import to_jsonl
+
+    pairs = show_run(store, base_run, top=0)["meta"]["pairs"]
+    swapped = [{"prompt": p["prompt"], "chosen": p["rejected"], "rejected": p["chosen"], "subtask": p["subtask"]}
+               for p in pairs]
+    path = ws.uploads / f"swapped-{prefs}.jsonl"
+    path.write_text(to_jsonl(swapped), encoding="utf-8")
+    name = f"swapped-{prefs}"
+    import_prefs(store, path, name=name, subtask_field="subtask")
+    runs = [rescore(store, base_run, method="less", ws=ws).run_id,
+            rescore(store, base_run, prefs=name, method="less", ws=ws).run_id]
+    with store.session() as s:
+        dirs = [FeatureStore(Path(s.get(Run, r).workdir) / "features") for r in runs]
+    n_ckpt = len(show_run(store, base_run, top=0)["meta"]["checkpoint_lrs"])
+    cos = []
+    for i in range(n_ckpt):
+        w, lose = (d.reader("val", i).load_all() for d in dirs)
+        w, lose = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (w, lose))
+        cos.append((w * lose).sum(1))
+    c = np.array(cos)  # [ckpt, pairs]
+    return {"cos_chosen_rejected_mean": float(c.mean()), "cos_chosen_rejected_min": float(c.min()),
+            "cos_chosen_rejected_max": float(c.max()),
+            "difference_norm_share": float(np.sqrt(2 * (1 - c)).mean())}
