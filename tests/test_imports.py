@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from curation import catalog
 from curation.errors import CurationError
@@ -92,7 +92,8 @@ def test_failure_midway_leaves_no_pool(store, tmp_path, monkeypatch):
 
 
 def test_killed_import_process_leaves_no_pool(tmp_path):
-    """SIGKILL during a real CLI import: the uncommitted transaction is rolled back."""
+    """SIGKILL during a real CLI import: the rows it committed stay in a hidden staging pool
+    (no pool is listed or can be opened), and the next import removes them."""
     f = write_jsonl(tmp_path / "big.jsonl", [conv(i) for i in range(60_000)])
     env = {**os.environ, "CURATION_HOME": str(tmp_path / "ws")}
     env.pop("CURATION_DB_URL", None)
@@ -106,9 +107,15 @@ def test_killed_import_process_leaves_no_pool(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = Store(f"sqlite:///{tmp_path / 'ws' / 'curation.db'}")
+    assert catalog.list_pools(store) == []
+    with pytest.raises(CurationError, match="no pool named 'big'"):
+        catalog.count_examples(store, "big")
+    small = write_jsonl(tmp_path / "small.jsonl", [conv(i) for i in range(3)])
+    assert import_pool(store, small).n_ok == 3
     with store.session() as s:
-        assert s.scalar(select(func.count(Example.id))) == 0
-        assert s.scalar(select(func.count(Pool.id))) == 0
+        assert s.scalar(select(func.count(Example.id))) == 3
+        assert list(s.scalars(select(Pool.name))) == ["small"]
+        assert s.execute(text("SELECT count(*) FROM example_fts")).scalar() == 3
 
 
 def test_name_clash_is_a_user_error(store, tmp_path):

@@ -28,6 +28,11 @@ def _ui(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _reliability(args: argparse.Namespace) -> int:
+    from curation.bench.reliability import main
+    return main(args)
+
+
 def _rescore(args: argparse.Namespace) -> int:
     from curation.bench.rescore import main
     return main(args)
@@ -37,6 +42,7 @@ BENCHES: dict[str, Bench] = {
     "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
     "quality": _quality,  # precision, planted-noise rate and downstream accuracy of each method's selection
     "rescore": _rescore,  # pair added -> new selection stored, on a big pool with stored features
+    "reliability": _reliability,  # kills, concurrent decide/undo/export/import, bad inputs: counts
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 
