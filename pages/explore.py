@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from curation import catalog, explore, maps, rescore
-from pages._shared import render_messages, show_rescored, store, user_errors
+from pages._shared import md_text, render_messages, show_rescored, store, user_errors
 
 MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
@@ -28,7 +28,7 @@ run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in r
                                                  for r in runs if r["id"] == i))
 info = explore.run_info(store(), run_id)
 if msg := st.session_state.pop("rescored_msg", None):
-    st.success(msg)
+    st.success(md_text(msg))
 if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
     c1, c2 = st.columns([4, 1])
     c1.warning("This run was scored with an earlier version of its preference set: its scores and "
@@ -114,7 +114,7 @@ if status["state"] in ("queued", "running"):
     map_progress(info.workdir)
 elif data is None:
     if status["state"] == "failed":
-        st.error(f"The last map failed: {status.get('error')}")
+        st.error(md_text(f"The last map failed: {status.get('error')}"))
     if st.button("Compute the map (in the background)"):
         with user_errors():
             maps.launch_map(store(), run_id)
@@ -159,7 +159,7 @@ c1.text_input("Reason for this example", key="one_reason", placeholder="why (kep
 c2.button("Pin this example", on_click=decide_one, args=("pin",))
 c3.button("Exclude this example", on_click=decide_one, args=("exclude",))
 if msg := st.session_state.pop("decided", None):
-    st.success(msg)
+    st.success(md_text(msg))
 with user_errors():
     exp = explanation(store().url, run_id, example_id, version)
     c1, c2, c3, c4 = st.columns(4)

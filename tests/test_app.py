@@ -55,7 +55,7 @@ def test_preferences_page_shows_demo_pairs(ws):
 
 
 def test_pool_page_imports_a_server_path_and_reports_bad_lines(ws, tmp_path):
-    f = tmp_path / "mine.jsonl"
+    f = ws.home / "data" / "mine.jsonl"  # server paths must be inside a data root
     f.write_text('{"instruction": "Say hi", "output": "hi"}\n{"instruction": "", "output": "x"}\n')
     at = run_page("pages/pool.py")
     next(t for t in at.text_input if t.label == "Server path").set_value(str(f))
