@@ -20,7 +20,7 @@ from curation.store import Store
 from curation.workspace import Workspace
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$=^&\"'@%])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
 
 
 def md_text(value) -> str:

@@ -55,7 +55,7 @@ if sel is None:  # the error is shown above
     st.stop()
 
 if msg := st.session_state.pop("curate_msg", None):
-    getattr(st, msg[0])(md_text(msg[1]))
+    getattr(st, msg[0])(md_text(msg[1]) if msg[0] == "error" else msg[1])  # errors quote user data
 m = st.columns(4)
 m[0].metric("Selected", f"{sel.n_selected:,}", help=f"budget {sel.budget:,}, {sel.n_auto:,} chosen by score")
 m[1].metric("Pinned", f"{len(sel.pinned):,}")

@@ -159,7 +159,7 @@ c1.text_input("Reason for this example", key="one_reason", placeholder="why (kep
 c2.button("Pin this example", on_click=decide_one, args=("pin",))
 c3.button("Exclude this example", on_click=decide_one, args=("exclude",))
 if msg := st.session_state.pop("decided", None):
-    st.success(md_text(msg))
+    st.success(msg)
 with user_errors():
     exp = explanation(store().url, run_id, example_id, version)
     c1, c2, c3, c4 = st.columns(4)
