@@ -96,7 +96,8 @@ def show_run(info: dict) -> None:
     if status == "dead":
         st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
     if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
-        jobs.launch(store(), info["id"], workspace())
+        with user_errors():  # refused while another worker is alive on the run
+            jobs.launch(store(), info["id"], workspace())
     if status == "done":
         feats = info.get("features") or {}
         reuse = (" · train features reused" if feats.get("reused") else
