@@ -142,7 +142,10 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
             if isinstance(item, Problem):
                 _add_problem(res, item)
     except BaseException:
-        _drop_pool(store, staging)
+        try:
+            _drop_pool(store, staging)
+        except Exception:  # noqa: BLE001  (the next import's clean-up removes it; keep the first error)
+            pass
         raise
     res.report_id = _save_report(store, res, path, seen_fmt, strict)
     return res
