@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from curation.errors import CurationError
 from curation.featuresets import run_feature_set
-from curation.store import Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
+from curation.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
 
 
 def get_pool(s: Session, name: str) -> Pool:
@@ -37,7 +37,8 @@ def get_prefset(s: Session, name: str) -> PreferenceSet:
 def list_pools(store: Store) -> list[dict]:
     with store.session() as s:
         q = select(Pool.name, Pool.n_examples, func.count(func.distinct(Example.source)), Pool.created_at)
-        q = q.outerjoin(Example, Example.pool_id == Pool.id).group_by(Pool.id).order_by(Pool.name)
+        q = q.outerjoin(Example, Example.pool_id == Pool.id).where(~Pool.name.startswith(STAGING_PREFIX))
+        q = q.group_by(Pool.id).order_by(Pool.name)
         return [dict(name=n, examples=c, sources=k, created=t) for n, c, k, t in s.execute(q)]
 
 

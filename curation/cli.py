@@ -50,7 +50,10 @@ def _report(res) -> int:
     for p in res.problems[:20]:
         print(f"  {p}", file=sys.stderr)
     if res.n_bad > 20:
-        print(f"  ... {res.n_bad - 20} more (full list in import report #{res.report_id})", file=sys.stderr)
+        stored = (f"all listed in import report #{res.report_id}" if not res.n_dropped else
+                  f"import report #{res.report_id} lists the first {len(res.problems):,}; "
+                  f"{res.n_dropped:,} more were counted, not stored")
+        print(f"  ... {res.n_bad - 20} more ({stored})", file=sys.stderr)
     return 1 if res.status == "rejected" else 0
 
 
@@ -308,7 +311,6 @@ def cmd_check(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(report))
     else:
-        h = report["heldout"]
         print(report["verdict"])
         for m, ag in report["agreement"].items():
             if ag:
@@ -359,8 +361,9 @@ def cmd_decide(a: argparse.Namespace) -> int:
 @command("undo")
 def cmd_undo(a: argparse.Namespace) -> int:
     from curation import curate
-    batch = curate.undo_last(_store(), a.pool)
-    print(f"undid batch {batch[:8]}" if batch else "nothing to undo")
+    done = curate.undo(_store(), a.pool)
+    print(f"undid batch {done.undone[:8]} ({done.n_examples} example(s); recorded as batch {done.batch[:8]})"
+          if done else "nothing to undo")
     return 0
 
 

@@ -7,7 +7,7 @@ from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
 from curation.warmup import WarmupConfig
-from pages._shared import store, user_errors, workspace
+from pages._shared import md_text, store, user_errors, workspace
 
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
@@ -83,7 +83,8 @@ def run_list() -> None:
 def show_run(info: dict) -> None:
     status = info["status"]
     icon = {"done": "✅", "running": "⏳", "queued": "🕒", "failed": "❌", "cancelled": "⛔", "dead": "💀"}.get(status, "")
-    st.markdown(f"**#{info['id']} · {info['method']}** on `{info['pool']}` / `{info['prefs']}` · {icon} {status}")
+    st.markdown(f"**#{info['id']} · {info['method']}** on {md_text(info['pool'])} / {md_text(info['prefs'])}"
+                f" · {icon} {status}")
     if status in ("running", "queued"):
         p = info["progress"]
         frac = p["done"] / p["total"] if p["total"] else 0.0
@@ -93,11 +94,12 @@ def show_run(info: dict) -> None:
         if st.button("Cancel", key=f"cancel_{info['id']}"):
             jobs.request_cancel(store(), info["id"])
     if status == "failed":
-        st.error(info["error"] or "failed")
+        st.error(md_text(info["error"] or "failed"))
     if status == "dead":
         st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
     if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
-        jobs.launch(store(), info["id"], workspace())
+        with user_errors():  # refused while another worker is alive on the run
+            jobs.launch(store(), info["id"], workspace())
     if status == "done":
         feats = info.get("features") or {}
         reuse = (" · train features reused" if feats.get("reused") else

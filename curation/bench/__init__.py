@@ -38,6 +38,11 @@ def _ui(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _reliability(args: argparse.Namespace) -> int:
+    from curation.bench.reliability import main
+    return main(args)
+
+
 def _rescore(args: argparse.Namespace) -> int:
     from curation.bench.rescore import main
     return main(args)
@@ -49,6 +54,7 @@ BENCHES: dict[str, Bench] = {
     "diagnose": _diagnose,  # why ROSE trails LESS: one re-scored variant per hypothesis
     "fidelity": _fidelity,  # Spearman / top-5% overlap of projected vs exact scores per setting
     "rescore": _rescore,  # pair added -> new selection stored, on a big pool with stored features
+    "reliability": _reliability,  # kills, concurrent decide/undo/export/import, bad inputs: counts
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 
