@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from curation.errors import CurationError
 from curation.featuresets import run_feature_set
-from curation.store import Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
+from curation.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
 
 
 def get_pool(s: Session, name: str) -> Pool:
@@ -37,7 +37,8 @@ def get_prefset(s: Session, name: str) -> PreferenceSet:
 def list_pools(store: Store) -> list[dict]:
     with store.session() as s:
         q = select(Pool.name, Pool.n_examples, func.count(func.distinct(Example.source)), Pool.created_at)
-        q = q.outerjoin(Example, Example.pool_id == Pool.id).group_by(Pool.id).order_by(Pool.name)
+        q = q.outerjoin(Example, Example.pool_id == Pool.id).where(~Pool.name.startswith(STAGING_PREFIX))
+        q = q.group_by(Pool.id).order_by(Pool.name)
         return [dict(name=n, examples=c, sources=k, created=t) for n, c, k, t in s.execute(q)]
 
 
@@ -49,7 +50,8 @@ def list_prefsets(store: Store) -> list[dict]:
         return [dict(name=n, pairs=c, subtasks=k, created=t) for n, c, k, t in s.execute(q)]
 
 
-def list_runs(store: Store, pool: str | None = None) -> list[dict]:
+def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> list[dict]:
+    """Runs, newest first; a check's own scoring sub-runs (``meta.internal``) only with ``internal``."""
     with store.session() as s:
         q = select(Run, Pool.name, PreferenceSet.name).join(Pool, Run.pool_id == Pool.id)
         q = q.outerjoin(PreferenceSet, Run.prefs_id == PreferenceSet.id).order_by(Run.id.desc())
@@ -60,7 +62,7 @@ def list_runs(store: Store, pool: str | None = None) -> list[dict]:
                      progress=_fraction(r), selected=r.n_selected, created=r.created_at,
                      pairs_version=pairs_version(s, r, hashes),
                      features=run_feature_set(r.meta))
-                for r, p, ps in s.execute(q)]
+                for r, p, ps in s.execute(q) if internal or not (r.meta or {}).get("internal")]
 
 
 def pool_hashes(s: Session, pool_id: int) -> list[str]:

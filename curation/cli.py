@@ -50,7 +50,10 @@ def _report(res) -> int:
     for p in res.problems[:20]:
         print(f"  {p}", file=sys.stderr)
     if res.n_bad > 20:
-        print(f"  ... {res.n_bad - 20} more (full list in import report #{res.report_id})", file=sys.stderr)
+        stored = (f"all listed in import report #{res.report_id}" if not res.n_dropped else
+                  f"import report #{res.report_id} lists the first {len(res.problems):,}; "
+                  f"{res.n_dropped:,} more were counted, not stored")
+        print(f"  ... {res.n_bad - 20} more ({stored})", file=sys.stderr)
     return 1 if res.status == "rejected" else 0
 
 
@@ -279,6 +282,43 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("check")
+def cmd_check(a: argparse.Namespace) -> int:
+    """Held-out test of a finished run (curation.check): verdict, accuracy vs random, agreement."""
+    import json
+    from curation.check import CheckConfig, launch_check, record_failure, recording_progress, run_check
+    from curation.workspace import Workspace
+    store, ws = _store(), Workspace.from_env()
+    if a.launch:
+        print(f"check of run {a.run_id} started in the background (pid {launch_check(store, a.run_id, ws)})")
+        return 0
+    cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
+    bars = StageBars()
+    progress = recording_progress(ws, a.run_id) if a.record else None
+
+    def echo(stage: str, done: int, total: int) -> None:
+        bars(f"check: {stage}", done, total)
+        if progress:
+            progress(stage, done, total)
+    try:
+        report = run_check(store, a.run_id, cfg, ws, progress=echo)
+    except Exception as e:
+        if a.record:
+            record_failure(ws, a.run_id, f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        bars.close()
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(report["verdict"])
+        for m, ag in report["agreement"].items():
+            if ag:
+                print(f"agreement with {m}: Spearman {ag['spearman']:.2f}, top-{report['budget']} overlap {ag['overlap']:.0%}")
+        print(f"{len(report['flags'])} selected examples have an answer that disagrees with their label")
+    return 0
+
+
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
     """Selection overlap and rank correlation of finished runs on one pool (curation.compare)."""
@@ -321,8 +361,9 @@ def cmd_decide(a: argparse.Namespace) -> int:
 @command("undo")
 def cmd_undo(a: argparse.Namespace) -> int:
     from curation import curate
-    batch = curate.undo_last(_store(), a.pool)
-    print(f"undid batch {batch[:8]}" if batch else "nothing to undo")
+    done = curate.undo(_store(), a.pool)
+    print(f"undid batch {done.undone[:8]} ({done.n_examples} example(s); recorded as batch {done.batch[:8]})"
+          if done else "nothing to undo")
     return 0
 
 
@@ -390,6 +431,13 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")
     rp.add_argument("--method", help="rose, less or nice (default: the run's)")
     rp.add_argument("--json", action="store_true")
+    ck = sub.add_parser("check", help="held-out test of a run: fine-tune on its selection vs random, verdict")
+    ck.add_argument("run_id", type=int)
+    ck.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
+    ck.add_argument("--seeds", type=int, nargs="+", help="fine-tune seeds (default 0 1 2)")
+    ck.add_argument("--percent", type=float, help="budget (default: the run's)")
+    ck.add_argument("--launch", action="store_true", help="run it in a detached background process")
+    ck.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # progress file (background)
     cp = sub.add_parser("compare", help="overlap, Jaccard, Spearman and Kendall of finished runs; disagreements")
     cp.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
     cp.add_argument("--top", type=int, default=10, help="disagreements shown per pair of runs")
@@ -421,7 +469,7 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--n", type=int, help="examples the engine featurizes (default 1024)")
     bp.add_argument("--device", help="cpu (default) | cuda | auto")
     bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
-    bp.add_argument("--suite", choices=("synthetic", "t0"), help="quality: run one suite (default: all)")
+    bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
     return p
 
 

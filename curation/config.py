@@ -18,12 +18,18 @@ from curation.model import ModelConfig, config_from_dict
 from curation.warmup import WarmupConfig
 
 
+PROJECTORS = ("auto", "identity", "sparse_jl", "dense_rademacher")
+
+
 @dataclass
 class FeatureConfig:
     """Stage 2-3: per-example gradients, projection and the on-disk feature store."""
 
-    k: int = 8192  # projection dimension (published: 8192)
-    projector: str = "sparse_jl"  # sparse_jl (CountSketch-style, no d x k matrix) | dense_rademacher
+    k: int = 8192  # projection dimension (published: 8192); unused when features are exact
+    # auto: exact features (identity, k = d) when the LoRA gradient has at most `exact_max_dim`
+    # coordinates, else sparse_jl at k. identity | sparse_jl (CountSketch-style) | dense_rademacher
+    projector: str = "auto"
+    exact_max_dim: int = 65536  # 65,536 fp16 coordinates = 128 KB per example and checkpoint
     seed: int = 0  # projection seed: identical matrix in every process and on every device
     batch_size: int = 32  # examples per batched backward (32: +20% examples/s on the tiny model vs 16)
     dtype: str = "float16"  # stored feature dtype
@@ -36,8 +42,9 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or self.batch_size < 1 or self.shard_size < 1:
             raise CurationError("FeatureConfig: k, batch_size and shard_size must be >= 1")
-        if self.projector not in ("sparse_jl", "dense_rademacher"):
-            raise CurationError(f"FeatureConfig.projector must be sparse_jl or dense_rademacher, got {self.projector!r}")
+        if self.projector not in PROJECTORS:
+            raise CurationError(f"FeatureConfig.projector must be one of {', '.join(PROJECTORS)}, "
+                                f"got {self.projector!r}")
         if self.dtype not in ("float16", "float32"):
             raise CurationError(f"FeatureConfig.dtype must be float16 or float32, got {self.dtype!r}")
 

@@ -3,6 +3,10 @@
 Decisions are an append-only audit trail (`Decision` rows, one batch id per user action): the
 current override of an example is its latest decision, so nothing is ever updated or deleted,
 and undo is itself a new batch that restores what the undone batch changed.
+
+Every decide and undo runs in a write transaction that locks its pool first (`_lock_pool`), so
+concurrent curators (processes) are serialised per pool: an undo reads the newest batch and
+writes its revert with no decision slipping in between, and no batch is ever undone twice.
 """
 
 from __future__ import annotations
@@ -43,10 +47,19 @@ def decide(store: Store, pool: str, example_ids: Iterable[int], action: str, rea
     ids = list(dict.fromkeys(int(i) for i in example_ids))
     if not ids:
         raise CurationError("no examples given")
-    with store.session() as s:
-        pid = catalog.get_pool(s, pool).id
+    with store.session(write=True) as s:
+        pid = _lock_pool(s, pool)
         _check_in_pool(s, pid, ids, pool)
         return _record(s, pid, [(i, action) for i in ids], reason, author)
+
+
+def _lock_pool(s: Session, pool: str) -> int:
+    """The pool's id, its row locked for this transaction (``FOR UPDATE``; on SQLite the write
+    session already holds the database's write lock): decide/undo on one pool are serialised."""
+    pid = s.scalar(select(Pool.id).where(Pool.name == pool).with_for_update())
+    if pid is None:
+        catalog.get_pool(s, pool)  # raises the usual "no pool named ..." error
+    return pid
 
 
 def _check_in_pool(s: Session, pool_id: int, ids: list[int], pool: str) -> None:
@@ -73,21 +86,37 @@ def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
         yield [int(x) for x in ids[i:i + CHUNK]]
 
 
-def undo_last(store: Store, pool: str, author: str | None = None) -> str | None:
+@dataclass(frozen=True)
+class Undone:
+    """What an undo did: the batch it reverted, the new batch that records the revert, its size."""
+
+    undone: str
+    batch: str
+    n_examples: int
+
+
+def undo(store: Store, pool: str, author: str | None = None) -> Undone | None:
     """Revert the newest action not yet undone (only `author`'s, when given); None if there is none.
 
     The revert is a new batch with reason "undo of <batch>" that sets each example of the undone
     batch back to its state just before it. Undo batches are never themselves undone, so
-    undoing twice reverts the next older action.
+    undoing twice reverts the next older action. Target and revert are read and written in one
+    locked transaction (see the module docstring).
     """
-    with store.session() as s:
-        pid = catalog.get_pool(s, pool).id
+    with store.session(write=True) as s:
+        pid = _lock_pool(s, pool)
         target = _undo_target(s, pid, author)
         if target is None:
             return None
         batch, who = target
         restore = _state_before(s, batch)
-        return _record(s, pid, restore, f"undo of {batch}", author or who)
+        return Undone(batch, _record(s, pid, restore, f"undo of {batch}", author or who), len(restore))
+
+
+def undo_last(store: Store, pool: str, author: str | None = None) -> str | None:
+    """`undo`, returning only the id of the new (revert) batch."""
+    done = undo(store, pool, author)
+    return done.batch if done else None
 
 
 def _undo_target(s: Session, pool_id: int, author: str | None) -> tuple[str, str] | None:
@@ -140,10 +169,15 @@ def current_overrides(store: Store, pool: str) -> dict[int, str]:
 def override_details(store: Store, pool: str) -> list[dict]:
     """The current overrides with who decided them, when and why (for manifests and review)."""
     with store.session() as s:
-        latest = latest_decisions(catalog.get_pool(s, pool).id).subquery()
-        q = (select(Example.uid, latest.c.action, latest.c.reason, latest.c.author, latest.c.created_at)
-             .join(latest, latest.c.example_id == Example.id).order_by(latest.c.id))
-        return [dict(uid=u, action=a, reason=r, author=w, time=t.isoformat()) for u, a, r, w, t in s.execute(q)]
+        return override_details_in(s, pool)
+
+
+def override_details_in(s: Session, pool: str) -> list[dict]:
+    """`override_details` in the caller's transaction (an export reads it in its snapshot)."""
+    latest = latest_decisions(catalog.get_pool(s, pool).id).subquery()
+    q = (select(Example.uid, latest.c.action, latest.c.reason, latest.c.author, latest.c.created_at)
+         .join(latest, latest.c.example_id == Example.id).order_by(latest.c.id))
+    return [dict(uid=u, action=a, reason=r, author=w, time=t.isoformat()) for u, a, r, w, t in s.execute(q)]
 
 
 def audit(store: Store, pool: str, limit: int = 200) -> list[dict]:
@@ -209,8 +243,8 @@ def apply_table_edits(store: Store, pool: str, rows: Sequence[Mapping], edited_r
     reason = (reason or "").strip()
     if not reason and any(a != "clear" for _, a in actions):
         raise CurationError("write a reason before pinning or excluding")
-    with store.session() as s:
-        pid = catalog.get_pool(s, pool).id
+    with store.session(write=True) as s:
+        pid = _lock_pool(s, pool)
         _check_in_pool(s, pid, [e for e, _ in actions], pool)
         return _record(s, pid, actions, reason, author)
 
@@ -313,9 +347,15 @@ def run_budget(store: Store, run_id: int) -> tuple[float | None, int | None]:
 def curated_selection(store: Store, run_id: int, percent: float | None = None,
                       n: int | None = None) -> CuratedSelection:
     """Pins always in, excludes always out, the rest of the budget filled by score (one query)."""
-    with store.session() as s:
-        run, pool, ids, scores, auto = _load(s, run_id)
-        overrides = _overrides(s, run.pool_id)
+    with store.session(snapshot=True) as s:
+        return curated_selection_in(s, run_id, percent, n)
+
+
+def curated_selection_in(s: Session, run_id: int, percent: float | None = None,
+                         n: int | None = None) -> CuratedSelection:
+    """`curated_selection` in the caller's transaction: scores and overrides from one snapshot."""
+    run, pool, ids, scores, auto = _load(s, run_id)
+    overrides = _overrides(s, run.pool_id)
     if percent is None and n is None:
         percent, n = _budget_of(run)
     known = set(ids.tolist())

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 import curation
 from curation.catalog import pairs_version
-from curation.curate import CuratedSelection, curated_selection, override_details
+from curation.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
 from curation.errors import CurationError
 from curation.store import Example, Export, Pool, PreferenceSet, Run, Store
 from curation.store.models import utcnow
@@ -145,7 +145,9 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
     """
     if fmt not in FORMATS:
         raise CurationError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    sel = curated_selection(store, run_id, percent=percent, n=n)
+    with store.session(snapshot=True) as s:  # the file and its manifest's overrides: one state
+        sel = curated_selection_in(s, run_id, percent=percent, n=n)
+        overrides = override_details_in(s, sel.pool)
     ids = sel.selected_ids if example_ids is None else _given(sel, example_ids)
     if not ids:
         raise CurationError("nothing to export: the selection is empty")
@@ -157,7 +159,8 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         with _atomic_temp(folder, path.name) as (f, tmp):
             temps.append(tmp)
             sha, uids = _write_rows(store, ids, RENDER[fmt], f)
-        manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None)
+        manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None,
+                                  overrides=overrides)
         schedule = _schedule_temp(store, sel, fmt, folder, f"{name}.schedule.jsonl", temps)
         if schedule:
             manifest["schedule"] = schedule[1]
@@ -191,8 +194,12 @@ def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:
 
 
 def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], uids: Sequence[str],
-                   sha: str, by_filter: bool) -> dict:
-    """How the exported file came to be: run, inputs, budget, overrides and every example's reason."""
+                   sha: str, by_filter: bool, overrides: list[dict] | None = None) -> dict:
+    """How the exported file came to be: run, inputs, budget, overrides and every example's reason.
+
+    ``overrides`` should be read in the same snapshot as ``sel`` (`export_selection` does);
+    without it they are read now, and a decision made since ``sel`` would disagree with it.
+    """
     with store.session() as s:
         run = s.get(Run, sel.run_id)
         pool = s.get(Pool, run.pool_id)
@@ -216,7 +223,7 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
         "counts": {"pool": pool_size, "budget": sel.budget, "auto": sel.n_auto, "pinned": len(sel.pinned),
                    "excluded": len(sel.excluded), "automatic_selection": int(sel.auto.sum()),
                    "added": len(sel.added), "removed": len(sel.removed), "exported": len(ids)},
-        "overrides": override_details(store, sel.pool),
+        "overrides": override_details(store, sel.pool) if overrides is None else overrides,
         "examples": _example_rows(sel, ids, uids),
     }
 

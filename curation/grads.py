@@ -207,8 +207,9 @@ class _FeatureSum:
     def __call__(self, name: str, grads: Tensor) -> None:
         if self.state is not None:  # train side: Adam direction (METHODS.md §0 stage 2)
             grads = adam_direction(grads, *self.state[name], *self.betas, self.eps)
-        projected = self.projector.project(name, grads)
-        self.total = projected if self.total is None else self.total + projected
+        if self.total is None:
+            self.total = grads.new_zeros(grads.shape[0], self.projector.k)
+        self.projector.accumulate(name, grads, self.total)
 
     def features(self, n_items: int) -> np.ndarray:
         if self.total is None:

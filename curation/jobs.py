@@ -11,17 +11,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
 from curation.errors import CurationError
 from curation.store import Run, Store
+from curation.store.db import is_locked_error, retry_locked
 from curation.store.models import utcnow
 from curation.workspace import Workspace
 
 STALE_AFTER = timedelta(seconds=90)
 WRITE_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 10.0  # from a thread, whatever the stage does: a slow model never looks dead
 
 
 class Cancelled(Exception):
@@ -29,7 +35,14 @@ class Cancelled(Exception):
 
 
 class Reporter:
-    """Progress sink for one run: throttled writes to the DB plus an optional local callback."""
+    """Progress sink for one run: throttled writes to the DB plus an optional local callback.
+
+    With a store, a daemon thread also beats the heartbeat every `HEARTBEAT_EVERY_S` (a shard
+    of a big model can take minutes between progress calls). Stage times add up over every
+    process that worked on the run: a resumed run shows the whole cost, not its last piece.
+    A write that meets a locked database is retried, and a heartbeat that still cannot be
+    written is skipped: a lock never kills a run.
+    """
 
     def __init__(self, store: Store | None, run_id: int | None, echo=None):
         self.store, self.run_id, self.echo = store, run_id, echo
@@ -37,11 +50,21 @@ class Reporter:
         self.total = self.done = 0
         self._t0 = self._last_write = 0.0
         self._stage_times: dict[str, float] = {}
+        self._cancel = self._running = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        if store is not None:
+            with store.session() as s:
+                run = s.get(Run, run_id)
+                self._stage_times = {k: float(v) for k, v in (run.stage_times or {}).items()} if run else {}
+            self._beat = threading.Thread(target=self._heartbeats, name=f"heartbeat-{run_id}", daemon=True)
+            self._beat.start()
 
     def stage(self, name: str, total: int = 0) -> None:
         """Start a stage; the previous one's wall time is recorded."""
         self._close_stage()
         self.stage_name, self.total, self.done, self._t0 = name, total, 0, time.time()
+        self._running = True
         self._write(force=True)
         if self.echo:
             self.echo(name, 0, total)
@@ -61,14 +84,26 @@ class Reporter:
             merge_run_meta(self.store, self.run_id, **meta)
 
     def finish(self) -> dict[str, float]:
-        """Close the last stage and return wall seconds per stage (never raises Cancelled)."""
+        """Close the last stage, stop the heartbeat and return wall seconds per stage, summed
+        over every process of the run (never raises Cancelled)."""
         self._close_stage()
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
         self._write(force=True, check_cancel=False)
         return dict(self._stage_times)
 
     def _close_stage(self) -> None:
-        if self.stage_name:
-            self._stage_times[self.stage_name] = round(time.time() - self._t0, 3)
+        if self.stage_name and self._running:
+            self._stage_times = self._times()
+            self._running = False
+
+    def _times(self) -> dict[str, float]:
+        """Stage times so far, the running stage's elapsed time included."""
+        times = dict(self._stage_times)
+        if self.stage_name and self._running:
+            times[self.stage_name] = round(times.get(self.stage_name, 0.0) + time.time() - self._t0, 3)
+        return times
 
     def rate(self) -> float | None:
         dt = time.time() - self._t0
@@ -81,21 +116,73 @@ class Reporter:
         self._last_write = now
         rate = self.rate()
         eta = (self.total - self.done) / rate if rate and self.total else None
-        with self.store.session() as s:
-            run = s.get(Run, self.run_id)
-            run.stage, run.stage_done, run.stage_total = self.stage_name, self.done, self.total
-            run.rate, run.eta_s, run.heartbeat = rate, eta, utcnow()
-            run.stage_times = dict(self._stage_times)
-            cancel = run.cancel_requested
-        if cancel and check_cancel:
+        values = dict(stage=self.stage_name, stage_done=self.done, stage_total=self.total, rate=rate, eta_s=eta,
+                      stage_times=self._times())
+
+        def write() -> bool:
+            with self.store.session() as s:
+                run = s.get(Run, self.run_id)
+                for k, v in values.items():
+                    setattr(run, k, v)
+                run.heartbeat = utcnow()
+                return run.cancel_requested
+        try:
+            cancel = retry_locked(write, attempts=4 if force else 1, what=f"run {self.run_id} progress")
+        except OperationalError as e:
+            if force or not is_locked_error(e):
+                raise
+            return  # a progress write can wait for the next one
+        if cancel:
+            self._cancel = True
+        if self._cancel and check_cancel:
             raise Cancelled(f"run {self.run_id} cancelled")
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                with self.store.session() as s:
+                    s.execute(update(Run).where(Run.id == self.run_id).values(heartbeat=utcnow()))
+                    self._cancel = self._cancel or bool(s.get(Run, self.run_id).cancel_requested)
+            except OperationalError as e:  # locked past the busy timeout: the next beat tries again
+                print(f"run {self.run_id}: heartbeat skipped ({e.orig if hasattr(e, 'orig') else e})",
+                      file=sys.stderr)
 
 
 def merge_run_meta(store: Store, run_id: int, **meta) -> None:
     """Add keys to a run's metadata, keeping the rest (the pairs snapshot taken at creation)."""
-    with store.session() as s:
-        run = s.get(Run, run_id)
-        run.meta = {**(run.meta or {}), **meta}
+    def merge() -> None:
+        with store.session(write=True) as s:
+            run = s.get(Run, run_id)
+            run.meta = {**(run.meta or {}), **meta}
+    retry_locked(merge, what=f"run {run_id} meta")
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` is a live (not zombie) process on this machine."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def live_worker(run: Run, now=None) -> int | None:
+    """The pid of another process working on `run` now (queued or running, fresh heartbeat,
+    its process alive here), else None: a second worker on a live run is refused."""
+    now = now or utcnow()
+    if run.status not in ("queued", "running") or not run.heartbeat or now - run.heartbeat > STALE_AFTER:
+        return None
+    if run.pid == os.getpid() or not process_alive(run.pid):
+        return None
+    return run.pid
 
 
 def log_path(ws: Workspace, run_id: int) -> Path:
@@ -105,6 +192,13 @@ def log_path(ws: Workspace, run_id: int) -> Path:
 def launch(store: Store, run_id: int, ws: Workspace | None = None) -> int:
     """Start the run's worker in its own process session and return its pid."""
     ws = (ws or Workspace.from_env()).ensure()
+    with store.session(write=True) as s:  # claimed before the worker starts: it may be quick
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+        if pid := live_worker(run):
+            raise CurationError(f"run {run_id} already has a live worker (pid {pid}); cancel it or wait")
+        run.status, run.heartbeat, run.error, run.cancel_requested = "queued", utcnow(), None, False
     path = log_path(ws, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url, "PYTHONUNBUFFERED": "1"}
@@ -113,10 +207,9 @@ def launch(store: Store, run_id: int, ws: Workspace | None = None) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "curation", "worker", str(run_id)], cwd=repo, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    with store.session() as s:
+    with store.session(write=True) as s:
         run = s.get(Run, run_id)
-        run.pid, run.status, run.heartbeat, run.error = proc.pid, "queued", utcnow(), None
-        run.cancel_requested = False
+        run.pid = proc.pid  # the worker's own pid: its claim of the run (runs.execute_run) agrees
     return proc.pid
 
 

@@ -226,11 +226,11 @@ class DPOObjective(Objective):
 
     name = "dpo"
 
-    def __init__(self, beta: float = 0.1):
-        self.beta = float(beta)
+    def __init__(self, beta: float = 0.1, per_token: bool = False):
+        self.beta, self.per_token = float(beta), bool(per_token)
 
     def _params(self) -> dict[str, Any]:
-        return {"beta": self.beta}
+        return {"beta": self.beta, **({"per_token": True} if self.per_token else {})}
 
     def implicit_rewards(self, model: nn.Module, batch: Batch) -> Tensor:
         """``h(y) = log πθ(y|x) - log πref(y|x)`` per row (summed log-probs); grad flows via πθ."""
@@ -239,8 +239,11 @@ class DPOObjective(Objective):
         args = (batch.input_ids, batch.attention_mask, batch.labels)
         with torch.no_grad(), model.disable_adapter():
             ref_logp, _ = token_logprobs(model, *args)
-        policy_logp, _ = token_logprobs(model, *args)
-        return policy_logp - ref_logp
+        policy_logp, count = token_logprobs(model, *args)
+        h = policy_logp - ref_logp
+        # per_token: mean instead of summed log-probs (a length-normalised variant; METHODS.md
+        # specifies sums). Only the ratio of the two sides' lengths changes the direction.
+        return h / count.clamp(min=1).to(h.dtype) if self.per_token else h
 
     def margin(self, model: nn.Module, batch: Batch) -> Tensor:
         """``h(y_w) - h(y_l)`` per pair, ``[n_items]``."""

@@ -59,6 +59,10 @@ class Projector(ABC):
     def project(self, name: str, x: Tensor) -> Tensor:
         """Project ``x: [B, d]``, the coordinates of layer ``name``, to ``[B, k]`` on x's device."""
 
+    def accumulate(self, name: str, x: Tensor, total: Tensor) -> None:
+        """``total += project(name, x)``; a projector may do it without a ``[B, k]`` temporary."""
+        total += self.project(name, x)
+
     def spec(self) -> dict[str, Any]:
         """Everything that determines the matrix: recorded in run manifests."""
         return {"type": self.kind, "k": self.k, "seed": self.seed, "version": SPEC_VERSION,
@@ -177,3 +181,50 @@ class DenseRademacherProjector(Projector):
             out += x[:, start:start + block.shape[0]] @ block
             start += block.shape[0]
         return out
+
+
+class IdentityProjector(Projector):
+    """No projection: the exact gradient, each layer at its own offset (``k = d``).
+
+    For models whose LoRA gradient is small (the tiny demo model: d = 32,768), storing it
+    whole costs little more than a sketch and removes the sketch's noise, which on the demo
+    is as large as the cosines themselves (mean |cos| ~0.02 vs 1/sqrt(8192) = 0.011).
+    ``layout`` lists ``(parameter name, numel)`` in a fixed order; it is part of the spec,
+    so train and validation features of one run place every layer identically.
+    """
+
+    kind = "identity"
+
+    def __init__(self, k: int, seed: int = 0, layout: tuple | list = ()):
+        layout = tuple((str(n), int(d)) for n, d in layout)
+        if sum(d for _, d in layout) != int(k):
+            raise ValueError(f"identity projector: k={k} must equal the layout's total size")
+        super().__init__(k, seed)
+        self.layout = layout
+        self.offsets: dict[str, tuple[int, int]] = {}
+        start = 0
+        for name, d in layout:
+            self.offsets[name] = (start, d)
+            start += d
+
+    def _params(self) -> dict[str, Any]:
+        return {"layout": [list(x) for x in self.layout]}
+
+    def project(self, name: str, x: Tensor) -> Tensor:
+        self._check(x)
+        if name not in self.offsets or self.offsets[name][1] != x.shape[1]:
+            raise ValueError(f"identity projector: layer {name} (d={x.shape[1]}) is not in its layout")
+        start, d = self.offsets[name]
+        out = x.new_zeros(x.shape[0], self.k)
+        out[:, start:start + d] = x
+        return out
+
+    def accumulate(self, name: str, x: Tensor, total: Tensor) -> None:
+        start, d = self.offsets[name]
+        if d != x.shape[1]:
+            raise ValueError(f"identity projector: layer {name} has d={x.shape[1]}, its layout says {d}")
+        total[:, start:start + d] += x
+
+    def slices(self) -> list[tuple[str, slice]]:
+        """Where each layer sits in a feature row: lets a stored exact row be projected later."""
+        return [(name, slice(s, s + d)) for name, (s, d) in self.offsets.items()]

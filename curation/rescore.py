@@ -58,9 +58,13 @@ def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> F
 
 
 def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | None = None,
-            ws: Workspace | None = None, echo=None) -> Rescored:
+            ws: Workspace | None = None, echo=None, overrides: dict | None = None) -> Rescored:
     """Score ``prefs`` (default: the base run's preference set as it is now) with the base
-    run's settings and stored features, in this process; returns the new run and the diff."""
+    run's settings and stored features, in this process; returns the new run and the diff.
+
+    ``overrides`` replaces top-level config keys that only touch the validation side or the
+    scoring (``beta``, ``options``); train-feature settings would not find stored features.
+    """
     from curation.curate import curated_selection
     from curation.methods import get_method
     from curation.methods.gradient import GradientMethod
@@ -75,7 +79,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         pool = s.get(Pool, base.pool_id).name
         if prefs is None and base.prefs_id is not None:
             prefs = s.get(PreferenceSet, base.prefs_id).name
-        cfg = ScoreConfig.from_dict(base.config)
+        cfg = ScoreConfig.from_dict({**base.config, **(overrides or {})})
     cfg.method = method or cfg.method
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Sequence
@@ -19,11 +20,11 @@ from sqlalchemy import delete, select
 from curation.catalog import get_pool, get_prefset, pairs_hash, pairs_snapshot, pairs_version
 from curation.config import ScoreConfig
 from curation.errors import CurationError
-from curation.jobs import Cancelled, Reporter
+from curation.jobs import Cancelled, Reporter, live_worker
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
 from curation.select import select_top
 from curation.store import Example, Pool, PreferenceSet, Run, Score, Store
-from curation.store.db import markers
+from curation.store.db import markers, retry_locked
 from curation.store.models import utcnow
 from curation.workspace import Workspace
 
@@ -31,8 +32,12 @@ SCORE_BATCH = 20_000
 
 
 def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
-               ws: Workspace | None = None) -> int:
-    """Register a run (status queued) after checking its inputs exist and fit the method."""
+               ws: Workspace | None = None, pairs: list[dict] | None = None, meta: dict | None = None) -> int:
+    """Register a run (status queued) after checking its inputs exist and fit the method.
+
+    ``pairs`` replaces the preference set's pairs (a subset of them: `check` scores with its
+    scoring part only); ``meta`` is added to the run's metadata (e.g. ``check_of``).
+    """
     method = get_method(config.method)
     ws = (ws or Workspace.from_env()).ensure()
     with store.session() as s:
@@ -40,9 +45,11 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
         ps = get_prefset(s, prefs) if prefs else None
         if method.needs_pairs and (ps is None or not ps.pairs):
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
-        pairs = pairs_snapshot(s, ps.id if ps else None)
+        if pairs is None:
+            pairs = pairs_snapshot(s, ps.id if ps else None)
         run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
-                  status="queued", stage_times={}, meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs)})
+                  status="queued", stage_times={},
+                  meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})})
         s.add(run)
         s.flush()
         run.workdir = str(ws.run_dir(run.id))
@@ -102,11 +109,41 @@ def _use_threads(config: ScoreConfig) -> None:
     torch.set_num_threads(config.threads)
 
 
-def _set(store: Store, run_id: int, **values) -> None:
-    with store.session() as s:
-        run = s.get(Run, run_id)
-        for k, v in values.items():
-            setattr(run, k, v)
+def _set(store: Store, run_id: int, attempts: int = 4, **values) -> None:
+    def write() -> None:
+        with store.session() as s:
+            run = s.get(Run, run_id)
+            for k, v in values.items():
+                setattr(run, k, v)
+    retry_locked(write, attempts=attempts, what=f"run {run_id}")
+
+
+def _claim(store: Store, run_id: int) -> bool:
+    """Mark the run as ours (running, this pid) unless it is done (False) or another live
+    process works on it (a `CurationError`: two workers would race on its files and scores)."""
+    def claim() -> bool:
+        with store.session(write=True) as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise CurationError(f"no run with id {run_id}")
+            if run.status == "done":
+                return False
+            if pid := live_worker(run):
+                raise CurationError(f"run {run_id} is already being computed by process {pid} "
+                                    f"(heartbeat {run.heartbeat:%H:%M:%S} UTC); cancel it or wait")
+            run.status, run.pid, run.started_at, run.heartbeat = "running", os.getpid(), utcnow(), utcnow()
+            run.error, run.cancel_requested = None, False
+            return True
+    return retry_locked(claim, what=f"run {run_id}")
+
+
+def _record_failure(store: Store, run_id: int, **values) -> None:
+    """Record how a run ended, retrying a locked database for minutes; if even that fails the
+    log says so (the heartbeat then goes stale and the run shows as dead, not running)."""
+    try:
+        _set(store, run_id, attempts=8, **values)
+    except Exception as e:  # noqa: BLE001  (the original error is what gets re-raised)
+        print(f"run {run_id}: could not record its end ({values.get('status')}): {e}", file=sys.stderr)
 
 
 def execute_shard(store: Store, run_id: int, rank: tuple[int, int], ws: Workspace | None = None,
@@ -130,14 +167,10 @@ def execute_shard(store: Store, run_id: int, rank: tuple[int, int], ws: Workspac
 def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=None) -> None:
     """Run every stage of `run_id` in this process; failures are recorded on the run, then re-raised."""
     ws = (ws or Workspace.from_env()).ensure()
+    if not _claim(store, run_id):
+        return
     with store.session() as s:
         run = s.get(Run, run_id)
-        if run is None:
-            raise CurationError(f"no run with id {run_id}")
-        if run.status == "done":
-            return
-    _set(store, run_id, status="running", pid=os.getpid(), started_at=utcnow(), heartbeat=utcnow(),
-         error=None, cancel_requested=False)
     reporter = Reporter(store, run_id, echo)
     try:
         inputs = _inputs(store, run, ws, reporter)
@@ -150,13 +183,22 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
         reporter.note(**_json_safe({**out.meta, "subtasks": out.subtasks}))
         _set(store, run_id, status="done", finished_at=utcnow(), n_selected=n_sel, stage_times=times)
     except Cancelled:
-        _set(store, run_id, status="cancelled", finished_at=utcnow(), stage_times=reporter.finish())
+        _record_failure(store, run_id, status="cancelled", finished_at=utcnow(), stage_times=reporter.finish())
         raise
     except BaseException as e:  # noqa: BLE001  (recorded for the UI, then re-raised)
-        _set(store, run_id, status="failed", finished_at=utcnow(), error=f"{type(e).__name__}: {e}",
-             stage_times=reporter.finish())
         traceback.print_exc()
+        times = _safely(reporter.finish)
+        _record_failure(store, run_id, status="failed", finished_at=utcnow(), error=f"{type(e).__name__}: {e}",
+                        **({"stage_times": times} if times is not None else {}))
         raise
+
+
+def _safely(fn):
+    """``fn()``, or None when it fails (while recording another failure)."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _json_safe(value):

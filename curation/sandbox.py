@@ -7,17 +7,27 @@ call gets a separate interpreter and these layers, each enough for one threat:
   and every file is writable) the code runs under a fresh unprivileged uid/gid picked per call,
   with no supplementary groups: host files are protected by ordinary permissions, the process
   limit counts only this call's processes, and every leftover is found by its uid.
-* **namespaces**: a new network namespace (only a down loopback: nothing is reachable) and a new
-  pid namespace (the code sees no host process, and when its init exits the kernel kills and
-  reaps everything left inside: no zombie outlives the call even where the host's pid 1 never
-  reaps). Without root, a user namespace is tried first so both still work where allowed.
+* **namespaces**: a new network namespace (only a down loopback: nothing is reachable, and
+  abstract Unix sockets are per network namespace), a new pid namespace (when its init exits
+  the kernel kills and reaps everything left inside: no zombie outlives the call even where the
+  host's pid 1 never reaps) and a new mount namespace with its own ``/proc`` (the code sees only
+  its own processes, not the host's command lines) and fresh size-capped tmpfs on ``/tmp``,
+  ``/var/tmp``, ``/dev/shm`` and ``/run`` (host sockets there are out of reach, and whatever the
+  code leaves there vanishes with the namespace). Without root, a user namespace is tried first
+  so these still work where allowed.
+* **seccomp** (libseccomp, through ctypes): ``socket``, ``socketpair`` and ``io_uring_setup``
+  fail with EPERM for every process of the sandbox, including one started by ``fork`` +
+  ``execv`` of a fresh interpreter (a filter survives both); other architectures' syscall
+  entry points are killed (libseccomp's bad-arch action).
 * **resource limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (files and the
   captured output), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``, ``RLIMIT_CORE`` = 0.
 * **wall clock**: the call's own process group is killed at the deadline, then any process of
   the sandbox uid (one that escaped the group with ``setsid``).
 * **hygiene**: a fresh temporary working directory (deleted afterwards), a scrubbed environment
   (no inherited secrets), stdin closed, ``python -I -S``, and ``socket`` creation disabled in the
-  interpreter before the code runs (a second lock on the network door).
+  interpreter before the code runs (a third lock on the network door).
+* **validated results**: the parent counts the tests itself; a report whose counts are not
+  integers, whose total differs, or that claims more passes than tests, scores 0.
 
 Why no ``preexec_fn``: the scoring process runs torch's thread pools, and Python documents
 ``preexec_fn`` as unsafe with threads (it may deadlock in the forked child). The set-up runs
@@ -26,16 +36,18 @@ even parsed. Because the sandbox uid may be unable to read the interpreter's own
 it lives under ``/root``, mode 0700), the runner imports the common standard modules while
 still privileged; the code can import those and nothing else from there.
 
-Not defended: a program that forges its own result (it runs in the process that reports it);
-reading world-readable host files; filling world-writable places (``/tmp``) with many files
-(``RLIMIT_FSIZE`` bounds each one, not their number). Without root there is no uid switch, so
-the code can touch whatever the caller's user can. The sandbox protects the host's integrity,
-not the reward from adversarial code. A set-up failure (e.g. the uid switch) raises
-:class:`SandboxError` rather than running the code half-contained.
+Not defended: a program that claims passes it did not earn within the real count (it runs in
+the process that reports; only impossible claims are caught); reading world-readable host
+files. Without root there is no uid switch, so the code can touch whatever the caller's user
+can. Where the kernel refuses a namespace or libseccomp is not installed, that layer is missing
+from :attr:`SandboxResult.isolation` and the others still apply. The sandbox protects the
+host's integrity, not the reward from adversarial code. A set-up failure (e.g. the uid switch
+or a mount) raises :class:`SandboxError` rather than running the code half-contained.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import random
@@ -71,7 +83,8 @@ class SandboxLimits:
     max_open_files: int = 64
     max_file_mb: int = 16  # largest file the code may write, its captured output included
     max_output_chars: int = 10_000  # how much output the result keeps (the tail)
-    block_sockets: bool = True  # False only to test the network namespace on its own
+    block_sockets: bool = True  # False only to test the network namespace on its own (no seccomp either)
+    tmp_mb: int = 64  # size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run)
     uid_range: tuple[int, int] = (2_000_000, 2_100_000)  # unused ids for the per-call uid/gid
 
     def __post_init__(self) -> None:
@@ -88,7 +101,7 @@ class SandboxResult:
     timed_out: bool
     error: str | None
     output: str = ""  # tail of stdout and stderr
-    isolation: tuple[str, ...] = ()  # mechanisms that were in force, e.g. ("netns", "pidns", "uid")
+    isolation: tuple[str, ...] = ()  # mechanisms in force, e.g. ("netns", "pidns", "mntns", "proc", "seccomp")
     uid: int | None = None  # the per-call uid (None when the caller is not root)
 
     @property
@@ -120,7 +133,7 @@ def _run(code: str, tests: str, lim: SandboxLimits, uid: int | None, ctl: Path, 
     (ctl / "tests.py").write_text(tests)
     read_end, write_end = os.pipe()
     cfg = {"code": str(ctl / "code.py"), "tests": str(ctl / "tests.py"), "result_fd": write_end, "uid": uid,
-           "preload": PRELOAD, "limits": asdict(lim)}
+           "preload": PRELOAD, "limits": asdict(lim), "work": str(work)}
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
     try:
         with open(ctl / "output", "w+b") as log:
@@ -137,21 +150,37 @@ def _run(code: str, tests: str, lim: SandboxLimits, uid: int | None, ctl: Path, 
         report = _read_report(read_end)
     finally:
         os.close(read_end)
-    return _result(report, proc.returncode, timed_out, output, uid)
+    return _result(report, proc.returncode, timed_out, output, uid, count_tests(tests))
 
 
-def _result(report: dict | None, returncode: int, timed_out: bool, output: str, uid: int | None) -> SandboxResult:
-    report = report or {}
+def count_tests(tests: str) -> int:
+    """How many tests `tests` holds, counted as the runner does (0 when it does not parse)."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return 0
+    asserts = sum(isinstance(s, ast.Assert) for s in tree.body)
+    funcs = sum(isinstance(s, ast.FunctionDef) and s.name.startswith("test_") for s in tree.body)
+    return (asserts + funcs) or 1
+
+
+def _result(report: dict | None, returncode: int, timed_out: bool, output: str, uid: int | None,
+            expected: int) -> SandboxResult:
+    report = report if isinstance(report, dict) else {}
     if report.get("setup_error"):
-        raise SandboxError(report["setup_error"])
-    isolation = tuple(report.get("isolation", ()))
-    total = int(report.get("total", 0))
-    finished = bool(report) and report.get("final", True)
+        raise SandboxError(str(report["setup_error"])[:500])
+    isolation = tuple(str(i) for i in report.get("isolation", ()) if isinstance(i, str))
+    finished = bool(report) and report.get("final", True) is not False
     if timed_out or not finished:  # killed, or the code ended the process before the report
         cpu_killed = returncode in (128 + signal.SIGXCPU, 128 + signal.SIGKILL)
         why = "timed out" if timed_out or cpu_killed else f"no result (exit status {returncode})"
-        return SandboxResult(0, total, timed_out or cpu_killed, why, output, isolation, uid)
-    return SandboxResult(int(report["passed"]), total, False, report.get("error"), output, isolation, uid)
+        return SandboxResult(0, expected, timed_out or cpu_killed, why, output, isolation, uid)
+    passed, total = report.get("passed"), report.get("total")
+    if type(passed) is not int or type(total) is not int or total != expected or not 0 <= passed <= total:
+        why = f"invalid result from the sandbox (claimed {passed!r} of {total!r}; the tests hold {expected})"
+        return SandboxResult(0, expected, False, why[:300], output, isolation, uid)
+    error = report.get("error")
+    return SandboxResult(passed, total, False, None if error is None else str(error)[:500], output, isolation, uid)
 
 
 def _wait(pid: int, timeout_s: float) -> bool:
@@ -232,153 +261,5 @@ def _read_report(fd: int) -> dict | None:
     return None
 
 
-# The runner, run as ``python -I -S -c RUNNER CONFIG_JSON``. It starts privileged, reads the
-# code and tests, preloads stdlib modules, unshares namespaces, then forks: the child (pid 1 of
-# the new pid namespace) sets the limits, drops to the sandbox uid and forks the worker, which
-# disables sockets, runs the code and the tests and writes JSON reports to the result fd.
-RUNNER = r'''
-import ast, ctypes, json, math, os, resource, sys, types
-CFG = json.loads(sys.argv[1])
-LIM = CFG["limits"]
-CODE, TESTS = open(CFG["code"]).read(), open(CFG["tests"]).read()
-OUT = CFG["result_fd"]
-ISOLATION = []
-for _name in CFG["preload"]:
-    try:
-        __import__(_name)
-    except Exception:
-        pass
-
-def report(**values):
-    # One JSON line per report; the last complete line wins (the first one only gives the total).
-    values["isolation"] = ISOLATION
-    os.write(OUT, json.dumps(values).encode()[:30000] + b"\n")
-
-def unshare_namespaces():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if os.geteuid() != 0 and libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER: caps in a new userns
-        ISOLATION.append("userns")
-    for flag, name in ((0x40000000, "netns"), (0x20000000, "pidns")):  # CLONE_NEWNET, CLONE_NEWPID
-        if libc.unshare(flag) == 0:
-            ISOLATION.append(name)
-
-def limit():
-    mb = 1024 * 1024
-    cpu = math.ceil(LIM["timeout_s"]) + 1  # soft: SIGXCPU; the wall clock is the real bound
-    for res, value in ((resource.RLIMIT_AS, LIM["memory_mb"] * mb), (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                       (resource.RLIMIT_FSIZE, LIM["max_file_mb"] * mb), (resource.RLIMIT_NPROC, LIM["max_processes"]),
-                       (resource.RLIMIT_NOFILE, LIM["max_open_files"]), (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(res, value if isinstance(value, tuple) else (value, value))
-    ISOLATION.append("rlimits")
-
-def drop_privileges():
-    uid = CFG["uid"]
-    if os.geteuid() != 0 or uid is None:
-        return
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if os.geteuid() == 0 or os.getegid() == 0:
-        raise PermissionError("could not drop root privileges")
-    ISOLATION.append("uid")
-
-def block_sockets():
-    import socket, _socket
-    def refuse(*args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-    for module in (socket, _socket):
-        for name in ("socket", "SocketType", "socketpair", "fromfd", "create_connection", "create_server"):
-            if hasattr(module, name):
-                setattr(module, name, refuse)
-    ISOLATION.append("nosocket")
-
-def units(tree):
-    asserts = [s for s in tree.body if isinstance(s, ast.Assert)]
-    funcs = [s.name for s in tree.body if isinstance(s, ast.FunctionDef) and s.name.startswith("test_")]
-    return asserts, funcs
-
-def run_tests(ns, tree, main):
-    asserts, funcs = units(tree)
-    if not asserts and not funcs:
-        exec(compile(tree, "tests.py", "exec"), ns)
-        return 1, 1, None
-    passed, first_error = 0, None
-    for stmt in tree.body:
-        try:
-            exec(compile(ast.Module([stmt], []), "tests.py", "exec"), ns)
-            passed += isinstance(stmt, ast.Assert)
-        except BaseException as e:
-            first_error = first_error or describe("test", e)
-        guard(main)
-    for name in funcs:
-        try:
-            ns[name]()
-            passed += 1
-        except BaseException as e:
-            first_error = first_error or describe(name, e)
-        guard(main)
-    return passed, len(asserts) + len(funcs), first_error
-
-def describe(where, e):
-    return f"{where}: {type(e).__name__}: {e}"[:500]
-
-def guard(main):
-    if os.getpid() != main:  # a process the code forked: it must never report
-        os._exit(1)
-
-def work():
-    if LIM["block_sockets"]:
-        block_sockets()
-    main = os.getpid()
-    try:
-        tree = ast.parse(TESTS)
-    except SyntaxError as e:
-        return report(passed=0, total=0, error=describe("tests", e))
-    asserts, funcs = units(tree)
-    total = (len(asserts) + len(funcs)) or 1
-    report(passed=0, total=total, error="did not finish", final=False)
-    module = types.ModuleType("solution")
-    sys.modules["solution"] = module
-    try:
-        exec(compile(CODE, "solution.py", "exec"), module.__dict__)
-    except BaseException as e:
-        guard(main)
-        return report(passed=0, total=total, error=describe("solution", e))
-    guard(main)
-    try:
-        passed, total, error = run_tests(module.__dict__, tree, main)
-    except BaseException as e:
-        guard(main)
-        return report(passed=0, total=total, error=describe("tests", e))
-    report(passed=passed, total=total, error=error)
-
-def wait_for(pid):
-    # As pid 1 of the namespace this also reaps orphans; its exit kills whatever is left.
-    while True:
-        done, status = os.wait()
-        if done == pid:
-            return os.waitstatus_to_exitcode(status)
-
-def exit_code(code):
-    return 128 - code if code < 0 else code
-
-unshare_namespaces()
-child = os.fork()
-if child:
-    os._exit(exit_code(wait_for(child)))
-try:
-    limit()
-    drop_privileges()
-except BaseException as e:  # never run the code half-contained: tell the caller instead
-    report(setup_error=describe("sandbox setup", e))
-    os._exit(1)
-worker = os.fork()
-if worker:
-    os._exit(exit_code(wait_for(worker)))
-try:
-    work()
-finally:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-'''
+# The runner's source, executed as ``python -I -S -c RUNNER CONFIG_JSON`` (see sandbox_runner.py).
+RUNNER = (Path(__file__).resolve().parent / "sandbox_runner.py").read_text()

@@ -1,7 +1,13 @@
-"""Small helpers the pages share: the store handle, safe text rendering, error display."""
+"""Small helpers the pages share: the store handle, safe text rendering, error display.
+
+User data (ids, sources, subtasks, pool and set names, file paths, error messages quoting
+them) never reaches a Markdown-rendering element as is: `md_text` escapes it, so
+``![x](http://host/...)`` in an id shows as typed instead of making the browser fetch a URL.
+"""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +18,15 @@ import streamlit as st
 from curation.errors import CurationError
 from curation.store import Store
 from curation.workspace import Workspace
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
+
+
+def md_text(value) -> str:
+    """`value` as literal text inside Markdown: every character Markdown, Streamlit's directives
+    (``:red[...]``, ``:material/...:``), LaTeX or HTML could act on is backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", str(value))
 
 
 @st.cache_resource
@@ -34,7 +49,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CurationError as e:
-        st.error(str(e))
+        st.error(md_text(e))
 
 
 def render_messages(messages: list[dict]) -> None:
@@ -53,15 +68,18 @@ def save_upload(upload) -> Path:
 
 
 def import_source(placeholder: str, types: list[str]):
-    """Server path and upload fields (inside a form); call the result on submit to get the path."""
-    path = st.text_input("Server path", placeholder=placeholder)
+    """Server path and upload fields (inside a form); call the result on submit to get the path.
+
+    A server path must lie inside a data root (`Workspace.server_path`)."""
+    roots = ", ".join(str(r) for r in workspace().data_roots)
+    path = st.text_input("Server path", placeholder=placeholder, help=md_text(f"a file inside {roots}"))
     upload = st.file_uploader("…or upload", type=types)
-    return lambda: save_upload(upload) if upload else path.strip()
+    return lambda: save_upload(upload) if upload else workspace().server_path(path)
 
 
 def show_import(res) -> None:
     """An import's summary (red when strict mode rejected it) and every bad line, as a table."""
-    (st.success if res.status == "imported" else st.error)(res.summary())
+    (st.success if res.status == "imported" else st.error)(md_text(res.summary()))
     if res.problems:
         st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
 
@@ -79,4 +97,27 @@ def show_rescored(res) -> None:
     """The outcome of a re-score: the new run and how the selection moved."""
     st.session_state["explore_run"] = res.run_id
     st.session_state["rescored_msg"] = f"Selection updated: {res.summary()}."
-    st.success(st.session_state["rescored_msg"])
+    st.success(md_text(st.session_state["rescored_msg"]))
+
+
+def check_panel(run_id: int, key: str) -> None:
+    """The run's held-out check: its verdict (warning unless better than random), a running
+    check's progress, and a button that launches one in the background."""
+    from curation.check import check_state, launch_check
+
+    state = check_state(store(), run_id, workspace())
+    if state.summary:
+        s = state.summary
+        show = st.success if s["label"] == "better than random" else st.warning
+        flags = f" {s['flags']} selected examples have an answer that contradicts their label." if s["flags"] else ""
+        show(md_text(f"Held-out check ({s['finished']}): {s['verdict']}{flags}"))
+    elif not state.running:
+        st.info("No held-out check of this run yet: it fine-tunes on the selection and on random "
+                "selections of the same size, and tells whether the selection helps on pairs it never saw.")
+    if line := state.progress_line():
+        st.caption(line)
+    if st.button("Run a held-out check", key=f"check-{key}", disabled=state.running,
+                 help="Background job: about a minute on the demo (tiny model), longer on real models."):
+        with user_errors():
+            launch_check(store(), run_id, workspace())
+            st.rerun()

@@ -9,7 +9,8 @@ import streamlit as st
 from curation import catalog, curate
 from curation.errors import CurationError
 from curation.export import FORMATS, export_selection
-from pages._shared import store, user_errors, workspace
+from curation.check import check_state
+from pages._shared import check_panel, md_text, store, user_errors, workspace
 
 def act(describe, fn) -> None:
     """Callback body: run a library action, keep its outcome for the next run to show."""
@@ -40,6 +41,7 @@ if not runs:
 labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get)  # newest first
 pool = next(r["pool"] for r in runs if r["id"] == run_id)
+check_panel(run_id, "curate")
 
 percent0, n0 = curate.run_budget(store(), run_id)
 c1, c2 = st.columns([1, 2])
@@ -55,7 +57,7 @@ if sel is None:  # the error is shown above
     st.stop()
 
 if msg := st.session_state.pop("curate_msg", None):
-    getattr(st, msg[0])(msg[1])
+    getattr(st, msg[0])(md_text(msg[1]) if msg[0] == "error" else msg[1])  # errors quote user data
 m = st.columns(4)
 m[0].metric("Selected", f"{sel.n_selected:,}", help=f"budget {sel.budget:,}, {sel.n_auto:,} chosen by score")
 m[1].metric("Pinned", f"{len(sel.pinned):,}")
@@ -76,8 +78,8 @@ ids = curate.shown_ids(sel, scope, matching)
 st.text_input("Reason (required to pin or exclude)", key="curate_reason")
 
 c1, c2, c3 = st.columns(3)
-c1.button("Undo last action", on_click=act, args=(lambda b: f"Undid the last action ({b[:8]})." if b else
-                                                   "Nothing to undo.", lambda: curate.undo_last(store(), pool)))
+c1.button("Undo last action", on_click=act, args=(lambda u: f"Undid batch {u.undone[:8]} ({u.n_examples} examples)."
+                                                   if u else "Nothing to undo.", lambda: curate.undo(store(), pool)))
 if filtering:
     for col, action in ((c2, "pin"), (c3, "exclude")):
         col.button(f"{action.capitalize()} all {len(matching):,} matching", key=f"all_{action}", on_click=act,
@@ -106,14 +108,17 @@ c1, c2, c3 = st.columns([1, 2, 2])
 fmt = c1.selectbox("Format", FORMATS)
 name = c2.text_input("File name (default: run, format and time)")
 exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
-if st.button("Export", type="primary"):
+anyway = True
+if check_state(store(), run_id, workspace()).warns_export:
+    anyway = st.checkbox("Export anyway: this run's held-out check found its selection no better than random")
+if st.button("Export", type="primary", disabled=not anyway):
     with user_errors(), st.spinner("Exporting…"):
         res = export_selection(store(), run_id, fmt, workspace(), percent, n,
                                example_ids=ids if exact else None, name=name.strip() or None)
         st.session_state.curate_export = (str(res.path), str(res.manifest_path))
 if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
     path, manifest = Path(last[0]), json.loads(Path(last[1]).read_text())
-    st.success(f"Exported {manifest['counts']['exported']:,} examples to `{path}`")
+    st.success(md_text(f"Exported {manifest['counts']['exported']:,} examples to {path}"))
     st.download_button("Download the file", path.read_bytes(), file_name=path.name, mime="application/jsonl")
     st.caption("Manifest (first 100 examples shown; the file beside the export has them all)")
     st.json({**manifest, "examples": manifest["examples"][:100]}, expanded=False)

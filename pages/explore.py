@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from curation import catalog, explore, maps, rescore
-from pages._shared import render_messages, show_rescored, store, user_errors
+from pages._shared import check_panel, md_text, render_messages, show_rescored, store, user_errors
 
 MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
@@ -28,7 +28,7 @@ run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in r
                                                  for r in runs if r["id"] == i))
 info = explore.run_info(store(), run_id)
 if msg := st.session_state.pop("rescored_msg", None):
-    st.success(msg)
+    st.success(md_text(msg))
 if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
     c1, c2 = st.columns([4, 1])
     c1.warning("This run was scored with an earlier version of its preference set: its scores and "
@@ -37,6 +37,8 @@ if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
             show_rescored(rescore.rescore(store(), run_id))
             st.rerun()
+
+check_panel(run_id, "explore")
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading scores…")
@@ -114,7 +116,7 @@ if status["state"] in ("queued", "running"):
     map_progress(info.workdir)
 elif data is None:
     if status["state"] == "failed":
-        st.error(f"The last map failed: {status.get('error')}")
+        st.error(md_text(f"The last map failed: {status.get('error')}"))
     if st.button("Compute the map (in the background)"):
         with user_errors():
             maps.launch_map(store(), run_id)

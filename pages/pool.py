@@ -6,7 +6,8 @@ import streamlit as st
 from curation import catalog, featuresets
 from curation.demo import ensure_demo
 from curation.imports import import_pool
-from pages._shared import feature_line, import_source, render_messages, show_import, store, user_errors, workspace
+from pages._shared import (feature_line, import_source, md_text, render_messages, show_import, store, user_errors,
+                           workspace)
 
 @st.cache_data(ttl=15, show_spinner=False)
 def feature_status(db_url: str, pool: str) -> list[dict]:
@@ -22,7 +23,7 @@ pools = catalog.list_pools(store())
 
 with st.expander("Import a pool", expanded=not pools):
     with st.form("import_pool"):
-        source = import_source("/data/pool.jsonl", ["jsonl", "json", "parquet", "csv"])
+        source = import_source("pool.jsonl (in the data folder)", ["jsonl", "json", "parquet", "csv"])
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("Name (default: file name)")
         fmt = c2.selectbox("Format", POOL_FORMATS)
@@ -41,7 +42,7 @@ with st.expander("Import a pool", expanded=not pools):
     if st.button("Load the demo pool and preference set"):
         with user_errors(), st.spinner("Importing the demo…"):
             for res in ensure_demo(store()):
-                st.success(res.summary())
+                st.success(md_text(res.summary()))
             st.rerun()
 
 if not pools:
@@ -51,7 +52,7 @@ if not pools:
 names = [p["name"] for p in pools]
 pool = st.selectbox("Pool", names, index=names.index("demo") if "demo" in names else 0)
 sources = catalog.pool_sources(store(), pool)
-st.caption(feature_line(feature_status(store().url, pool), next(p["examples"] for p in pools if p["name"] == pool)))
+st.caption(md_text(feature_line(feature_status(store().url, pool), next(p["examples"] for p in pools if p["name"] == pool))))
 
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
 search = c1.text_input("Search", placeholder="words in prompt or response")
@@ -74,9 +75,9 @@ table = st.dataframe(pd.DataFrame(rows), hide_index=True,
 chosen = table.selection.rows if table and table.selection else []
 if chosen:
     ex = catalog.get_example(store(), rows[chosen[0]]["id"])
-    st.subheader(f"Example {ex['uid']}")
-    st.caption(f"source {ex['source']} · format {ex['fmt']} · line {ex['line']} · {ex['chars']} chars · "
-               f"hash {ex['content_hash'][:12]}")
+    st.subheader(md_text(f"Example {ex['uid']}"))
+    st.caption(md_text(f"source {ex['source']} · format {ex['fmt']} · line {ex['line']} · {ex['chars']} chars · "
+                       f"hash {ex['content_hash'][:12]}"))
     render_messages(ex["messages"])
     with st.expander("Original record"):
         st.json(ex["original"])
@@ -85,7 +86,8 @@ else:
 
 with st.expander("Import reports"):
     for rep in catalog.import_reports(store()):
-        st.write(f"#{rep['id']} {rep['kind']} '{rep['target']}' from `{rep['path']}`: {rep['status']}, "
-                 f"{rep['ok']} ok, {rep['bad']} bad, {rep['duplicates']} duplicates")
+        st.text(f"#{rep['id']} {rep['kind']} '{rep['target']}' from {rep['path']}: {rep['status']}, "
+                f"{rep['ok']} ok, {rep['bad']} bad, {rep['duplicates']} duplicates"
+                + (f" ({rep['bad'] - len(rep['problems']):,} not listed)" if rep["bad"] > len(rep["problems"]) else ""))
         if rep["problems"]:
             st.dataframe(pd.DataFrame(rep["problems"]), hide_index=True)

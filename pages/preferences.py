@@ -5,7 +5,7 @@ import streamlit as st
 
 from curation import catalog, rescore
 from curation.imports import import_prefs
-from pages._shared import import_source, show_import, show_rescored, store, user_errors
+from pages._shared import import_source, md_text, show_import, show_rescored, store, user_errors
 
 st.title("Preferences")
 st.caption("Each pair says which of two responses to a prompt is better for your task. "
@@ -15,7 +15,7 @@ sets = catalog.list_prefsets(store())
 
 with st.expander("Import or create a preference set", expanded=not sets):
     with st.form("import_prefs"):
-        source = import_source("/data/prefs.jsonl or a ROSE *_preference.json", ["jsonl", "json"])
+        source = import_source("prefs.jsonl or a ROSE *_preference.json (in the data folder)", ["jsonl", "json"])
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Name (default: file name)")
         fmt = c2.selectbox("Format", ["auto", "trl", "hh", "rose"])
@@ -43,7 +43,8 @@ name = st.selectbox("Preference set", names, index=names.index("demo") if "demo"
 pairs = catalog.get_pairs(store(), name)
 df = pd.DataFrame(pairs, columns=["id", "subtask", "prompt", "chosen", "rejected", "author"])
 counts = df["subtask"].value_counts()
-st.write(f"**{len(df)} pairs** in **{len(counts)} subtasks**: " + ", ".join(f"{k} ({v})" for k, v in counts.items()))
+st.write(f"**{len(df)} pairs** in **{len(counts)} subtasks**: "
+         + md_text(", ".join(f"{k} ({v})" for k, v in counts.items())))
 
 st.caption("Edit cells in place, add rows at the bottom, delete with the row checkbox; then save. "
            "Tab and arrow keys move between cells, Enter edits.")
@@ -71,7 +72,7 @@ if c1.button("Save changes", type="primary"):
 if c2.button("Delete this set"):
     st.session_state["confirm_delete"] = name
 if st.session_state.get("confirm_delete") == name:
-    st.warning(f"Delete the preference set '{name}' and its {len(df)} pairs?")
+    st.warning(md_text(f"Delete the preference set '{name}' and its {len(df)} pairs?"))
     if st.button("Yes, delete"):
         catalog.delete_prefset(store(), name)
         st.session_state.pop("confirm_delete")

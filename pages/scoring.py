@@ -3,12 +3,12 @@
 import streamlit as st
 
 from curation import catalog, jobs, models, runs
-from curation.config import FeatureConfig, ScoreConfig, SelectConfig
+from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
 from curation.raise_.config import RaiseConfig
 from curation.warmup import WarmupConfig
-from pages._shared import store, user_errors, workspace
+from pages._shared import md_text, store, user_errors, workspace
 
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
@@ -46,7 +46,9 @@ with st.form("launch"):
     c1, c2, c3 = st.columns(3)
     max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
     percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
-    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192], value=8192)
+    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768], value=8192)
+    projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
+                             "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
     with st.expander("Warmup (LoRA)"):
         w = WarmupConfig()
         c1, c2, c3, c4 = st.columns(4)
@@ -66,7 +68,7 @@ with st.form("launch"):
         with user_errors():
             cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model),
                               warmup=WarmupConfig(percent=w_percent, epochs=int(epochs)),
-                              features=FeatureConfig(k=int(k)), select=SelectConfig(percent=percent))
+                              features=FeatureConfig(k=int(k), projector=projector), select=SelectConfig(percent=percent))
             defaults.apply(cfg)  # batch sizes; the form's own values override the rest
             cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
             cfg.model.max_length = cfg.warmup.max_length = int(max_length)
@@ -94,7 +96,8 @@ def run_list() -> None:
 def show_run(info: dict) -> None:
     status = info["status"]
     icon = {"done": "✅", "running": "⏳", "queued": "🕒", "failed": "❌", "cancelled": "⛔", "dead": "💀"}.get(status, "")
-    st.markdown(f"**#{info['id']} · {info['method']}** on `{info['pool']}` / `{info['prefs']}` · {icon} {status}")
+    st.markdown(f"**#{info['id']} · {info['method']}** on {md_text(info['pool'])} / {md_text(info['prefs'])}"
+                f" · {icon} {status}")
     if status in ("running", "queued"):
         p = info["progress"]
         frac = p["done"] / p["total"] if p["total"] else 0.0
@@ -104,11 +107,12 @@ def show_run(info: dict) -> None:
         if st.button("Cancel", key=f"cancel_{info['id']}"):
             jobs.request_cancel(store(), info["id"])
     if status == "failed":
-        st.error(info["error"] or "failed")
+        st.error(md_text(info["error"] or "failed"))
     if status == "dead":
         st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
     if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
-        jobs.launch(store(), info["id"], workspace())
+        with user_errors():  # refused while another worker is alive on the run
+            jobs.launch(store(), info["id"], workspace())
     if status == "done":
         feats = info.get("features") or {}
         reuse = (" · train features reused" if feats.get("reused") else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,10 @@ def test_preferences_page_shows_demo_pairs(ws):
 
 
 def test_pool_page_imports_a_server_path_and_reports_bad_lines(ws, tmp_path):
-    f = tmp_path / "mine.jsonl"
+    f = ws.home / "data" / "mine.jsonl"  # server paths must be inside a data root
     f.write_text('{"instruction": "Say hi", "output": "hi"}\n{"instruction": "", "output": "x"}\n')
     at = run_page("pages/pool.py")
     next(t for t in at.text_input if t.label == "Server path").set_value(str(f))
     next(b for b in at.button if b.label == "Import").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("pool 'mine': imported; 1 ok, 1 bad" in s.value for s in at.success)
+    assert any("pool 'mine': imported; 1 ok, 1 bad" in re.sub(r"\\(.)", r"\1", s.value) for s in at.success)

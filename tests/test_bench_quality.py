@@ -207,3 +207,46 @@ def test_t0_suite_is_the_macro_mean_over_its_targets(micro_model, tmp_path, monk
             assert metrics["precision"] == pytest.approx(np.mean([v["precision"] for v in per_target.values()]))
     assert suite["full_pool"]["100"]["precision"] == pytest.approx(
         np.mean([n / 100 for n in info["sizes"]["target_examples"].values()]))
+
+
+def _fake_rose(root: Path) -> None:
+    """ROSE's SE layout: 2- and 10-shot files (site-major groups) and a test file per site."""
+    sites = quality_suites.SE_SITES
+    for shots in (2, 10):
+        data = {}
+        for site in sites:
+            for j in range(shots):
+                data[f"\n\nHuman: {site} question {j}?\n\nAssistant:"] = {
+                    "responses": [], "pairs": [], "sft_target": f" A good {site} answer {j}.",
+                    "rejected_target": f" meh {j}"}
+        d = root / "validation" / "se" / f"se_{shots}_shot"
+        d.mkdir(parents=True)
+        (d / f"se_{shots}_shot_preference.json").write_text(json.dumps(data))
+    (root / "test" / "se").mkdir(parents=True)
+    for site in sites:
+        recs = [{"prompt": f"\n\nHuman: {site} test {i}?\n\nAssistant:", "golden_answer": f" {site} gold {i}."}
+                for i in range(12)]
+        (root / "test" / "se" / f"se_{site}.json").write_text(json.dumps(recs))
+
+
+def test_prefs_suite_shape_and_no_leak(micro_model, tmp_path, monkeypatch):
+    """`--suite prefs`: one site's pairs, its unseen 10-shot pairs held out, a pool of every site's
+    test questions and T0; JSON shaped like the other suites, held-out accuracy at 5%."""
+    _fake_t0(tmp_path / "t0")
+    _fake_rose(tmp_path / "rose")
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "home"))
+    spec = quality_suites.PrefsSpec(target="physics", shots=2, per_site=6, t0_size=60, max_length=64,
+                                    root=str(tmp_path / "rose"))
+    t0 = T0Spec(root=str(tmp_path / "t0"))
+    suite = quality_suites.build_prefs(spec, t0)
+    (tg,) = suite.targets
+    assert [p["prompt"] for p in tg.prefs] == ["physics question 0?", "physics question 1?"]
+    held = {h["prompt"] for h in tg.heldout}
+    assert len(held) == 8 and not held & {p["prompt"] for p in tg.prefs}
+    assert not held & {r["messages"][0]["content"] for r in suite.pool}
+    assert suite.sizes["target_examples"] == 6 and len(suite.pool) == 60 + 60
+    cfg = QualityConfig.quick(model=str(micro_model), suites=("prefs",), methods=("bm25", "random"), prefs=spec, t0=t0)
+    res = run_quality(cfg, workdir=tmp_path / "w")["prefs"]
+    assert set(res) == {"bm25", "random", "full_pool", "_info"} and res["_info"]["heldout_pairs"] == 8
+    five = res["bm25"]["5"]
+    assert 0 <= five["accuracy_mean"] <= 1 and "margin_mean" in five and five["precision"] > res["random"]["5"]["precision"]

@@ -31,10 +31,11 @@ from curation.workspace import Workspace
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cfg_for(model: Path, method: str = "rose", k: int = 256, max_length: int = 128, epochs: int = 2) -> ScoreConfig:
+def cfg_for(model: Path, method: str = "rose", k: int = 256, max_length: int = 128, epochs: int = 2,
+            projector: str = "sparse_jl") -> ScoreConfig:
     return ScoreConfig(method=method, model=ModelConfig(name_or_path=str(model), max_length=max_length),
                        warmup=WarmupConfig(percent=5, epochs=epochs, batch_size=16, max_length=max_length),
-                       features=FeatureConfig(k=k, shard_size=512), select=SelectConfig(percent=5))
+                       features=FeatureConfig(k=k, projector=projector, shard_size=512), select=SelectConfig(percent=5))
 
 
 def run(store: Store, ws: Workspace, cfg: ScoreConfig, pool: str = "demo", prefs: str = "demo") -> dict:

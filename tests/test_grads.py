@@ -9,7 +9,7 @@ import torch
 from curation.grads import (PerSampleGradients, adam_direction, featurize, is_lora_param, iter_features,
                             loop_gradients, selected_params)
 from curation.objectives import DPOObjective, PolicyGradientObjective, SFTObjective, collate
-from curation.projection import DenseRademacherProjector, SparseJLProjector
+from curation.projection import IdentityProjector, DenseRademacherProjector, SparseJLProjector
 
 CASES = {  # objective, how to make its items
     "sft": (SFTObjective(), lambda items: items.sft(6)),
@@ -174,3 +174,34 @@ def test_default_filter_selects_only_lora_factors(tiny_model):
     assert len(names) == 2 * 4 * 2  # layers x (q, k, v, o) x (A, B)
     assert all(is_lora_param(n, p) for n, p in tiny_model.named_parameters() if n in names)
     assert all(".lora_A." in n or ".lora_B." in n for n in names)
+
+
+@pytest.mark.parametrize("train_side", [True, False])
+def test_exact_features_are_the_normalised_full_gradient(train_side, tiny_model64, items):
+    """IdentityProjector rows = the loop's flattened (Adam) gradient, layer by layer, L2-normalised."""
+    objective, item_list = (SFTObjective(), items.sft(6)) if train_side else (DPOObjective(), items.pairs(6))
+    state = random_adam_state(tiny_model64) if train_side else None
+    exact = loop_gradients(tiny_model64, item_list, objective)
+    if state is not None:
+        exact = {name: adam_direction(g, *(t.reshape(-1) for t in state[name])) for name, g in exact.items()}
+    names = sorted(exact)
+    projector = IdentityProjector(sum(exact[n].shape[1] for n in names), 0, [(n, exact[n].shape[1]) for n in names])
+    got = featurize(tiny_model64, [collate(item_list[:4]), collate(item_list[4:])], objective, projector, state)
+    want = torch.cat([exact[n] for n in names], dim=1).double()
+    want = (want / want.norm(dim=1, keepdim=True)).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+
+
+def test_projecting_a_stored_exact_row_equals_projecting_the_gradient(tiny_model64, items):
+    """What `bench fidelity` relies on: a sketch of stored exact rows (per layer slice) = the sketch
+    the pipeline computes from the gradient, up to the L2 normalisation."""
+    item_list, state = items.sft(4), random_adam_state(tiny_model64)
+    layout = [(n, p.numel()) for n, p in sorted(selected_params(tiny_model64).items())]
+    exact = featurize(tiny_model64, [collate(item_list)], SFTObjective(),
+                      IdentityProjector(sum(d for _, d in layout), 0, layout), state)
+    sketch = SparseJLProjector(256, seed=3)
+    direct = featurize(tiny_model64, [collate(item_list)], SFTObjective(), sketch, state)
+    ident = IdentityProjector(exact.shape[1], 0, layout)
+    from_rows = sum(sketch.project(n, torch.from_numpy(exact[:, sl])) for n, sl in ident.slices())
+    from_rows = (from_rows / from_rows.norm(dim=1, keepdim=True)).numpy()
+    assert np.abs(from_rows - direct).max() < 1e-5

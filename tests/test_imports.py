@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from curation import catalog
 from curation.errors import CurationError
@@ -92,7 +92,8 @@ def test_failure_midway_leaves_no_pool(store, tmp_path, monkeypatch):
 
 
 def test_killed_import_process_leaves_no_pool(tmp_path):
-    """SIGKILL during a real CLI import: the uncommitted transaction is rolled back."""
+    """SIGKILL during a real CLI import: the rows it committed stay in a hidden staging pool
+    (no pool is listed or can be opened), and the next import removes them."""
     f = write_jsonl(tmp_path / "big.jsonl", [conv(i) for i in range(60_000)])
     env = {**os.environ, "CURATION_HOME": str(tmp_path / "ws")}
     env.pop("CURATION_DB_URL", None)
@@ -106,9 +107,15 @@ def test_killed_import_process_leaves_no_pool(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = Store(f"sqlite:///{tmp_path / 'ws' / 'curation.db'}")
+    assert catalog.list_pools(store) == []
+    with pytest.raises(CurationError, match="no pool named 'big'"):
+        catalog.count_examples(store, "big")
+    small = write_jsonl(tmp_path / "small.jsonl", [conv(i) for i in range(3)])
+    assert import_pool(store, small).n_ok == 3
     with store.session() as s:
-        assert s.scalar(select(func.count(Example.id))) == 0
-        assert s.scalar(select(func.count(Pool.id))) == 0
+        assert s.scalar(select(func.count(Example.id))) == 3
+        assert list(s.scalars(select(Pool.name))) == ["small"]
+        assert s.execute(text("SELECT count(*) FROM example_fts")).scalar() == 3
 
 
 def test_name_clash_is_a_user_error(store, tmp_path):
@@ -176,3 +183,57 @@ def test_real_t0_pool_and_rose_prefs_via_cli(tmp_path):
     assert (se["pairs"], se["subtasks"]) == (97, 10)
     (t0row,) = catalog.list_pools(store)
     assert t0row["examples"] == 200
+
+
+def test_append_publishes_only_new_content_at_once(store, tmp_path, monkeypatch):
+    """An append is staged like any import: duplicates of the pool are skipped, a clashing id
+    gets a suffix, and a failure midway leaves the pool exactly as it was."""
+    monkeypatch.setattr("curation.imports.BATCH", 3)
+    base = [dict(conv(i), id=f"r{i}") for i in range(5)]
+    import_pool(store, write_jsonl(tmp_path / "grow.jsonl", base))
+    more = base[:2] + [dict(conv(100), id="r0")] + [conv(i) for i in range(200, 206)]
+    f = write_jsonl(tmp_path / "more.jsonl", more)
+
+    def explode(done, total):
+        if done > 4:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        import_pool(store, f, name="grow", append=True, progress=explode)
+    assert catalog.count_examples(store, "grow") == 5 and catalog.list_pools(store)[0]["examples"] == 5
+    res = import_pool(store, f, name="grow", append=True)
+    assert (res.n_ok, res.n_duplicate) == (7, 2)
+    assert catalog.count_examples(store, "grow") == 12 and catalog.list_pools(store)[0]["examples"] == 12
+    assert catalog.count_examples(store, "grow", catalog.ExampleFilter(search="200")) >= 1
+    with store.session() as s:
+        uids = set(s.scalars(select(Example.uid)))
+        assert len(uids) == 12 and any(u.startswith("r0~") for u in uids)
+        assert [n for n in s.scalars(select(Pool.name))] == ["grow"]
+
+
+def test_reserved_staging_names_are_refused(store, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [conv(1)])
+    with pytest.raises(CurationError, match="reserved"):
+        import_pool(store, f, name="~importing~x")
+
+
+def test_cli_says_how_many_problems_were_not_stored(tmp_path, monkeypatch, capsys):
+    """Before: 'full list in import report' although the report kept only the first 10,000."""
+    from curation import cli
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    monkeypatch.setattr("curation.imports.MAX_STORED_PROBLEMS", 25)
+    f = write_jsonl(tmp_path / "many.jsonl", [conv(0)] + ["{broken"] * 30)
+    assert cli.main(["import-pool", str(f)]) == 0
+    err = capsys.readouterr().err
+    assert "import report #1 lists the first 25; 5 more were counted, not stored" in err
+    with Store(f"sqlite:///{tmp_path / 'ws' / 'curation.db'}").session() as s:
+        rep = s.get(ImportReport, 1)
+        assert (rep.n_bad, len(rep.problems)) == (30, 25)
+
+
+def test_json_errors_read_well(tmp_path):
+    """'Invalid control character at at column 12' read 'at at' before."""
+    from curation.io import iter_pool_file
+    f = write_jsonl(tmp_path / "c.jsonl", ['{"instruction": "a\x01b", "output": "x"}'])
+    assert [p.reason for p in iter_pool_file(f)] == ["invalid JSON: Invalid control character at column 19"]

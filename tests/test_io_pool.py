@@ -122,11 +122,13 @@ def test_parquet_alpaca_with_null_input(tmp_path):
     assert rec.messages == convo(("user", "I"), ("assistant", "O"))
 
 
-def test_parquet_unreadable_raises(tmp_path):
+def test_parquet_unreadable_is_a_located_problem(tmp_path):
+    """Random bytes named .parquet once crashed the import (count_records raised ArrowInvalid)."""
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match="parquet"):
-        list(iter_pool_file(path))
+    assert count_records(path) is None
+    (problem,) = list(iter_pool_file(path))
+    assert isinstance(problem, Problem) and problem.line == 1 and "not a readable parquet file" in problem.reason
 
 
 def test_csv_lines_count_header_and_multiline_cells(tmp_path):
@@ -203,9 +205,17 @@ def test_unknown_fmt_lists_valid_formats_before_reading():
 
 def test_undetectable_format_names_the_line(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"text": "hello"}])
-    with pytest.raises(InputError) as err:
-        list(iter_pool_file(path))
-    assert err.value.line == 1 and "'text'" in str(err.value) and "instruction" in str(err.value)
+    (problem,) = list(iter_pool_file(path))
+    assert problem.line == 1 and "'text'" in str(problem) and "instruction" in str(problem)
+
+
+def test_an_unclear_first_record_does_not_fail_the_file(tmp_path):
+    """Lenient reading: the first record names no format; the next ones do and are read."""
+    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "hello"}, {"prompt": "P", "completion": "C"},
+                                              {"prompt": "Q", "completion": "D"}])
+    records, problems = read(path)
+    assert [p.line for p in problems] == [1] and [r.line for r in records] == [2, 3]
+    assert {r.fmt for r in records} == {"prompt_completion"}
 
 
 def test_missing_file_and_unsupported_extension_raise_at_call(tmp_path):

@@ -160,3 +160,24 @@ def test_collate_and_split_round_trip(items):
         assert torch.equal(original.input_ids, back.input_ids)
         assert torch.equal(original.labels, back.labels)
         assert torch.equal(original.row_weight, back.row_weight)
+
+
+def test_per_token_dpo_is_the_length_normalised_implicit_reward(tiny_model, items):
+    """per_token=True divides each side's h(y) by its response tokens (a documented variant)."""
+    from curation.objectives import token_logprobs
+    batch = collate(items.pairs(3))
+    summed = DPOObjective().implicit_rewards(tiny_model, batch)
+    per_token = DPOObjective(per_token=True).implicit_rewards(tiny_model, batch)
+    _, count = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, batch.labels)
+    assert torch.allclose(per_token, summed / count, atol=1e-6)
+    assert DPOObjective(per_token=True).spec()["per_token"] and "per_token" not in DPOObjective().spec()
+
+
+def test_checkpoint_weighting_rules():
+    from curation.errors import CurationError
+    from curation.methods.gradient import checkpoint_weighting
+    assert checkpoint_weighting("lr", [3.0, 1.0]) == [3.0, 1.0]
+    assert checkpoint_weighting("uniform", [3.0, 1.0]) == [1.0, 1.0]
+    assert checkpoint_weighting("last", [3.0, 1.0, 2.0]) == [0.0, 0.0, 1.0]
+    with pytest.raises(CurationError, match="checkpoint_weights"):
+        checkpoint_weighting("first", [1.0])

@@ -104,3 +104,19 @@ def test_bulk_action_on_all_matches_then_export(seeded):
 
 def ws_exports(store: Store) -> Path:
     return Path(store.url.removeprefix("sqlite:///")).parent / "exports"
+
+
+def test_a_check_that_found_no_gain_warns_and_gates_the_export(seeded):
+    from curation.jobs import merge_run_meta
+    store, run, ids = seeded
+    merge_run_meta(store, run, check={"label": "no better than random", "finished": "2026-12-02 01:00:00",
+                                      "verdict": "No better than random: on 4 held-out pairs ...", "flags": 2,
+                                      "accuracy": 0.5, "random_accuracy": 0.5, "ci95": [-1, 1]})
+    at = open_page()
+    assert any("No better than random" in w.value and "2 selected examples" in w.value for w in at.warning)
+    export = next(b for b in at.button if b.label == "Export")
+    assert export.disabled
+    gate = next(c for c in at.checkbox if c.label.startswith("Export anyway"))
+    ok(gate.check().run())
+    ok(next(b for b in at.button if b.label == "Export").click().run())
+    assert any("Exported" in s.value for s in at.success)

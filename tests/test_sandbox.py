@@ -84,8 +84,9 @@ def test_fork_bomb_is_contained_and_leaves_nothing_behind():
 
 @pytest.fixture
 def canary():
-    """A root-owned world-readable file in a root-owned 0755 directory outside pytest's 0700 tmp."""
-    folder = Path(tempfile.mkdtemp(prefix="canary-"))
+    """A root-owned world-readable file in a root-owned 0755 directory outside pytest's 0700 tmp
+    and outside /tmp (which the sandbox replaces with its own): beside this test file."""
+    folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=Path(__file__).parent))
     folder.chmod(0o755)
     (folder / "canary.txt").write_text("keep me")
     (folder / "canary.txt").chmod(0o644)
@@ -195,3 +196,126 @@ def test_code_never_runs_when_privileges_cannot_be_dropped(tmp_path):
         run_python(f"open({str(marker)!r}, 'w').write('x')\n", "assert True\n",
                    limits=SandboxLimits(uid_range=(2**32 - 1, 2**32)))
     assert not marker.exists()
+
+
+# --- issue 13: /proc, sockets for every process, forged results, leftovers --------------------
+
+def _kernel_allows_private_proc() -> bool:
+    """Whether this kernel lets us make pid + mount namespaces with a fresh /proc (probed with
+    util-linux `unshare`, independently of the sandbox)."""
+    if not shutil.which("unshare"):
+        return False
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    cmd = ["unshare", *user, "--mount", "--pid", "--fork", "--mount-proc", "true"]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+
+PRIVATE_PROC = _kernel_allows_private_proc()
+needs_namespaces = pytest.mark.skipif(not PRIVATE_PROC, reason="this kernel or container forbids pid/mount "
+                                      "namespaces (unshare --mount --pid --mount-proc failed)")
+HAS_SECCOMP = bool(__import__("ctypes.util", fromlist=["find_library"]).find_library("seccomp"))
+
+@needs_namespaces
+def test_proc_shows_only_the_sandbox_processes():
+    """Mechanism: a /proc mounted in the sandbox's own pid and mount namespaces. Before: the
+    code listed every host process with its command line."""
+    code = ("import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+            "lines = [open(f'/proc/{p}/cmdline', 'rb').read() for p in pids]\n")
+    res = run_python(code, "assert len(pids) <= 3, pids\nassert not any(b'pytest' in c for c in lines)\n")
+    assert (res.passed, res.total) == (2, 2), res.error
+    assert "proc" in res.isolation
+
+
+class _UnixListener:
+    """A Unix socket in the host's /tmp that records any connection."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="sock-", dir="/tmp")) / "s.sock"
+        self.path.parent.chmod(0o755)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(self.path))
+        self.path.chmod(0o777)
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.received: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                self.received.append(conn.recv(100) or b"<connected>")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+FRESH = "/usr/bin/python3"
+
+
+def _exec_connect_code(path: Path) -> str:
+    """fork + execv of a fresh interpreter (no Python-level socket block there) that connects."""
+    script = (f"import socket, errno\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({str(path)!r})\n"
+              f"    s.sendall(b'leak')\n    out = 'connected'\nexcept OSError as e:\n"
+              f"    out = errno.errorcode.get(e.errno, str(e))\nopen('outcome', 'w').write(out)\n")
+    return (f"import os\npid = os.fork()\nif pid == 0:\n    os.execv({FRESH!r}, ['python3', '-I', '-S', '-c', {script!r}])\n"
+            f"os.waitpid(pid, 0)\noutcome = open('outcome').read() if os.path.exists('outcome') else 'no outcome'\n")
+
+
+@pytest.mark.skipif(not os.access(FRESH, os.X_OK), reason=f"needs an interpreter the sandbox uid can run ({FRESH})")
+@pytest.mark.parametrize("block_sockets", [
+    pytest.param(True, id="seccomp", marks=pytest.mark.skipif(not HAS_SECCOMP, reason="libseccomp not installed")),
+    pytest.param(False, id="mount-namespace-only", marks=needs_namespaces)])
+def test_a_fresh_interpreter_cannot_reach_a_host_unix_socket(block_sockets):
+    """Before: fork + execv of a fresh interpreter skipped the in-interpreter block and
+    connected to a Unix socket in /tmp. Now seccomp refuses socket(2) to every process (EPERM),
+    and on its own the private /tmp hides the socket (ENOENT)."""
+    listener = _UnixListener()
+    try:
+        res = run_python(_exec_connect_code(listener.path), "assert outcome != 'connected', outcome\n",
+                         limits=SandboxLimits(block_sockets=block_sockets))
+        time.sleep(0.3)
+    finally:
+        listener.close()
+    assert listener.received == []
+    assert (res.passed, res.total) == (1, 1), res.error
+    assert ("seccomp" if block_sockets else "tmpfs") in res.isolation
+    want = "EPERM" if block_sockets else "ENOENT"
+    check = run_python(_exec_connect_code(listener.path), f"assert outcome == {want!r}, outcome\n",
+                       limits=SandboxLimits(block_sockets=block_sockets))
+    assert check.passed == 1, check.error
+
+
+FORGE = "import json, os, sys\nfd = json.loads(sys.argv[1])['result_fd']\nos.write(fd, b'{}\\n')\nos._exit(0)\n"
+
+
+@pytest.mark.parametrize("claim", ['{"passed": 99, "total": 1}', '{"passed": 1, "total": 1}',
+                                   '{"passed": 3.0, "total": 3}', '{"passed": true, "total": 3}',
+                                   '{"passed": -1, "total": 3}'])
+def test_a_forged_result_scores_zero(claim):
+    """Mechanism: the parent counts the tests (3 here) and validates the report. Before:
+    {"passed": 99, "total": 1} gave a pass rate of 99."""
+    res = run_python(FORGE.replace("{}", claim.replace('"', '\\"')), TESTS)
+    assert (res.passed, res.total) == (0, 3) and 0 <= res.pass_rate <= 1
+    assert "invalid result" in res.error
+
+
+@needs_namespaces
+def test_tmp_and_shm_do_not_outlive_the_call():
+    """Mechanism: private tmpfs on /tmp, /var/tmp and /dev/shm. Before: files there stayed."""
+    token = os.urandom(6).hex()
+    places = [f"/tmp/leak-{token}", f"/var/tmp/leak-{token}", f"/dev/shm/leak-{token}"]
+    code = f"for p in {places!r}:\n    open(p, 'w').write('x')\n"
+    res = run_python(code, f"import os\nassert all(os.path.exists(p) for p in {places!r})\n")
+    assert res.passed == 1, res.error
+    assert not any(Path(p).exists() for p in places)
+    again = run_python("import os\nseen = [p for p in %r if os.path.exists(p)]\n" % places, "assert seen == []\n")
+    assert again.passed == 1, again.error

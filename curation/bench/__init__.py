@@ -23,8 +23,23 @@ def _quality(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from curation.bench.diagnose import main
+    return main(args)
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from curation.bench.fidelity import main
+    return main(args)
+
+
 def _ui(args: argparse.Namespace) -> int:
     from curation.bench.ui import main
+    return main(args)
+
+
+def _reliability(args: argparse.Namespace) -> int:
+    from curation.bench.reliability import main
     return main(args)
 
 
@@ -36,7 +51,10 @@ def _rescore(args: argparse.Namespace) -> int:
 BENCHES: dict[str, Bench] = {
     "speed": _speed,  # engine vs the LESS way, FLOP-floor fraction, scoring vs a bandwidth scan
     "quality": _quality,  # precision, planted-noise rate and downstream accuracy of each method's selection
+    "diagnose": _diagnose,  # why ROSE trails LESS: one re-scored variant per hypothesis
+    "fidelity": _fidelity,  # Spearman / top-5% overlap of projected vs exact scores per setting
     "rescore": _rescore,  # pair added -> new selection stored, on a big pool with stored features
+    "reliability": _reliability,  # kills, concurrent decide/undo/export/import, bad inputs: counts
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
 }
 

@@ -153,6 +153,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=0))
 
 
+def ci95(values: Sequence[float]) -> list[float] | None:
+    """Student-t 95% interval of the mean over seeds; None for a single seed."""
+    from scipy import stats
+    arr = np.asarray(values, dtype=np.float64)
+    if len(arr) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return [float(arr.mean() - half), float(arr.mean() + half)]
+
+
 @dataclass
 class DownstreamResult:
     """Accuracy per seed of every (method, percent), with budgets and wall times."""

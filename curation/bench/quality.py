@@ -36,16 +36,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from curation.bench.downstream import DownstreamConfig, mean_std, run_downstream
-from curation.bench.quality_suites import (Suite, SyntheticSpec, T0Spec, Target, build_synthetic, build_t0,
-                                           t0_available, t0_root)
+from curation.bench.downstream import DownstreamConfig, ci95, mean_std, run_downstream
+from curation.bench.quality_suites import (PrefsSpec, Suite, SyntheticSpec, T0Spec, Target, build_prefs,
+                                           build_synthetic, build_t0, prefs_available, prefs_root, t0_available,
+                                           t0_root)
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
 from curation.model import ModelConfig, load_model
 from curation.select import select_top
 from curation.warmup import WarmupConfig
 
 METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise")
-SUITES = ("synthetic", "t0")
+SUITES = ("synthetic", "t0", "prefs")
 Log = Callable[[str], None]
 
 
@@ -66,6 +67,7 @@ class QualityConfig:
     raise_options: dict[str, Any] = field(default_factory=dict)  # RAISE options (`raise_.config.RaiseConfig`)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     t0: T0Spec = field(default_factory=T0Spec)
+    prefs: PrefsSpec = field(default_factory=PrefsSpec)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     t0_downstream: bool = False  # t0 fine-tunes: off by default (long prompts, slow on CPU)
     feature_batch_size: int = 16
@@ -80,6 +82,7 @@ class QualityConfig:
             raise_options={"episodes": 2, "ppo_epochs": 2},
             synthetic=SyntheticSpec(pool_size=300, shots=2, heldout=10),
             t0=T0Spec(targets=("ag_news",), pool_size=200, shots=2, heldout=5, max_length=128),
+            prefs=PrefsSpec(shots=2, per_site=8, t0_size=120, max_length=128),
             downstream=DownstreamConfig(percents=(5.0,), seeds=(0,), epochs=1, min_steps=3, full_pool_epochs=1,
                                         max_length=128, max_new_tokens=16))
         return cls(**{**values, **overrides})
@@ -241,8 +244,54 @@ class SuiteRun:
         for method, by_pct in res.per_seed.items():
             for pk, accs in by_pct.items():
                 table[method][pk]["accuracy_mean"], table[method][pk]["accuracy_std"] = mean_std(accs)
+                table[method][pk]["accuracy_ci95"] = ci95(accs)
         self.info.update(base_model_accuracy=res.base_accuracy, accuracy_per_seed=res.per_seed, budgets=res.budgets)
         self.info["cost"]["downstream"] = {**res.cost, "total_s": round(time.perf_counter() - t, 2)}
+
+    def pair_downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
+        """prefs: fine-tune on each selection per seed; held-out preference accuracy and margin
+        (`curation.heldout`: DPO implicit reward against the base model)."""
+        from peft import PeftModel
+        from sqlalchemy import select
+
+        from curation.bench.downstream import finetune
+        from curation.heldout import pair_margins
+        from curation.methods.base import ValPair
+        from curation.methods.rose import Rose
+        from curation.model import pad_token_id
+        from curation.store import Example
+
+        self.log(f"{self.suite.name}: held-out preference fine-tunes")
+        t, ds = time.perf_counter(), self.cfg.downstream
+        model, tok = load_model(ModelConfig(name_or_path=self.model_path, device=self.cfg.device), self.ws.home)
+        with self.store.session() as s:
+            messages = dict(s.execute(select(Example.id, Example.messages).order_by(Example.id)).all())
+        (tg,) = self.suite.targets
+        items = Rose().val_items([ValPair(h["prompt"], [{"role": "user", "content": h["prompt"]}], h["chosen"], h["rejected"],
+                                          h["subtask"]) for h in tg.heldout], tok, self.suite.max_length or ds.max_length)
+        per_seed: dict[str, dict[str, list[float]]] = {}
+        for method in [m for m in table if m != "full_pool"]:
+            for pk in map(pct_key, ds.percents):
+                examples = [messages[i] for i in self.selections[tg.name][method][pk]]
+                accs, margins = [], []
+                for seed in ds.seeds:
+                    adapter = finetune(model, tok, examples, ds.train_config(ds.epochs_for(len(examples)), seed),
+                                       self.ws.home / "downstream" / f"{method}-{pk}-{seed}")
+                    tuned = PeftModel.from_pretrained(model, str(adapter))
+                    try:
+                        m = pair_margins(tuned, items, pad_token_id(tok))
+                    finally:
+                        model = tuned.unload()
+                    accs.append(float((m > 0).mean()))
+                    margins.append(float(m.mean()))
+                row = table[method][pk]
+                row["accuracy_mean"], row["accuracy_std"] = mean_std(accs)
+                row["accuracy_ci95"], row["margin_mean"] = ci95(accs), float(np.mean(margins))
+                per_seed.setdefault(method, {})[pk] = accs
+                self.log(f"{self.suite.name}: {method} @ {pk}%: held-out preference accuracy "
+                         f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}, margin {row['margin_mean']:+.3f}")
+        self.info.update(accuracy_per_seed=per_seed, heldout_pairs=len(items))
+        self.info["cost"]["downstream"] = {"total_s": round(time.perf_counter() - t, 2)}
 
 
 # ---------------------------------------------------------------- suites
@@ -266,6 +315,10 @@ def build_suite(name: str, cfg: QualityConfig) -> Suite | str:
         if not t0_available(cfg.t0):
             return f"t0 data not found at {t0_root(cfg.t0)}"
         return build_t0(cfg.t0)
+    if name == "prefs":
+        if not prefs_available(cfg.prefs, cfg.t0):
+            return f"ROSE preference sets or t0 pool not found at {prefs_root(cfg.prefs)} / {t0_root(cfg.t0)}"
+        return build_prefs(cfg.prefs, cfg.t0)
     raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
 
 
@@ -281,7 +334,9 @@ def run_suite(name: str, cfg: QualityConfig, workdir: Path, log: Log) -> dict:
     run.import_data()
     run.score_all()
     table = run.selection_table()
-    if name == "synthetic" or cfg.t0_downstream:
+    if name == "prefs":
+        run.pair_downstream(table)
+    elif name == "synthetic" or cfg.t0_downstream:
         run.downstream(table)
     else:
         run.info["notes"].append("downstream fine-tuning is off for this suite (QualityConfig.t0_downstream)")

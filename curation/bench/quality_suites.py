@@ -202,3 +202,85 @@ def build_t0(spec: T0Spec) -> Suite:
     notes = ["t0 templates of one dataset share source passages, so a pair's passage can recur in the pool "
              "under another template; precision counts any template of the target dataset as on-target"]
     return Suite("t0", pool, targets, has_noise=False, max_length=spec.max_length, sizes=sizes, notes=notes)
+
+
+# ---------------------------------------------------------------- prefs (ROSE's own sets)
+
+ROSE_ROOT = Path(os.environ.get("CURATION_ROSE_PREFS") or REPO.parent / "shared" / "data" / "rose_preferences")
+SE_SITES = ("academia", "apple", "askubuntu", "english", "gaming", "physics", "security", "sharepoint",
+            "softwareengineering", "workplace")  # the order of the sites' groups in ROSE's SE files
+
+
+@dataclass
+class PrefsSpec:
+    """The prefs suite: ROSE's StackExchange few-shot sets, where chosen and rejected answers of
+    one question differ in quality (votes), not in label.
+
+    Target: one site. Pairs: its ``shots``-shot pairs (chosen = ``sft_target``, rejected =
+    ``rejected_target``). Held-out pairs: the site's 10-shot prompts that are not among those.
+    Pool: ``t0_size`` T0 records plus ``per_site`` test questions with their golden answer from
+    every site (the target's among them), so precision measures finding the target site.
+    """
+
+    target: str = "academia"
+    shots: int = 5
+    per_site: int = 40
+    t0_size: int = 1600
+    max_length: int = 256
+    seed: int = 0
+    root: str | None = None
+
+
+def prefs_root(spec: PrefsSpec) -> Path:
+    return Path(spec.root) if spec.root else ROSE_ROOT
+
+
+def prefs_available(spec: PrefsSpec, t0: "T0Spec") -> bool:
+    return (prefs_root(spec) / "validation" / "se").is_dir() and t0_available(t0)
+
+
+def _human_prompt(text: str) -> str:
+    """ROSE's ``\\n\\nHuman: ...\\n\\nAssistant:`` prompt as the user's turn."""
+    return text.strip().removeprefix("Human:").removesuffix("Assistant:").strip()
+
+
+def _site_pairs(root: Path, shots: int, site: str) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) of one site's group in the ``shots``-shot SE file."""
+    data = json.loads((root / "validation" / "se" / f"se_{shots}_shot" / f"se_{shots}_shot_preference.json")
+                      .read_text(encoding="utf-8"))
+    items = list(data.items())
+    if len(items) != shots * len(SE_SITES):
+        raise CurationError(f"prefs: {len(items)} prompts in the {shots}-shot SE file, expected {shots} x 10 sites")
+    lo = SE_SITES.index(site) * shots
+    return [(_human_prompt(p), v["sft_target"].strip(), v["rejected_target"].strip()) for p, v in items[lo:lo + shots]]
+
+
+def build_prefs(spec: PrefsSpec, t0: "T0Spec") -> Suite:
+    """The prefs suite (see `PrefsSpec`); raises `CurationError` when the shared data is absent."""
+    if spec.target not in SE_SITES:
+        raise CurationError(f"prefs: unknown site {spec.target!r}; known: {', '.join(SE_SITES)}")
+    root, rng = prefs_root(spec), random.Random(f"prefs/{spec.seed}")
+    pairs = _site_pairs(root, spec.shots, spec.target)
+    seen = {p for p, _, _ in pairs}
+    held = [x for x in _site_pairs(root, 10, spec.target) if x[0] not in seen]
+    prefs = [{"prompt": p, "chosen": c, "rejected": r, "subtask": spec.target} for p, c, r in pairs]
+    heldout = [{"prompt": p, "chosen": c, "rejected": r, "subtask": spec.target} for p, c, r in held]
+    pool = []
+    for site in SE_SITES:
+        records = json.loads((root / "test" / "se" / f"se_{site}.json").read_text(encoding="utf-8"))
+        for i in rng.sample(range(len(records)), min(spec.per_site, len(records))):
+            prompt = _human_prompt(records[i]["prompt"])
+            if prompt not in seen:
+                pool.append({"id": f"se_{site}/{i}", "dataset": site, "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": records[i]["golden_answer"].strip()}]})
+    templates = read_t0(t0_root(t0))
+    rest = [r for t in sorted(templates) for r in templates[t]]
+    pool += [_pool_record(r) for r in rng.sample(rest, spec.t0_size)]
+    rng.shuffle(pool)
+    sizes = {"pool": len(pool), "target_examples": sum(r["dataset"] == spec.target for r in pool),
+             "prefs": len(prefs), "heldout_pairs": len(heldout), "sites": len(SE_SITES)}
+    notes = ["prefs: held-out metric = preference accuracy of the site's unseen 10-shot pairs after a LoRA "
+             "fine-tune on the selection (DPO implicit reward vs the base model, `curation.heldout`)"]
+    target = Target(spec.target, prefs, heldout, check=None, nice_reward="exact_match")  # type: ignore[arg-type]
+    return Suite("prefs", pool, [target], has_noise=False, max_length=spec.max_length, sizes=sizes, notes=notes)

@@ -97,7 +97,7 @@ def run_rescore(n: int, model: str, k: int, repeats: int, threads: int | None, l
         log(f"imported {n:,} examples in {time.perf_counter() - t0:.1f} s")
         cfg = ScoreConfig(model=ModelConfig(name_or_path=model),
                           warmup=WarmupConfig(percent=max(0.05, 100 * 200 / n)),  # ~200 examples
-                          features=FeatureConfig(k=k), threads=threads or os.cpu_count() or 1)
+                          features=FeatureConfig(k=k, projector="sparse_jl"), threads=threads or os.cpu_count() or 1)
         base = create_run(store, "big", "demo", cfg, ws)
         shards = fill_features(store, ws, base, log)
         execute_run(store, base, ws)

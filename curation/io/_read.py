@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from curation.errors import CurationError, InputError
 EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 PARQUET_BATCH_ROWS = 1024
 _CSV_JSON_COLUMNS = frozenset({"messages", "conversations"})  # list-valued fields stored as JSON text in CSV
+SURROGATE = "a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode text"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a \uD800-\uDFFF escape in JSON text
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,10 @@ def count_records(path: str | Path) -> int | None:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001  (unreadable: the reader reports it, located)
+            return None
     if suffix == ".json":
         return None
     lines = _count_lines(path)
@@ -127,6 +133,54 @@ def _as_record(path: Path, line: int, value: Any, key: str | None = None) -> Raw
     return Problem(str(path), line, None, f"record is not a JSON object (got {json_type(value)})")
 
 
+def parse_json(text: str) -> tuple[Any, int | None, str | None]:
+    """(value, None, None), or (None, line, reason) for text that is no usable JSON.
+
+    Beyond syntax errors this catches what `json.loads` raises on hostile input (a number of
+    more than 4300 digits, nesting deeper than the recursion limit), and a lone UTF-16
+    surrogate escape (valid JSON, but no Unicode text: it could not be hashed, stored or
+    exported), which is located by field.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, e.lineno, f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}"
+    except RecursionError:
+        return None, None, "invalid JSON: nested too deeply"
+    except ValueError as e:  # int conversion limit (sys.get_int_max_str_digits)
+        why = "a number too long to read" if "digits" in str(e) else str(e)[:200]
+        return None, None, f"invalid JSON: {why}"
+    return value, None, None
+
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """The field path of the first string (or key) holding a lone surrogate, else None."""
+    stack = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return at or "(record)"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                key = str(k)
+                if lone_surrogate(key) is not None:
+                    return f"{at}.{key!r}" if at else repr(key)
+                stack.append((x, f"{at}.{key}" if at else key))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def _surrogate_problem(path: Path, line: int, text: str, value: Any) -> Problem | None:
+    if not _SURROGATE_ESCAPE.search(text):
+        return None
+    field = lone_surrogate(value)
+    return None if field is None else Problem(str(path), line, field, SURROGATE)
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a Python value's type, for messages about mistyped fields."""
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
@@ -140,12 +194,11 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord | Problem]:
         if error:
             yield Problem(str(path), line, None, error)
         elif text.strip():
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield Problem(str(path), line, None, f"invalid JSON: {e.msg} at column {e.colno}")
-                continue
-            yield _as_record(path, line, value)
+            value, _, reason = parse_json(text)
+            if reason:
+                yield Problem(str(path), line, None, reason)
+            else:
+                yield _surrogate_problem(path, line, text, value) or _as_record(path, line, value)
 
 
 def _iter_json(path: Path) -> Iterator[RawRecord | Problem]:
@@ -156,22 +209,31 @@ def _iter_json(path: Path) -> Iterator[RawRecord | Problem]:
     """
     data = path.read_bytes()
     try:
-        value = json.loads(data.decode("utf-8-sig"))
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line_start = data.rfind(b"\n", 0, e.start) + 1
         yield Problem(str(path), data.count(b"\n", 0, e.start) + 1, None,
                       f"invalid UTF-8 at byte {e.start - line_start + 1}")
         return
-    except json.JSONDecodeError as e:
-        yield Problem(str(path), e.lineno, None, f"invalid JSON: {e.msg} at column {e.colno}")
-        return
     del data
+    value, line, reason = parse_json(text)
+    if reason:
+        yield Problem(str(path), line or 1, None, reason)
+        return
+    check = bool(_SURROGATE_ESCAPE.search(text))
+    del text
     if isinstance(value, list):
-        yield from (_as_record(path, i, v) for i, v in enumerate(value, start=1))
+        items = ((i, v, None) for i, v in enumerate(value, start=1))
     elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), dict):
-        yield from (_as_record(path, i, v, k) for i, (k, v) in enumerate(value.items(), start=1))
+        items = ((i, v, k) for i, (k, v) in enumerate(value.items(), start=1))
     else:
-        yield _as_record(path, 1, value)
+        items = iter([(1, value, None)])
+    for i, v, k in items:
+        field = lone_surrogate(v) if check else None
+        if field is not None:
+            yield Problem(str(path), i, field, SURROGATE)
+        else:
+            yield _as_record(path, i, v, k)
 
 
 def _iter_csv(path: Path) -> Iterator[RawRecord | Problem]:
@@ -191,14 +253,32 @@ def _iter_csv(path: Path) -> Iterator[RawRecord | Problem]:
             yield text
 
     reader = csv.reader(texts())
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        yield Problem(str(path), reader.line_num, None, f"unreadable CSV header: {e}")
+        return
     if header is None:
         return
     start = reader.line_num + 1
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a bare CR in an unquoted field; the reader goes on after it
+            line, start = start, reader.line_num + 1
+            yield Problem(str(path), line, None, f"unreadable CSV row: {_csv_reason(e)}")
+            continue
         line, start = start, reader.line_num + 1
         if row:
             yield _csv_record(path, line, range(line, start), header, row, bad_lines)
+
+
+def _csv_reason(e: csv.Error) -> str:
+    text = str(e)
+    return ("a bare carriage return (CR) in an unquoted field; quote the field or use LF/CRLF line ends"
+            if "new-line character" in text else text)
 
 
 def _csv_record(path: Path, line: int, span: range, header: list[str], row: list[str],
@@ -209,7 +289,11 @@ def _csv_record(path: Path, line: int, span: range, header: list[str], row: list
     if len(row) != len(header):
         return Problem(str(path), line, None, f"expected {len(header)} columns, got {len(row)}")
     original = dict(zip(header, row))
-    return RawRecord(line, _decode_csv_cells(original), original=original)
+    data = _decode_csv_cells(original)
+    for name in _CSV_JSON_COLUMNS & data.keys():
+        if data[name] is not original[name] and (field := lone_surrogate(data[name], name)):
+            return Problem(str(path), line, field, SURROGATE)
+    return RawRecord(line, data, original=original)
 
 
 def _decode_csv_cells(record: dict[str, Any]) -> dict[str, Any]:
@@ -217,24 +301,38 @@ def _decode_csv_cells(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
     for name in _CSV_JSON_COLUMNS & out.keys():
         if isinstance(out[name], str):
-            try:
-                out[name] = json.loads(out[name])
-            except json.JSONDecodeError:
-                pass
+            value, _, reason = parse_json(out[name])
+            if reason is None:
+                out[name] = value
     return out
 
 
 def _iter_parquet(path: Path) -> Iterator[RawRecord | Problem]:
-    """Rows read one batch at a time so memory stays bounded whatever the file size."""
+    """Rows read one batch at a time so memory stays bounded whatever the file size.
+
+    A file pyarrow cannot read (corrupt, or not parquet at all) is one `Problem` at the record
+    where reading stopped; values JSON has no type for (bytes, dates) become their text.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    index = 0
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
-        index = 0
         for batch in batches:
             for row in batch.to_pylist():
                 index += 1
-                yield RawRecord(index, row)
-    except (OSError, ValueError, pa.ArrowException) as e:  # a corrupt or non-parquet file
-        raise InputError(str(path), None, None, f"not a readable parquet file ({e})") from e
+                yield _parquet_record(path, index, row)
+    except (OSError, ValueError, TypeError, MemoryError, pa.ArrowException) as e:  # a corrupt or non-parquet file
+        yield Problem(str(path), index + 1, None, f"not a readable parquet file ({str(e)[:300]})")
+
+
+def _parquet_record(path: Path, index: int, row: dict[str, Any]) -> RawRecord | Problem:
+    try:
+        text = json.dumps(row, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return Problem(str(path), index, lone_surrogate(row), SURROGATE)
+    except (TypeError, ValueError, RecursionError) as e:
+        return Problem(str(path), index, None, f"value not representable as JSON ({str(e)[:200]})")
+    return RawRecord(index, json.loads(text))

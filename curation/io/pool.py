@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from curation.errors import InputError
 from curation.io._read import (BadField, Problem, RawRecord, check_format, count_records, iter_raw,
                                json_type)
 
@@ -60,9 +59,10 @@ def detect_pool_format(record: dict) -> str | None:
 def iter_pool_file(path: str | Path, fmt: str | None = None) -> Iterator[PoolRecord | Problem]:
     """Stream the records of a pool file as `PoolRecord`s, bad ones as `Problem`s.
 
-    The format is detected from the first record that is a JSON object unless `fmt` is given.
-    Raises `CurationError` at once for an unknown `fmt`, a missing file or an unsupported
-    extension, and `InputError` (on first iteration) when the format cannot be detected.
+    The format is detected from the first record whose fields name one, unless `fmt` is
+    given; records before it that name none are `Problem`s (one unclear record never fails a
+    file). Raises `CurationError` at once for an unknown `fmt`, a missing file or an
+    unsupported extension.
     """
     check_format(fmt, POOL_FORMATS, "pool")
     raws = iter_raw(path)
@@ -77,9 +77,10 @@ def _iter_pool(path: Path, raws: Iterator[RawRecord | Problem], fmt: str | None)
         if fmt is None:
             fmt = detect_pool_format(raw.data)
             if fmt is None:
-                raise InputError(str(path), raw.line, None,
-                                 f"cannot detect the pool format from fields {sorted(raw.data)}; "
-                                 f"expected one of: {_FIELDS_HINT}")
+                yield Problem(str(path), raw.line, None,
+                              f"cannot detect the pool format from fields {sorted(map(str, raw.data))[:20]}; "
+                              f"expected one of: {_FIELDS_HINT}")
+                continue
         yield _parse(path, raw, fmt)
 
 

@@ -112,7 +112,10 @@ def read_pref_file(path: str | Path, fmt: str | None = None, subtask_field: str 
     first = next((r for r in raws if isinstance(r, RawRecord)), None)
     if first is None:
         return [], [r for r in raws if isinstance(r, Problem)]
-    fmt = fmt or _detect(path, first)
+    if fmt is None:  # the first record that names a format; unclear ones before it are problems
+        first = next((r for r in raws if isinstance(r, RawRecord) and detect_pref_format(path, r.data)), first)
+        fmt = _detect(path, first)
+        raws = [_unclear(path, r) if isinstance(r, RawRecord) and r.line < first.line else r for r in raws]
     subtask_of = _subtask_rule(path, fmt, raws, first, subtask_field, subtasks)
     records: list[PrefRecord] = []
     problems: list[Problem] = []
@@ -125,6 +128,11 @@ def read_pref_file(path: str | Path, fmt: str | None = None, subtask_field: str 
         except BadField as e:
             problems.append(Problem(str(path), raw.line, e.field, e.reason))
     return records, problems
+
+
+def _unclear(path: Path, raw: RawRecord) -> Problem:
+    return Problem(str(path), raw.line, None,
+                   f"cannot detect the preference format from fields {sorted(map(str, raw.data))[:20]}")
 
 
 def _detect(path: Path, first: RawRecord) -> str:

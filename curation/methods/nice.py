@@ -54,6 +54,7 @@ class NiceConfig:
     reward: str = "number"  # a `curation.rewards` spec; "number" checks the demo's final answers
     label_free: bool = False  # use only prompts: the pair's chosen is ignored, label rewards refused
     seed: int = 0  # sampling seed (per prompt and checkpoint, see `curation.generation`)
+    checkpoint_weights: str = "lr"  # stage-4 weighting, as for every gradient method (lr | uniform | last)
 
     def __post_init__(self) -> None:
         checks = {"samples": self.samples >= 1, "temperature": self.temperature > 0,
@@ -124,6 +125,9 @@ class Nice(GradientMethod):
             if warnings:
                 out.meta.setdefault("warnings", []).extend(warnings)
         return out
+
+    def _weights_rule(self, inputs: ScoreInputs) -> str:
+        return NiceConfig.from_dict(inputs.config.options).checkpoint_weights
 
     def _setup(self, inputs: ScoreInputs) -> tuple[NiceConfig, Reward]:
         cfg = NiceConfig.from_dict(inputs.config.options)

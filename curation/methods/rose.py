@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from curation.errors import CurationError
 from curation.methods.base import ScoreInputs, ValPair, register
 from curation.methods.gradient import GradientMethod, tensors
 from curation.model import encode_pair
@@ -16,8 +17,13 @@ class Rose(GradientMethod):
 
     name = "rose"
 
+    option_defaults = {"logp": "sum", "checkpoint_weights": "lr"}
+
     def val_objective(self, inputs: ScoreInputs) -> Objective:
-        return DPOObjective(beta=inputs.config.beta)
+        logp = self.options(inputs)["logp"]
+        if logp not in ("sum", "mean"):
+            raise CurationError(f"rose: option logp must be sum or mean, got {logp!r}")
+        return DPOObjective(beta=inputs.config.beta, per_token=logp == "mean")
 
     def val_items(self, pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
         return [pair_item(tensors(encode_pair(tokenizer, p.prompt_messages, p.chosen, max_length)),

@@ -12,9 +12,10 @@ from curation.store.models import (
     PreferenceSet,
     Run,
     Score,
+    STAGING_PREFIX,
 )
 
 __all__ = [
     "Base", "Decision", "Example", "Export", "ImportReport", "Pool", "PreferencePair",
-    "PreferenceSet", "Run", "Score", "Store", "migrate",
+    "PreferenceSet", "Run", "STAGING_PREFIX", "Score", "Store", "migrate",
 ]

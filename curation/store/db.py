@@ -3,21 +3,33 @@
 SQLite gets WAL (the app reads while a background run writes), foreign keys and a busy
 timeout; any other SQLAlchemy URL is used as given. Migrations run on every open, so a
 workspace made by an older version is upgraded in place.
+
+Sessions come in three kinds. A plain session is what most code wants: with the pysqlite
+driver each read is its own snapshot and the write lock is taken at the first write. A
+``write=True`` session takes the write lock before its first read (SQLite ``BEGIN IMMEDIATE``;
+elsewhere the caller locks a row ``FOR UPDATE``), so a read-then-write such as undo is atomic
+against other processes. A ``snapshot=True`` session reads one consistent snapshot (SQLite
+``BEGIN``, in WAL mode without blocking writers; elsewhere ``REPEATABLE READ``), so e.g. an
+export's selection and its manifest's overrides agree.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from curation.workspace import Workspace
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 FTS_TABLES = ("example_fts",)
 
@@ -27,11 +39,14 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:
     return not (type_ == "table" and name.startswith(FTS_TABLES))
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for another writer's lock before "database is locked"
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA synchronous=NORMAL")
     # 64 MB page cache per connection (default 2 MB): storing a 100k-example run's scores
     # updates two indexes, and with 2 MB most of their pages were evicted and re-read.
@@ -41,7 +56,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -96,6 +111,34 @@ class Store:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Session]:
+        """A transaction (see the module docstring for ``write`` and ``snapshot``)."""
         with self._factory() as s, s.begin():
+            if self.is_sqlite and (write or snapshot):
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            elif snapshot:
+                s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield s
+
+
+def is_locked_error(e: BaseException) -> bool:
+    """SQLite's "database is locked"/"busy" (another writer held the lock past the busy timeout)."""
+    text = str(getattr(e, "orig", e)).lower()
+    return isinstance(e, OperationalError) and ("locked" in text or "busy" in text)
+
+
+def retry_locked(fn: Callable[[], T], attempts: int = 4, wait_s: float = 0.5, what: str = "write") -> T:
+    """``fn()`` retried on a lock error, ``attempts`` times in all with a doubling pause.
+
+    The busy timeout already waits 30 s per attempt, so this only matters when a writer holds
+    the lock for minutes; a background worker uses it so that it never dies of a lock.
+    """
+    for i in range(attempts):
+        try:
+            return fn()
+        except OperationalError as e:
+            if not is_locked_error(e) or i == attempts - 1:
+                raise
+            print(f"{what}: database locked, retry {i + 1} of {attempts - 1}", file=sys.stderr)
+            time.sleep(wait_s * 2 ** i)
+    raise AssertionError("unreachable")

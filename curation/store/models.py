@@ -33,6 +33,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+STAGING_PREFIX = "~importing~"  # a pool named so is an import in progress: filled, then renamed (hidden)
+
+
 class Pool(Base):
     __tablename__ = "pool"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,0 +1,109 @@
+"""The pure pieces of `check`: split the pairs, measure held-out margins, compare with random.
+
+Held-out measure (the DPO implicit reward of METHODS.md §2, against the base model):
+
+    h(y)   = log π_θ(y|x) − log π_ref(y|x)     summed over response tokens
+    margin = h(y_w) − h(y_l)                    accuracy = share of pairs with margin > 0
+
+π_θ = base model + a LoRA adapter fine-tuned on the selection; π_ref = the base model (the
+same weights with the adapter disabled). Before any fine-tune every margin is 0; a selection
+that teaches the task raises chosen over rejected on pairs it never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from curation.objectives import Batch, DPOObjective, collate
+from curation.projection import derive_seed
+
+CI_LEVEL = 0.95
+
+
+def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(scoring, held-out) pair indices, split within each subtask.
+
+    A subtask with n >= 2 pairs holds out ``max(1, floor(share·n))`` of them but always keeps
+    one for scoring; a subtask with one pair keeps it for scoring (it cannot be both). The
+    choice is seeded by ``(seed, subtask)``, so adding a subtask does not reshuffle the others.
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"held-out share must be in (0, 1), got {share}")
+    by_sub: dict[str, list[int]] = {}
+    for i, sub in enumerate(subtasks):
+        by_sub.setdefault(sub, []).append(i)
+    held: list[int] = []
+    for sub, idx in by_sub.items():
+        if len(idx) < 2:
+            continue
+        n_hold = min(len(idx) - 1, max(1, math.floor(share * len(idx))))
+        order = np.random.default_rng(derive_seed("heldout", seed, sub)).permutation(len(idx))
+        held += [idx[j] for j in order[:n_hold]]
+    held_set = set(held)
+    return [i for i in range(len(subtasks)) if i not in held_set], sorted(held)
+
+
+@torch.no_grad()
+def pair_margins(model, items: Sequence[Batch], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """``h(y_w) − h(y_l)`` of every pair item (`objectives.pair_item`) under a PEFT model."""
+    objective = DPOObjective()
+    was_training = model.training
+    model.eval()
+    try:
+        out = [objective.margin(model, collate(items[lo:lo + batch_size], pad_id).to(next(model.parameters()).device))
+               for lo in range(0, len(items), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
+
+
+def _bootstrap(diff: np.ndarray, n: int, seed: int) -> tuple[float, float]:
+    """Percentile CI of the mean of ``diff [seeds, pairs]``, resampling seeds and pairs."""
+    rng = np.random.default_rng(seed)
+    s, p = diff.shape
+    means = np.empty(n)
+    for b in range(n):
+        rows = rng.integers(0, s, s)
+        cols = rng.integers(0, p, p)
+        means[b] = diff[np.ix_(rows, cols)].mean()
+    lo, hi = np.quantile(means, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2])
+    return float(lo), float(hi)
+
+
+def compare_with_random(selected: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Held-out figures of the selection vs same-size random selections.
+
+    ``selected`` and ``random`` are ``[seeds, heldout pairs]`` margins; seed ``s`` of both used
+    the same fine-tune seed, so differences are paired. ``ci95`` bounds the mean margin gain and
+    ``accuracy_ci95`` the accuracy gain (bootstrap over seeds and pairs).
+    """
+    selected, random = np.atleast_2d(selected), np.atleast_2d(random)
+    if selected.shape != random.shape or selected.size == 0:
+        raise ValueError(f"need matching non-empty margins, got {selected.shape} and {random.shape}")
+    win_sel, win_rand = (selected > 0).astype(float), (random > 0).astype(float)
+    return {"accuracy": float(win_sel.mean()), "margin": float(selected.mean()),
+            "random_accuracy": float(win_rand.mean()), "random_margin": float(random.mean()),
+            "gain_vs_random": float(win_sel.mean() - win_rand.mean()),
+            "margin_gain": float(selected.mean() - random.mean()),
+            "ci95": list(_bootstrap(selected - random, n_boot, seed)),
+            "accuracy_ci95": list(_bootstrap(win_sel - win_rand, n_boot, seed + 1)),
+            "per_seed_accuracy": win_sel.mean(axis=1).tolist(),
+            "per_seed_random_accuracy": win_rand.mean(axis=1).tolist(),
+            "seeds": int(selected.shape[0]), "pairs": int(selected.shape[1])}
+
+
+def verdict(h: dict) -> tuple[str, str]:
+    """(label, sentence) from the margin gain's CI: better / worse / no better than random."""
+    lo, hi = h["ci95"]
+    what = (f"on {h['pairs']} held-out pairs over {h['seeds']} fine-tune seeds, the selection's preference "
+            f"accuracy is {h['accuracy']:.0%} vs {h['random_accuracy']:.0%} for random selections of the same "
+            f"size; its mean margin gain is {h['margin_gain']:+.3g} (95% CI {lo:+.3g} to {hi:+.3g})")
+    if lo > 0:
+        return "better than random", f"Better than random: {what}."
+    if hi < 0:
+        return "worse than random", f"Worse than random: {what}."
+    return "no better than random", f"No better than random: {what}, an interval that includes 0."

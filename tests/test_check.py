@@ -1,0 +1,163 @@
+"""`check`: the pair split, the held-out margin formula, and planted selections vs random."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from curation.check import CheckConfig, answer_flags, check_status, load_check, run_check
+from curation.heldout import compare_with_random, pair_margins, split_pairs, verdict
+from curation.objectives import pair_item
+from curation.store import Run, Store
+
+
+@pytest.mark.parametrize("share,seed", [(0.4, 0), (0.3, 1), (0.9, 2)])
+def test_split_never_leaks_and_keeps_every_subtask_scorable(share, seed):
+    subtasks = ["a"] * 5 + ["b"] * 2 + ["c"] + ["d"] * 10
+    scoring, held = split_pairs(subtasks, share, seed)
+    assert not set(scoring) & set(held) and sorted(scoring + held) == list(range(len(subtasks)))
+    for sub in "abcd":
+        idx = {i for i, s in enumerate(subtasks) if s == sub}
+        assert idx & set(scoring), sub  # every subtask still scores
+    assert not {i for i, s in enumerate(subtasks) if s == "c"} & set(held)  # a lone pair is never held out
+    assert {subtasks[i] for i in held} == {"a", "b", "d"}
+    assert split_pairs(subtasks, share, seed) == (scoring, held)  # seeded
+
+
+def _seq_logp(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids[None]).logits[0, :-1].double()
+    target = labels[1:]
+    mask = target != -100
+    return F.log_softmax(logits, -1)[mask].gather(1, target[mask][:, None]).sum()
+
+
+def test_margin_is_the_dpo_implicit_reward_gap_against_the_base_model(tiny_model):
+    """pair_margins = [log πθ(yw) − log πref(yw)] − [log πθ(yl) − log πref(yl)], summed over
+    response tokens, recomputed here one sequence at a time with plain forwards."""
+    gen = torch.Generator().manual_seed(0)
+    pairs = []
+    for n in (5, 7, 4):
+        prompt = torch.randint(1, 100, (n,), generator=gen)
+        seqs = []
+        for m in (3, 6):
+            resp = torch.randint(1, 100, (m,), generator=gen)
+            ids = torch.cat([prompt, resp])
+            seqs.append((ids, torch.cat([torch.full((n,), -100), resp])))
+        pairs.append(seqs)
+    items = [pair_item(c, r) for c, r in pairs]
+    got = pair_margins(tiny_model, items, pad_id=0, batch_size=2)
+    want = []
+    with torch.no_grad():
+        for (c_ids, c_lab), (r_ids, r_lab) in pairs:
+            pol = _seq_logp(tiny_model, c_ids, c_lab) - _seq_logp(tiny_model, r_ids, r_lab)
+            with tiny_model.disable_adapter():
+                ref = _seq_logp(tiny_model, c_ids, c_lab) - _seq_logp(tiny_model, r_ids, r_lab)
+            want.append(float(pol - ref))
+    assert np.allclose(got, want, atol=1e-4) and np.abs(want).max() > 1e-3  # the adapter moves them
+
+
+def test_compare_with_random_and_the_verdict_follow_the_numbers():
+    rng = np.random.default_rng(0)
+    better = compare_with_random(rng.normal(2.0, 0.3, (3, 8)), rng.normal(0.0, 0.3, (3, 8)))
+    assert better["ci95"][0] > 0 and verdict(better)[0] == "better than random"
+    assert better["accuracy"] == 1.0 and better["gain_vs_random"] > 0.3
+    same = compare_with_random(rng.normal(0.0, 1.0, (3, 8)), rng.normal(0.0, 1.0, (3, 8)))
+    assert same["ci95"][0] < 0 < same["ci95"][1] and verdict(same)[0] == "no better than random"
+    worse = compare_with_random(rng.normal(-2.0, 0.3, (3, 8)), rng.normal(0.0, 0.3, (3, 8)))
+    assert verdict(worse)[0] == "worse than random"
+
+
+NAMES = ["Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Oto"]
+CITIES = ["Lima", "Oslo", "Rome", "Kyiv", "Baku", "Doha", "Riga", "Bern", "Lome", "Apia"]
+
+
+def _planted(tmp_path) -> tuple:
+    """Pool: 48 greetings (the target style) and 72 weather notes; pairs: greeting vs weather."""
+    rng = random.Random(0)
+    pool = []
+    for i in range(48):
+        name = rng.choice(NAMES) + str(i)
+        pool.append({"id": f"greet_{i}", "dataset": "greet", "answer": "hello",
+                     "messages": [{"role": "user", "content": f"Say hello to {name}."},
+                                  {"role": "assistant", "content": f"Hello {name}, nice to meet you!"}]})
+    for i in range(72):
+        city = rng.choice(CITIES)
+        pool.append({"id": f"weather_{i}", "dataset": "weather",
+                     "messages": [{"role": "user", "content": f"Describe the weather in {city} on day {i}."},
+                                  {"role": "assistant", "content": f"In {city} it is cold and windy today."}]})
+    prefs = []
+    for j, name in enumerate(["Zed", "Yara", "Xu", "Wim", "Vera", "Ugo", "Tia", "Sol"]):
+        prefs.append({"prompt": f"Say hello to {name}.", "chosen": f"Hello {name}, nice to meet you!",
+                      "rejected": "In Oslo it is cold and windy today.", "subtask": "greet" if j % 2 else "hi"})
+    (tmp_path / "pool.jsonl").write_text("\n".join(json.dumps(r) for r in pool) + "\n")
+    (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in prefs) + "\n")
+    return tmp_path / "pool.jsonl", tmp_path / "prefs.jsonl"
+
+
+def _scored_run(ws, tmp_path, micro_model, method: str) -> tuple[Store, int]:
+    from curation.config import ScoreConfig, SelectConfig
+    from curation.imports import import_pool, import_prefs
+    from curation.model import ModelConfig
+    from curation.runs import create_run, execute_run
+    from curation.warmup import WarmupConfig
+
+    store = Store.open(ws)
+    pool, prefs = _planted(tmp_path)
+    import_pool(store, pool, name="planted")
+    import_prefs(store, prefs, name="greet", subtask_field="subtask")
+    cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=str(micro_model), max_length=64),
+                      warmup=WarmupConfig(lr=1e-3, max_length=64), select=SelectConfig(percent=25))
+    run_id = create_run(store, "planted", "greet", cfg, ws=ws)
+    execute_run(store, run_id, ws=ws)
+    return store, run_id
+
+
+def test_a_planted_good_selection_beats_random_and_the_split_does_not_leak(ws, tmp_path, micro_model):
+    """BM25 with greeting pairs selects the greetings: fine-tuning on them raises held-out
+    chosen-over-rejected margins far more than random selections (which are 60% weather)."""
+    store, run_id = _scored_run(ws, tmp_path, micro_model, "bm25")
+    report = run_check(store, run_id, CheckConfig(seeds=(0, 1), baselines=("bm25", "less"), lr=3e-3), ws)
+    h = report["heldout"]
+    assert report["label"] == "better than random", report["verdict"]
+    assert h["ci95"][0] > 0 and h["margin"] > h["random_margin"] and h["pairs"] == 2
+    assert report["composition"][0] == {"source": "greet", "selected": 30, "selected_share": 1.0,
+                                        "pool_share": 0.4}
+    assert "less" in report["notes"][0]  # no features on a bm25 run: said, not crashed
+    held = set(report["split"]["heldout"])
+    with store.session() as s:
+        subs = [r for r in s.query(Run).all() if (r.meta or {}).get("check_of") == run_id]
+        base_meta = s.get(Run, run_id).meta
+    assert subs and all(not held & {p["id"] for p in r.meta["pairs"]} for r in subs)
+    assert base_meta["check"]["label"] == "better than random" and load_check(ws, run_id)["run_id"] == run_id
+    assert report["flags"] == []  # every greeting says hello: its label
+
+
+def test_a_random_selection_is_no_better_than_random(ws, tmp_path, micro_model):
+    store, run_id = _scored_run(ws, tmp_path, micro_model, "random")
+    report = run_check(store, run_id, CheckConfig(seeds=(0, 1), baselines=(), lr=3e-3), ws)
+    assert report["label"] != "better than random", report["verdict"]
+    lo, hi = report["heldout"]["ci95"]
+    assert lo < report["heldout"]["margin_gain"] < hi
+    assert check_status(ws, run_id) is None  # not launched in the background
+
+
+def test_answer_flags_name_examples_whose_answer_contradicts_their_label(ws, tmp_path):
+    from curation.imports import import_pool
+    store = Store.open(ws)
+    rows = [{"id": "ok", "answer": "7", "messages": [{"role": "user", "content": "3+4?"},
+                                                   {"role": "assistant", "content": "3 + 4 = 7, so the answer is 7."}]},
+            {"id": "bad", "answer": "7", "messages": [{"role": "user", "content": "2+5?"},
+                                                    {"role": "assistant", "content": "2 + 5 = 8, so the answer is 8."}]},
+            {"id": "free", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    import_pool(store, tmp_path / "p.jsonl", name="p")
+    with store.session() as s:
+        from curation.store import Example
+        ids = [e.id for e in s.query(Example).all()]
+    flags = answer_flags(store, ids)
+    assert [f["uid"] for f in flags] == ["bad"] and flags[0]["reward"] == "number"

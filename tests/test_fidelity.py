@@ -1,0 +1,48 @@
+"""`bench fidelity` and `curation.fidelity`: sketches measured against exact scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation.fidelity import Setting, agreement, influence_scores, measure, top_overlap
+from curation.influence import aggregate
+
+
+def test_influence_scores_follow_stage_4_by_hand():
+    rng = np.random.default_rng(0)
+    T = [rng.standard_normal((6, 5)) for _ in range(2)]
+    V = [rng.standard_normal((3, 5)) for _ in range(2)]
+    subs = ["a", "b", "a"]
+    got = influence_scores(T, V, [1.0, 3.0], subs)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    S = 0.25 * (unit(T[0]) @ unit(V[0]).T) + 0.75 * (unit(T[1]) @ unit(V[1]).T)
+    want = np.maximum(S[:, [0, 2]].mean(1), S[:, 1])
+    assert np.allclose(got, want, atol=1e-6)
+    assert np.allclose(aggregate(S, np.array([0, 1, 0])).max(1), want)
+
+
+def test_agreement_and_overlap():
+    a = np.arange(100, dtype=float)
+    assert abs(agreement(a, a)["spearman"] - 1.0) < 1e-12 and top_overlap(a, a) == 1.0
+    assert top_overlap(a, -a) == 0.0
+
+
+def test_measure_skips_sketches_as_wide_as_the_gradient_and_noise_grows_as_k_shrinks():
+    rng = np.random.default_rng(1)
+    d, slices = 64, [("l0", slice(0, 32)), ("l1", slice(32, 64))]
+    T, V = [rng.standard_normal((300, d))], [rng.standard_normal((4, d))]
+    res = measure(T, V, [1.0], ["s"] * 4, slices, (Setting(k=4), Setting(k=32), Setting(k=64)), seeds=(0, 1))
+    assert set(res) == {"exact", "sparse_jl k=4", "sparse_jl k=32"} and res["exact"]["spearman"] == 1.0
+    assert res["sparse_jl k=4"]["spearman"] < res["sparse_jl k=32"]["spearman"] < 1.0
+
+
+def test_bench_fidelity_on_a_micro_model(micro_model, monkeypatch, tmp_path):
+    from curation.bench.fidelity import run_fidelity, summary
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "home"))
+    res = run_fidelity(str(micro_model), sample=150, seeds=(0,), settings=(Setting(k=64),), quick=True, log=lambda m: None)
+    assert res["default"] == "exact" and res["sample"] == 150 and res["d"] > 64
+    for method in ("rose", "less"):
+        r = res["methods"][method]
+        assert r["exact"]["spearman"] == 1.0 and -1 <= r["sparse_jl k=64"]["spearman"] < 1
+    assert res["spearman"] == {k: v["spearman"] for k, v in res["methods"]["rose"].items()}
+    assert "sparse_jl k=64" in summary(res)
