@@ -375,6 +375,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     res = export_selection(_store(), a.run_id, a.format, Workspace.from_env().ensure(), percent=a.percent, n=a.n,
                            name=a.name)
     print(f"{res.n} examples, sha256 {res.sha256[:12]}, manifest {res.manifest_path}", file=sys.stderr)
+    if res.schedule_path:  # a dynamic method (raise): the batch of every training step
+        print(f"training schedule (step order) {res.schedule_path}", file=sys.stderr)
     print(res.path)
     return 0
 
@@ -401,7 +403,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("score", help="score a pool against a preference set and store the selection")
     sp.add_argument("--pool")
     sp.add_argument("--prefs")
-    sp.add_argument("--method", help="rose (default), less, nice, bm25, repsim, dsir or random")
+    sp.add_argument("--method", help="rose (default), less, nice, bm25, repsim, dsir, random or raise")
     sp.add_argument("--model", help="tiny (default), smollm2, or an HF model path; without --config its "
                     "size-based defaults apply (see `models`)")
     budget = sp.add_mutually_exclusive_group()

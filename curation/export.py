@@ -40,6 +40,7 @@ class ExportResult:
     manifest_path: Path
     n: int
     sha256: str
+    schedule_path: Path | None = None  # a dynamic method's (RAISE's) training schedule, in step order
 
 
 # --- record formats --------------------------------------------------------------------------
@@ -160,18 +161,22 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
             sha, uids = _write_rows(store, ids, RENDER[fmt], f)
         manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None,
                                   overrides=overrides)
+        schedule = _schedule_temp(store, sel, fmt, folder, f"{name}.schedule.jsonl", temps)
+        if schedule:
+            manifest["schedule"] = schedule[1]
         body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
         with _atomic_temp(folder, manifest_path.name) as (m, mtmp):
             temps.append(mtmp)
             m.write(body)
-        _publish([(tmp, path), (mtmp, manifest_path)])
+        _publish([(tmp, path), *([schedule[0]] if schedule else []), (mtmp, manifest_path)])
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
     with store.session() as s:
         s.add(Export(run_id=run_id, path=str(path), fmt=fmt, n_examples=len(ids), file_sha256=sha,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
-    return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha)
+    return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha,
+                        schedule_path=schedule[0][1] if schedule else None)
 
 
 def _check_name(name: str) -> str:
@@ -229,3 +234,42 @@ def _example_rows(sel: CuratedSelection, ids: Sequence[int], uids: Sequence[str]
     return [{"uid": u, "score": None if np.isnan(sel.scores[p]) else float(sel.scores[p]),
              "rank": int(sel.ranks[p]), "selected_by": sel.selected_by(e)}
             for e, u, p in zip(ids, uids, pos.tolist())]
+
+
+# --- a dynamic method's training schedule ----------------------------------------------------
+
+def _schedule_temp(store: Store, sel: CuratedSelection, fmt: str, folder: Path, file_name: str,
+                   temps: list[Path]) -> tuple[tuple[Path, Path], dict] | None:
+    """Write the run's training schedule (RAISE) to a temp file: one line per (step, slot),
+    ``{"step", "slot", "uid", "example"}`` in training order, excluded examples left out.
+
+    Returns ((temp, final path), manifest entry), or None for a static method.
+    """
+    from curation.methods import get_method  # lazily: importing the methods loads torch
+
+    with store.session() as s:
+        run = s.get(Run, sel.run_id)
+        method, workdir = run.method, run.workdir
+    steps = get_method(method).schedule(Path(workdir)) if workdir else None
+    if steps is None:
+        return None
+    excluded = set(sel.excluded)
+    slots = [(t + 1, j + 1, int(e)) for t, row in enumerate(steps.tolist()) for j, e in enumerate(row)
+             if e >= 0 and int(e) not in excluded]
+    digest, render = hashlib.sha256(), RENDER[fmt]
+    with _atomic_temp(folder, file_name) as (f, tmp):
+        temps.append(tmp)
+        for lo in range(0, len(slots), BATCH):
+            chunk = slots[lo: lo + BATCH]
+            with store.session() as s:
+                found = {e.id: e for e in s.scalars(select(Example).where(Example.id.in_({e for *_, e in chunk})))}
+            for step, slot, eid in chunk:
+                line = (json.dumps({"step": step, "slot": slot, "uid": found[eid].uid, "example": render(found[eid])},
+                                   ensure_ascii=False) + "\n").encode()
+                f.write(line)
+                digest.update(line)
+    entry = {"file": file_name, "file_sha256": digest.hexdigest(), "steps": int(len(steps)), "rows": len(slots),
+             "excluded_dropped": int(sum(1 for row in steps.tolist() for e in row if e >= 0 and e in excluded)),
+             "format": "one line per (step, slot) in training order: step and slot 1-based, example in "
+                       f"the export format {fmt!r}; pins are not added (they have no step)"}
+    return (tmp, folder / file_name), entry

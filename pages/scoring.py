@@ -6,6 +6,7 @@ from curation import catalog, jobs, models, runs
 from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
+from curation.raise_.config import RaiseConfig
 from curation.warmup import WarmupConfig
 from pages._shared import md_text, store, user_errors, workspace
 
@@ -40,7 +41,8 @@ with st.form("launch"):
     pool = c1.selectbox("Pool", [p["name"] for p in pools])
     prefs = c2.selectbox("Preference set", [p["name"] for p in prefsets] or ["(none)"])
     method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("rose"),
-                          help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers")
+                          help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers; "
+                          "raise: a PPO-trained selector picks every step's batch (a schedule + a selection)")
     c1, c2, c3 = st.columns(3)
     max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
     percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
@@ -54,6 +56,14 @@ with st.form("launch"):
         epochs = c2.number_input("Epochs (checkpoints)", 1, 10, w.epochs)
         lr = c3.number_input("Learning rate", 1e-6, 1e-1, defaults.lr, format="%.0e")
         rank = c4.number_input("LoRA rank", 1, 256, defaults.lora_r)
+    with st.expander("RAISE (method raise: a selector trained with PPO during fine-tuning)"):
+        r = RaiseConfig()
+        c1, c2, c3, c4 = st.columns(4)
+        r_episodes = c1.number_input("Episodes K", 1, 200, r.episodes, help="short fine-tunes, one PPO update each")
+        r_clusters = c2.number_input("Clusters C (0 = by budget)", 0, 64, 0,
+                                     help="0: 2 for budgets up to 1%, else 4 (the paper's best)")
+        r_batch = c3.number_input("Batch B per step", 1, 256, r.batch_size, help="b = B // C per cluster")
+        r_reward = c4.selectbox("Validation loss", ["dpo", "sft"], help="dpo: the pairs' DPO loss; sft: chosen CE")
     if st.form_submit_button("Launch in the background", type="primary"):
         with user_errors():
             cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model),
@@ -62,6 +72,9 @@ with st.form("launch"):
             defaults.apply(cfg)  # batch sizes; the form's own values override the rest
             cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
             cfg.model.max_length = cfg.warmup.max_length = int(max_length)
+            if method == "raise":
+                cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
+                                          batch_size=int(r_batch), reward=r_reward).to_dict()
             run_id = runs.create_run(store(), pool, None if prefs == "(none)" else prefs, cfg)
             jobs.launch(store(), run_id, workspace())
             st.success(f"Run #{run_id} launched. It keeps going if you close the browser.")

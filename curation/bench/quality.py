@@ -45,7 +45,7 @@ from curation.model import ModelConfig, load_model
 from curation.select import select_top
 from curation.warmup import WarmupConfig
 
-METHODS = ("rose", "less", "nice", "repsim", "bm25", "random")
+METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise")
 SUITES = ("synthetic", "t0", "prefs")
 Log = Callable[[str], None]
 
@@ -64,6 +64,7 @@ class QualityConfig:
     k: int = 8192
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     nice: dict[str, Any] = field(default_factory=dict)  # NICE options besides the reward
+    raise_options: dict[str, Any] = field(default_factory=dict)  # RAISE options (`raise_.config.RaiseConfig`)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     t0: T0Spec = field(default_factory=T0Spec)
     prefs: PrefsSpec = field(default_factory=PrefsSpec)
@@ -78,6 +79,7 @@ class QualityConfig:
             model=model or "tiny", max_length=128, k=256,
             warmup=WarmupConfig(percent=10, epochs=2, batch_size=16, max_length=128),
             nice={"samples": 2, "max_new_tokens": 16},
+            raise_options={"episodes": 2, "ppo_epochs": 2},
             synthetic=SyntheticSpec(pool_size=300, shots=2, heldout=10),
             t0=T0Spec(targets=("ag_news",), pool_size=200, shots=2, heldout=5, max_length=128),
             prefs=PrefsSpec(shots=2, per_site=8, t0_size=120, max_length=128),
@@ -86,7 +88,7 @@ class QualityConfig:
         return cls(**{**values, **overrides})
 
     def score_config(self, method: str, model_path: str, reward: str, max_length: int | None = None) -> ScoreConfig:
-        options = {"nice": {"reward": reward, **self.nice}}.get(method, {})
+        options = {"nice": {"reward": reward, **self.nice}, "raise": dict(self.raise_options)}.get(method, {})
         max_length = max_length or self.max_length
         model = ModelConfig(name_or_path=model_path, max_length=max_length, device=self.device)
         warmup = dataclasses.replace(self.warmup, max_length=min(self.warmup.max_length, max_length))

@@ -5,6 +5,7 @@ from curation.methods import nice  # noqa: F401
 from curation.methods import bm25  # noqa: F401
 from curation.methods import dsir  # noqa: F401
 from curation.methods import random_  # noqa: F401
+from curation.methods import raise_  # noqa: F401
 from curation.methods import repsim  # noqa: F401
 from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreOutput, ValPair, get_method
 

@@ -77,6 +77,11 @@ class Method(ABC):
         """
         return {}
 
+    def schedule(self, workdir: Path) -> np.ndarray | None:
+        """A dynamic method's training schedule: ``[steps, batch]`` example ids, -1 for an empty
+        slot (exported beside the selection); None for a static method."""
+        return None
+
 
 def method_options(method: str, config: ScoreConfig, defaults: dict[str, Any]) -> dict[str, Any]:
     """`defaults` overridden by `config.options`; an unknown key is refused, not ignored
