@@ -27,7 +27,7 @@ from curation.store import Example, Score, Store
 from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = {"precision", "noise_rate", "accuracy_mean", "accuracy_std"}
+METRICS = {"precision", "noise_rate", "accuracy_mean", "accuracy_std", "accuracy_ci95"}
 FAKE = "no_such_method"
 
 
