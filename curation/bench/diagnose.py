@@ -152,7 +152,7 @@ def summary(res: dict) -> str:
                 noise = row["5"].get("noise_rate")
                 lines.append(f"{name:<16}{row['1']['precision']:>8.2f}{row['5']['precision']:>6.2f}"
                              f"{row['10']['precision']:>6.2f}{'' if noise is None else f'{noise:.2f}':>10}"
-                             f"{row['spearman_vs_rose']:>10.3f}{row['separation']:>11.2f}{row['wall_s']:>7.0f}")
+                             f"{row['spearman_vs_rose']:>10.3f}{row.get('separation', float('nan')):>11.2f}{row['wall_s']:>7.0f}")
     return "\n".join(lines)
 
 
