@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from curation.errors import CurationError
 from curation.features import atomic_write
-from curation.heldout import compare_with_random, pair_margins, split_pairs, verdict
+from curation.heldout import compare_with_random, label_contrast, pair_margins, split_pairs, verdict
 from curation.projection import derive_seed
 from curation.store import Example, Pool, PreferenceSet, Run, Store
 from curation.workspace import Workspace
@@ -243,6 +243,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     n = _budget(len(ids), run, cfg)
     chosen = _top(ids, scores, n)
     agree, notes = {}, []
+    if run.method == "rose" and (warning := label_contrast(pairs).get("warning")):
+        notes.append(warning)
     for i, method in enumerate(cfg.baselines):
         note(f"agreement with {method}", 1 + i, steps)
         if method == run.method:

@@ -107,3 +107,27 @@ def verdict(h: dict) -> tuple[str, str]:
     if hi < 0:
         return "worse than random", f"Worse than random: {what}."
     return "no better than random", f"No better than random: {what}, an interval that includes 0."
+
+
+NEAR_IDENTICAL = 0.8  # difflib ratio above which chosen and rejected differ only in a detail
+
+
+def label_contrast(pairs: Sequence[dict], threshold: float = NEAR_IDENTICAL) -> dict:
+    """How many pairs contrast two near-identical answers (a number, a label).
+
+    ROSE's direction is ``∇log π(y_w) − ∇log π(y_l)`` of one prompt: what the two answers share
+    (the task) cancels. With near-identical answers ROSE looks for that detail, not the task
+    (`bench diagnose`: on T0 such pairs cost ROSE most of its precision; replacing the
+    rejected by an off-task answer brought it level with LESS).
+    """
+    from difflib import SequenceMatcher
+    ratios = [SequenceMatcher(None, p["chosen"], p["rejected"], autojunk=False).ratio() for p in pairs]
+    near = [i for i, r in enumerate(ratios) if r >= threshold]
+    out = {"pairs": len(pairs), "near_identical": len(near), "positions": near,
+           "mean_similarity": float(np.mean(ratios)) if ratios else 0.0}
+    if pairs and len(near) * 2 >= len(pairs):
+        out["warning"] = (f"{len(near)} of {len(pairs)} pairs have a chosen and a rejected answer that differ only "
+                          f"in a detail (similarity >= {threshold:.0%}). ROSE then scores examples by that contrast "
+                          "(a number, a label), not by the task: compare with LESS or BM25 (`check` reports the "
+                          "agreement), or write rejected answers that are worse in the way the task cares about.")
+    return out

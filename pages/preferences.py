@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from curation import catalog, rescore
+from curation.heldout import label_contrast
 from curation.imports import import_prefs
 from pages._shared import import_source, md_text, show_import, show_rescored, store, user_errors
 
@@ -46,6 +47,8 @@ counts = df["subtask"].value_counts()
 st.write(f"**{len(df)} pairs** in **{len(counts)} subtasks**: "
          + md_text(", ".join(f"{k} ({v})" for k, v in counts.items())))
 
+if warning := label_contrast(pairs).get("warning"):
+    st.warning(warning)
 st.caption("Edit cells in place, add rows at the bottom, delete with the row checkbox; then save. "
            "Tab and arrow keys move between cells, Enter edits.")
 edited = st.data_editor(

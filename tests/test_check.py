@@ -161,3 +161,12 @@ def test_answer_flags_name_examples_whose_answer_contradicts_their_label(ws, tmp
         ids = [e.id for e in s.query(Example).all()]
     flags = answer_flags(store, ids)
     assert [f["uid"] for f in flags] == ["bad"] and flags[0]["reward"] == "number"
+
+
+def test_label_contrast_counts_pairs_that_differ_in_a_detail():
+    from curation.heldout import label_contrast
+    near = {"chosen": "19 - 9 = 10, so the answer is 10.", "rejected": "19 - 9 = 11, so the answer is 11."}
+    far = {"chosen": "Hello Ana, nice to meet you!", "rejected": "In Oslo it is cold and windy today."}
+    got = label_contrast([near, near, far])
+    assert got["near_identical"] == 2 and got["positions"] == [0, 1] and "ROSE" in got["warning"]
+    assert "warning" not in label_contrast([far, far, near])
