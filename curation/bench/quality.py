@@ -298,7 +298,12 @@ class SuiteRun:
 
 
 def resolve_model(name: str, log: Log) -> str:
-    """A local path for the base model: "tiny" is built (first time, minutes) or found in the cache."""
+    """A local path for the base model: "tiny" is built (first time, minutes) or found in the cache;
+    "smollm2" is its converted folder in the main workspace (bench workspaces are throwaway)."""
+    if name == "smollm2":
+        from curation.models import resolve
+        from curation.workspace import Workspace
+        return resolve(name, Workspace.from_env().home)
     if name != "tiny":
         return name
     from curation.tiny import ensure_tiny_model
