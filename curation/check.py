@@ -328,25 +328,11 @@ def check_status(ws: Workspace, run_id: int, stale_after_s: float = 600.0) -> di
         return None
     st = json.loads(path.read_text())
     if st["status"] in ("queued", "running"):
-        alive = _alive(st.get("pid"))
+        from curation.jobs import process_alive
+        alive = process_alive(st.get("pid"))
         if not alive or time.time() - st.get("updated", 0) > stale_after_s:
             st["status"] = "dead"
     return st
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a finished child of this process stays a zombie until reaped
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
 
 
 def record_failure(ws: Workspace, run_id: int, error: str) -> None:

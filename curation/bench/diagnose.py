@@ -27,16 +27,15 @@ import argparse
 import dataclasses
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from curation.bench.quality import QualityConfig, SuiteRun, build_suite, pct_key, resolve_model, selection_metrics
+from curation.bench.quality import (QualityConfig, SuiteRun, bench_dir, build_suite, pct_key, resolve_model,
+                                    selection_metrics)
 
 VARIANTS = {  # name -> (method, config overrides), all re-scored from the default run's features
     "rose beta=1": ("rose", {"beta": 1.0}),
@@ -115,25 +114,19 @@ class Diagnosis:
 
 def run_diagnose(cfg: QualityConfig, log=print) -> dict:
     """Every suite of ``cfg``: {suite: {target: {variant: metrics}}} (skipped suites say why)."""
-    from curation.workspace import Workspace
     out = {}
     for name in cfg.suites:
         suite = build_suite(name, cfg)
         if isinstance(suite, str):
             out[name] = {"_info": {"skipped": suite}}
             continue
-        parent = Workspace.from_env().ensure().home / "bench"
-        parent.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"diagnose-{name}-", dir=parent))
-        try:
+        with bench_dir(f"diagnose-{name}-") as tmp:
             run = SuiteRun(suite, cfg, resolve_model(cfg.model, log), tmp, log)
             run.import_data()
             diag = Diagnosis(run)
             for tg in suite.targets:
                 diag.target(tg)
             out[name] = {**diag.rows, "_info": {"sizes": suite.sizes, "model": cfg.model, "pair_geometry": diag.geometry}}
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

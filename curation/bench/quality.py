@@ -32,7 +32,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -363,16 +364,23 @@ def run_quality(cfg: QualityConfig, workdir: Path | None = None, log: Log | None
         if workdir is not None:
             result[name] = run_suite(name, cfg, Path(workdir) / name, log)
             continue
-        from curation.workspace import Workspace
-        parent = Workspace.from_env().ensure().home / "bench"
-        parent.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"quality-{name}-", dir=parent))
-        try:
+        with bench_dir(f"quality-{name}-") as tmp:
             result[name] = run_suite(name, cfg, tmp, log)
             result[name].get("_info", {}).pop("workdir", None)  # deleted below
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+@contextmanager
+def bench_dir(prefix: str) -> Iterator[Path]:
+    """A throwaway folder under ``$CURATION_HOME/bench/``, deleted afterwards."""
+    from curation.workspace import Workspace
+    parent = Workspace.from_env().ensure().home / "bench"
+    parent.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI
