@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from curation.errors import CurationError
 from curation.features import atomic_write
 from curation.heldout import compare_with_random, label_contrast, pair_margins, split_pairs, verdict
 from curation.projection import derive_seed
-from curation.store import Example, Pool, PreferenceSet, Run, Store
+from curation.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
@@ -56,6 +57,7 @@ class CheckConfig:
     percent: float | None = None  # budget; default: the run's own
     epochs: int = 3
     min_steps: int = 40  # small selections still get this many optimizer steps
+    max_steps: int = 400  # and big ones at most about this many (whole epochs, at least one)
     lr: float | None = None  # default: 3x the model's warmup lr (3e-3 on the tiny model)
     batch_size: int = 8
     lora_r: int = 16
@@ -67,6 +69,8 @@ class CheckConfig:
         self.seeds, self.baselines = tuple(self.seeds), tuple(self.baselines)
         if not self.seeds or not 0 < self.heldout_share < 1 or self.epochs < 1:
             raise CurationError("CheckConfig: needs seeds, 0 < heldout_share < 1 and epochs >= 1")
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise CurationError(f"CheckConfig: percent must be in (0, 100], got {self.percent}")
 
 
 def result_path(ws: Workspace, run_id: int) -> Path:
@@ -109,7 +113,9 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     from curation.config import ScoreConfig
     from curation.runs import create_run, execute_run, load_scores
 
-    cfg = ScoreConfig.from_dict({**run.config, "method": method})
+    # a baseline keeps the run's settings but not its method's options (NICE's reward, ...)
+    cfg = ScoreConfig.from_dict({**run.config, "method": method,
+                                 "options": run.config.get("options", {}) if method == run.method else {}})
     sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True})
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)
@@ -151,11 +157,12 @@ def composition(store: Store, pool_id: int, selected: list[int]) -> list[dict[st
 def answer_flags(store: Store, selected: list[int], reward_spec: str | None = None) -> list[dict[str, Any]]:
     """Selected examples whose record carries a verifiable answer that the response contradicts.
 
-    The check is the run's NICE reward when it has one, else ``number`` for numeric labels
+    The check is the run's NICE reward when it is ``number`` or ``exact_match`` (label-free
+    rewards say nothing about a label), else ``number`` for numeric labels
     (last number of the response) and, for text labels, whether the response contains the
     label as whole words (a short label such as "positive" inside a full sentence).
     """
-    from curation.rewards import last_number, make_reward, normalise_text
+    from curation.rewards import last_number, make_reward
     flags = []
     with store.session() as s:
         rows = s.execute(select(Example.id, Example.uid, Example.messages, Example.original)
@@ -166,15 +173,22 @@ def answer_flags(store: Store, selected: list[int], reward_spec: str | None = No
         replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
         if label is None or not replies:
             continue
-        spec = reward_spec or ("number" if last_number(str(label)) is not None else "contains")
+        spec = reward_spec if reward_spec in ("number", "exact_match") else None
+        spec = spec or ("number" if last_number(str(label)) is not None else "contains")
         if spec == "contains":
-            ok = f" {normalise_text(str(label))} " in f" {normalise_text(replies[-1])} "
+            ok = _contains_words(replies[-1], str(label))
         else:
             ok = make_reward(spec)("", replies[-1], str(label)) > 0
         if not ok:
             flags.append({"example_id": int(ex_id), "uid": uid, "label": str(label), "reward": spec,
                           "reason": f"the response's answer disagrees with its record's label {label!r} ({spec})"})
     return sorted(flags, key=lambda f: f["example_id"])
+
+
+def _contains_words(text: str, label: str) -> bool:
+    """Whether the label's words occur in order, as whole words ("positive" in "is positive, overall")."""
+    words, want = re.findall(r"\w+", text.casefold()), re.findall(r"\w+", label.casefold())
+    return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
 class _Tuner:
@@ -197,11 +211,18 @@ class _Tuner:
             target_modules=ALL_LINEAR, batch_size=cfg.batch_size, max_length=score_cfg.model.max_length, seed=seed)
         pairs = [ValPair(p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"]) for p in heldout]
         self.items = Rose().val_items(pairs, self.tok, score_cfg.model.max_length)
-        self.cfg, self.fetch, self.work, self.tuned = cfg, fetch, ws.run_dir(run.id) / "check_tmp", 0
+        self.work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
+        self.cfg, self.fetch, self.tuned = cfg, fetch, 0
+        from curation.jobs import process_alive
+        for old in (self.work.parent.iterdir() if self.work.parent.exists() else ()):
+            if not (old.name.isdigit() and process_alive(int(old.name))):  # left by a killed check
+                shutil.rmtree(old, ignore_errors=True)
 
     def epochs_for(self, n: int) -> int:
+        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
         per_epoch = -(-n // self.cfg.batch_size)
-        return max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
+        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
+        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
 
     def margins(self, example_ids: list[int], seed: int) -> np.ndarray:
         from peft import PeftModel
@@ -232,8 +253,10 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     note = progress or (lambda stage, done, total: None)
     started = time.time()
     run, pool, prefs = _base_run(store, run_id)
+    agree, notes = {}, []
     pairs = run.meta["pairs"]
-    scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed)
+    scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed,
+                                prompts=[p["prompt"] for p in pairs])
     if not held:
         raise CurationError(f"run {run_id}: no subtask has 2 or more pairs, so none can be held out")
     score_pairs = [pairs[i] for i in scoring]
@@ -241,8 +264,12 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     note(f"score {run.method} with {len(scoring)} of {len(pairs)} pairs", 0, steps)
     ids, scores = _sub_run(store, ws, run, pool, prefs, run.method, score_pairs, run_id)
     n = _budget(len(ids), run, cfg)
+    with store.session() as s:
+        n_scored = s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id))
+    if len(ids) != n_scored:
+        notes.append(f"the pool has {len(ids):,} examples now and had {n_scored:,} when run {run_id} "
+                     "was scored: this checks a selection from the pool as it is now")
     chosen = _top(ids, scores, n)
-    agree, notes = {}, []
     if run.method == "rose" and (warning := label_contrast(pairs).get("warning")):
         notes.append(warning)
     for i, method in enumerate(cfg.baselines):
@@ -293,18 +320,25 @@ def status_path(ws: Workspace, run_id: int) -> Path:
 
 
 def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
-    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser)."""
+    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser);
+    refused while another check of the run is alive."""
     ws = (ws or Workspace.from_env()).ensure()
     _base_run(store, run_id)  # refuse unfinished runs now, not in the log
+    live = check_status(ws, run_id)
+    if live and live["status"] in ("queued", "running"):
+        raise CurationError(f"a check of run {run_id} is already running (pid {live.get('pid')})")
     log = ws.run_dir(run_id) / "check.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url, "PYTHONUNBUFFERED": "1"}
+    started = time.time()
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "curation", "check", str(run_id), "--record"],
                                 cwd=Path(__file__).resolve().parent.parent, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    _write_json(status_path(ws, run_id), {"status": "queued", "pid": proc.pid, "stage": "starting",
-                                           "done": 0, "total": 0, "started": time.time(), "updated": time.time()})
+    st = check_status(ws, run_id)
+    if st is None or st.get("pid") != proc.pid:  # the child has not written its own status yet
+        _write_json(status_path(ws, run_id), {"status": "queued", "pid": proc.pid, "stage": "starting",
+                                               "done": 0, "total": 0, "started": started, "updated": started})
     return proc.pid
 
 
@@ -321,8 +355,9 @@ def recording_progress(ws: Workspace, run_id: int) -> Progress:
     return write
 
 
-def check_status(ws: Workspace, run_id: int, stale_after_s: float = 600.0) -> dict | None:
-    """The background check's state; ``dead`` when its process is gone or silent too long."""
+def check_status(ws: Workspace, run_id: int) -> dict | None:
+    """The background check's state; ``dead`` when its process is gone (a fine-tune on a real
+    model can take long between two status writes, so silence alone is not death)."""
     path = status_path(ws, run_id)
     if not path.exists():
         return None
@@ -330,7 +365,7 @@ def check_status(ws: Workspace, run_id: int, stale_after_s: float = 600.0) -> di
     if st["status"] in ("queued", "running"):
         from curation.jobs import process_alive
         alive = process_alive(st.get("pid"))
-        if not alive or time.time() - st.get("updated", 0) > stale_after_s:
+        if not alive:
             st["status"] = "dead"
     return st
 

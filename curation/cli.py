@@ -314,7 +314,8 @@ def cmd_check(a: argparse.Namespace) -> int:
         print(report["verdict"])
         for m, ag in report["agreement"].items():
             if ag:
-                print(f"agreement with {m}: Spearman {ag['spearman']:.2f}, top-{report['budget']} overlap {ag['overlap']:.0%}")
+                rho = "n/a" if ag["spearman"] is None else f"{ag['spearman']:.2f}"
+                print(f"agreement with {m}: Spearman {rho}, top-{report['budget']} overlap {ag['overlap']:.0%}")
         print(f"{len(report['flags'])} selected examples have an answer that disagrees with their label")
     return 0
 

@@ -24,25 +24,30 @@ from curation.projection import derive_seed
 CI_LEVEL = 0.95
 
 
-def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(scoring, held-out) pair indices, split within each subtask.
+def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0,
+                prompts: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """(scoring, held-out) pair indices, split within each subtask by prompt.
 
-    A subtask with n >= 2 pairs holds out ``max(1, floor(share·n))`` of them but always keeps
-    one for scoring; a subtask with one pair keeps it for scoring (it cannot be both). The
-    choice is seeded by ``(seed, subtask)``, so adding a subtask does not reshuffle the others.
+    The unit is a prompt (``prompts``; default: every pair its own), so sets with several pairs
+    per prompt (SHP) never put one prompt on both sides. A subtask with n >= 2 prompts holds
+    out ``max(1, floor(share·n))`` of them but always keeps one for scoring; a subtask with one
+    prompt keeps it for scoring. Seeded by ``(seed, subtask)``, so adding a subtask does not
+    reshuffle the others.
     """
     if not 0 < share < 1:
         raise ValueError(f"held-out share must be in (0, 1), got {share}")
-    by_sub: dict[str, list[int]] = {}
-    for i, sub in enumerate(subtasks):
-        by_sub.setdefault(sub, []).append(i)
+    keys = list(prompts) if prompts is not None else list(range(len(subtasks)))
+    by_sub: dict[str, dict] = {}
+    for i, (sub, key) in enumerate(zip(subtasks, keys)):
+        by_sub.setdefault(sub, {}).setdefault(key, []).append(i)
     held: list[int] = []
-    for sub, idx in by_sub.items():
-        if len(idx) < 2:
+    for sub, groups in by_sub.items():
+        units = list(groups.values())
+        if len(units) < 2:
             continue
-        n_hold = min(len(idx) - 1, max(1, math.floor(share * len(idx))))
-        order = np.random.default_rng(derive_seed("heldout", seed, sub)).permutation(len(idx))
-        held += [idx[j] for j in order[:n_hold]]
+        n_hold = min(len(units) - 1, max(1, math.floor(share * len(units))))
+        order = np.random.default_rng(derive_seed("heldout", seed, sub)).permutation(len(units))
+        held += [i for j in order[:n_hold] for i in units[j]]
     held_set = set(held)
     return [i for i in range(len(subtasks)) if i not in held_set], sorted(held)
 
@@ -74,12 +79,16 @@ def _bootstrap(diff: np.ndarray, n: int, seed: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+MIN_HELDOUT_PAIRS = 3  # below this no verdict is given: too few pairs to tell
+
+
 def compare_with_random(selected: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """Held-out figures of the selection vs same-size random selections.
 
     ``selected`` and ``random`` are ``[seeds, heldout pairs]`` margins; seed ``s`` of both used
-    the same fine-tune seed, so differences are paired. ``ci95`` bounds the mean margin gain and
-    ``accuracy_ci95`` the accuracy gain (bootstrap over seeds and pairs).
+    the same fine-tune seed, so differences are paired. ``gain_vs_random`` is the accuracy gain
+    and ``ci95`` its bootstrap 95% interval (over seeds and pairs); ``margin_gain`` and
+    ``margin_ci95`` are the same for the mean margin.
     """
     selected, random = np.atleast_2d(selected), np.atleast_2d(random)
     if selected.shape != random.shape or selected.size == 0:
@@ -88,25 +97,32 @@ def compare_with_random(selected: np.ndarray, random: np.ndarray, n_boot: int = 
     return {"accuracy": float(win_sel.mean()), "margin": float(selected.mean()),
             "random_accuracy": float(win_rand.mean()), "random_margin": float(random.mean()),
             "gain_vs_random": float(win_sel.mean() - win_rand.mean()),
+            "ci95": list(_bootstrap(win_sel - win_rand, n_boot, seed + 1)),
             "margin_gain": float(selected.mean() - random.mean()),
-            "ci95": list(_bootstrap(selected - random, n_boot, seed)),
-            "accuracy_ci95": list(_bootstrap(win_sel - win_rand, n_boot, seed + 1)),
+            "margin_ci95": list(_bootstrap(selected - random, n_boot, seed)),
             "per_seed_accuracy": win_sel.mean(axis=1).tolist(),
             "per_seed_random_accuracy": win_rand.mean(axis=1).tolist(),
             "seeds": int(selected.shape[0]), "pairs": int(selected.shape[1])}
 
 
 def verdict(h: dict) -> tuple[str, str]:
-    """(label, sentence) from the margin gain's CI: better / worse / no better than random."""
-    lo, hi = h["ci95"]
+    """(label, sentence): better / worse / no better than random, or too few pairs to tell.
+
+    "better" needs the margin gain's whole interval above 0 *and* no loss of accuracy (margins
+    are summed log-probs, so one long pair can carry the mean); "worse" the mirror image.
+    """
+    lo, hi = h["margin_ci95"]
     what = (f"on {h['pairs']} held-out pairs over {h['seeds']} fine-tune seeds, the selection's preference "
             f"accuracy is {h['accuracy']:.0%} vs {h['random_accuracy']:.0%} for random selections of the same "
             f"size; its mean margin gain is {h['margin_gain']:+.3g} (95% CI {lo:+.3g} to {hi:+.3g})")
-    if lo > 0:
+    if h["pairs"] < MIN_HELDOUT_PAIRS:
+        return "too few pairs", (f"Too few held-out pairs to tell ({h['pairs']}; add pairs so that at least "
+                                 f"{MIN_HELDOUT_PAIRS} can be held out): {what}.")
+    if lo > 0 and h["gain_vs_random"] >= 0:
         return "better than random", f"Better than random: {what}."
-    if hi < 0:
+    if hi < 0 and h["gain_vs_random"] <= 0:
         return "worse than random", f"Worse than random: {what}."
-    return "no better than random", f"No better than random: {what}, an interval that includes 0."
+    return "no better than random", f"No better than random: {what}; the margin interval includes 0 or the accuracy disagrees."
 
 
 NEAR_IDENTICAL = 0.8  # difflib ratio above which chosen and rejected differ only in a detail

@@ -80,6 +80,8 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         if prefs is None and base.prefs_id is not None:
             prefs = s.get(PreferenceSet, base.prefs_id).name
         cfg = ScoreConfig.from_dict({**base.config, **(overrides or {})})
+    if method and method != cfg.method and "options" not in (overrides or {}):
+        cfg.options = {}  # the base method's options (NICE's reward, ROSE's logp) are not this method's
     cfg.method = method or cfg.method
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "
@@ -114,7 +116,8 @@ def latest_rescorable(store: Store, prefs: str, ws: Workspace | None = None) -> 
         ps = s.scalar(select(PreferenceSet).where(PreferenceSet.name == prefs))
         if ps is None:
             return None
-        ids = s.scalars(select(Run.id).where(Run.prefs_id == ps.id, Run.status == "done",
-                                             Run.method.in_(("rose", "less", "nice")))
-                        .order_by(Run.id.desc()).limit(5)).all()
+        runs = s.scalars(select(Run).where(Run.prefs_id == ps.id, Run.status == "done",
+                                           Run.method.in_(("rose", "less", "nice")))
+                         .order_by(Run.id.desc()).limit(20)).all()
+        ids = [r.id for r in runs if not (r.meta or {}).get("internal")][:5]  # never a check's sub-run
     return next((i for i in ids if stored_features(store, i, ws) is not None), None)

@@ -43,7 +43,7 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
     with store.session() as s:
         p = get_pool(s, pool)
         ps = get_prefset(s, prefs) if prefs else None
-        if method.needs_pairs and (ps is None or not ps.pairs):
+        if method.needs_pairs and not (pairs if pairs is not None else (ps is not None and ps.pairs)):
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
         if pairs is None:
             pairs = pairs_snapshot(s, ps.id if ps else None)

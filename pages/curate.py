@@ -110,7 +110,8 @@ name = c2.text_input("File name (default: run, format and time)")
 exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
 anyway = True
 if check_state(store(), run_id, workspace()).warns_export:
-    anyway = st.checkbox("Export anyway: this run's held-out check found its selection no better than random")
+    anyway = st.checkbox("Export anyway: this run's held-out check did not find it better than random",
+                         key=f"export_anyway_{run_id}")
 if st.button("Export", type="primary", disabled=not anyway):
     with user_errors(), st.spinner("Exporting…"):
         res = export_selection(store(), run_id, fmt, workspace(), percent, n,

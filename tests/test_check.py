@@ -64,12 +64,17 @@ def test_margin_is_the_dpo_implicit_reward_gap_against_the_base_model(tiny_model
 def test_compare_with_random_and_the_verdict_follow_the_numbers():
     rng = np.random.default_rng(0)
     better = compare_with_random(rng.normal(2.0, 0.3, (3, 8)), rng.normal(0.0, 0.3, (3, 8)))
-    assert better["ci95"][0] > 0 and verdict(better)[0] == "better than random"
+    assert better["margin_ci95"][0] > 0 and better["ci95"][0] > 0 and verdict(better)[0] == "better than random"
     assert better["accuracy"] == 1.0 and better["gain_vs_random"] > 0.3
     same = compare_with_random(rng.normal(0.0, 1.0, (3, 8)), rng.normal(0.0, 1.0, (3, 8)))
-    assert same["ci95"][0] < 0 < same["ci95"][1] and verdict(same)[0] == "no better than random"
+    assert same["margin_ci95"][0] < 0 < same["margin_ci95"][1] and verdict(same)[0] == "no better than random"
     worse = compare_with_random(rng.normal(-2.0, 0.3, (3, 8)), rng.normal(0.0, 0.3, (3, 8)))
     assert verdict(worse)[0] == "worse than random"
+    few = compare_with_random(rng.normal(2.0, 0.3, (3, 2)), rng.normal(0.0, 0.3, (3, 2)))
+    assert verdict(few)[0] == "too few pairs"  # 2 held-out pairs: no verdict, however clear
+    # a margin gain carried by one pair while accuracy drops is not "better"
+    carried = compare_with_random(np.array([[30.0, -1, -1, -1]] * 3), np.array([[0.5, 0.5, 0.5, -0.5]] * 3))
+    assert verdict(carried)[0] != "better than random"
 
 
 NAMES = ["Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Oto"]
@@ -91,7 +96,7 @@ def _planted(tmp_path) -> tuple:
                      "messages": [{"role": "user", "content": f"Describe the weather in {city} on day {i}."},
                                   {"role": "assistant", "content": f"In {city} it is cold and windy today."}]})
     prefs = []
-    for j, name in enumerate(["Zed", "Yara", "Xu", "Wim", "Vera", "Ugo", "Tia", "Sol"]):
+    for j, name in enumerate(["Zed", "Yara", "Xu", "Wim", "Vera", "Ugo", "Tia", "Sol", "Rey", "Quin", "Pia", "Oda"]):
         prefs.append({"prompt": f"Say hello to {name}.", "chosen": f"Hello {name}, nice to meet you!",
                       "rejected": "In Oslo it is cold and windy today.", "subtask": "greet" if j % 2 else "hi"})
     (tmp_path / "pool.jsonl").write_text("\n".join(json.dumps(r) for r in pool) + "\n")
@@ -124,7 +129,8 @@ def test_a_planted_good_selection_beats_random_and_the_split_does_not_leak(ws, t
     report = run_check(store, run_id, CheckConfig(seeds=(0, 1), baselines=("bm25", "less"), lr=3e-3), ws)
     h = report["heldout"]
     assert report["label"] == "better than random", report["verdict"]
-    assert h["ci95"][0] > 0 and h["margin"] > h["random_margin"] and h["pairs"] == 2
+    assert h["margin_ci95"][0] > 0 and h["margin"] > h["random_margin"] and h["pairs"] == 4
+    assert h["gain_vs_random"] >= 0 and len(h["ci95"]) == 2
     assert report["composition"][0] == {"source": "greet", "selected": 30, "selected_share": 1.0,
                                         "pool_share": 0.4}
     assert "less" in report["notes"][0]  # no features on a bm25 run: said, not crashed
@@ -141,7 +147,7 @@ def test_a_random_selection_is_no_better_than_random(ws, tmp_path, micro_model):
     store, run_id = _scored_run(ws, tmp_path, micro_model, "random")
     report = run_check(store, run_id, CheckConfig(seeds=(0, 1), baselines=(), lr=3e-3), ws)
     assert report["label"] != "better than random", report["verdict"]
-    lo, hi = report["heldout"]["ci95"]
+    lo, hi = report["heldout"]["margin_ci95"]
     assert lo < report["heldout"]["margin_gain"] < hi
     assert check_status(ws, run_id) is None  # not launched in the background
 
@@ -170,3 +176,34 @@ def test_label_contrast_counts_pairs_that_differ_in_a_detail():
     got = label_contrast([near, near, far])
     assert got["near_identical"] == 2 and got["positions"] == [0, 1] and "ROSE" in got["warning"]
     assert "warning" not in label_contrast([far, far, near])
+
+
+def test_split_keeps_pairs_of_one_prompt_together():
+    subtasks = ["a"] * 6
+    prompts = ["p1", "p1", "p2", "p2", "p3", "p3"]
+    scoring, held = split_pairs(subtasks, 0.4, 0, prompts=prompts)
+    for i in held:
+        assert all(j in held for j, p in enumerate(prompts) if p == prompts[i])
+    assert held and scoring
+
+
+def test_background_check_status_and_launch_refusal(ws, tmp_path, micro_model):
+    import os
+    from curation.check import _write_json, launch_check, status_path
+    from curation.errors import CurationError
+    store, run_id = _scored_run(ws, tmp_path, micro_model, "bm25")
+    _write_json(status_path(ws, run_id), {"status": "running", "pid": 2 ** 22 + 12345, "stage": "x", "done": 1,
+                                          "total": 4})
+    assert check_status(ws, run_id)["status"] == "dead"  # its process is gone
+    _write_json(status_path(ws, run_id), {"status": "running", "pid": os.getpid(), "stage": "x", "done": 1, "total": 4})
+    assert check_status(ws, run_id)["status"] == "running"
+    with pytest.raises(CurationError, match="already running"):
+        launch_check(store, run_id, ws)
+    with pytest.raises(CurationError, match="no run"):
+        launch_check(store, 999, ws)
+
+
+def test_answer_flags_match_whole_words_through_punctuation():
+    from curation.check import _contains_words
+    assert _contains_words("The review is positive, overall.", "positive")
+    assert _contains_words("It is NEW YORK!", "new york") and not _contains_words("positively", "positive")

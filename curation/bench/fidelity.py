@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +43,7 @@ def _arrays(run_dir: Path, n_ckpts: int) -> tuple[list[np.ndarray], list[np.ndar
 def run_fidelity(model: str = "tiny", sample: int = 1000, seeds: tuple[int, ...] = (0, 1, 2),
                  settings: tuple[Setting, ...] = SETTINGS, quick: bool = False, log=print) -> dict:
     """Exact features of a demo sample, then every setting against them (see the module doc)."""
-    from curation.bench.quality import resolve_model
+    from curation.bench.quality import bench_dir, resolve_model
     from curation.demo import DEMO_POOL, DEMO_PREFS
     from curation.imports import import_pool, import_prefs
     from curation.methods.gradient import make_projector
@@ -59,8 +57,7 @@ def run_fidelity(model: str = "tiny", sample: int = 1000, seeds: tuple[int, ...]
     started = time.perf_counter()
     home = Workspace.from_env().ensure().home
     path = resolve_model(model, log)
-    tmp = Path(tempfile.mkdtemp(prefix="fidelity-", dir=home))
-    try:
+    with bench_dir("fidelity-") as tmp:
         ws = Workspace(home=tmp, db_url=f"sqlite:///{tmp / 'curation.db'}").ensure()
         store = Store.open(ws)
         n = _sample_pool(DEMO_POOL, ws.uploads / "pool.jsonl", sample, seed=0)
@@ -90,8 +87,6 @@ def run_fidelity(model: str = "tiny", sample: int = 1000, seeds: tuple[int, ...]
         methods["less"] = measure(train, less_val, lrs, subtasks, slices, settings, seeds)
         default = make_projector(FeatureConfig(), layout)
         default_name = "exact" if isinstance(default, IdentityProjector) else Setting(default.kind, default.k).name
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rose = methods["rose"]
     return {"model": model, "d": int(sum(d for _, d in layout)), "sample": n, "seeds": list(seeds),
             "default": default_name, "methods": methods,

@@ -263,6 +263,7 @@ def build_prefs(spec: PrefsSpec, t0: "T0Spec") -> Suite:
     pairs = _site_pairs(root, spec.shots, spec.target)
     seen = {p for p, _, _ in pairs}
     held = [x for x in _site_pairs(root, 10, spec.target) if x[0] not in seen]
+    seen |= {p for p, _, _ in held}  # neither scoring nor held-out prompts may enter the pool
     prefs = [{"prompt": p, "chosen": c, "rejected": r, "subtask": spec.target} for p, c, r in pairs]
     heldout = [{"prompt": p, "chosen": c, "rejected": r, "subtask": spec.target} for p, c, r in held]
     pool = []
