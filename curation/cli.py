@@ -378,11 +378,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"{res.n} examples, sha256 {res.sha256[:12]}, manifest {res.manifest_path}", file=sys.stderr)
     if res.schedule_path:  # a dynamic method (raise): the batch of every training step
         print(f"training schedule (step order) {res.schedule_path}", file=sys.stderr)
+    for side in res.side_paths:  # a trainer format: its dataset_info.json entry or datasets: YAML
+        print(f"for the trainer: {side}", file=sys.stderr)
     print(res.path)
     return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from curation.trainers import FORMAT_LABELS, FORMATS
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
     ip = sub.add_parser("import-pool", help="import an instruction pool (jsonl, json, parquet, csv)")
@@ -453,7 +456,8 @@ def make_parser() -> argparse.ArgumentParser:
     up.add_argument("pool")
     ep = sub.add_parser("export", help="export a run's curated selection as JSONL with a manifest")
     ep.add_argument("run_id", type=int)
-    ep.add_argument("--format", default="original", choices=("original", "messages", "alpaca"))
+    ep.add_argument("--format", default="original", choices=FORMATS,
+                    help="; ".join(f"{k}: {v}" for k, v in FORMAT_LABELS.items()))
     eb = ep.add_mutually_exclusive_group()
     eb.add_argument("--percent", type=float, help="budget (default: the run's)")
     eb.add_argument("--n", type=int)

@@ -1,19 +1,22 @@
 """Write a curated selection as training data, with a manifest that says how it was chosen.
 
 Files are written atomically (temp file in the same folder, fsync, `os.replace`), so a crash
-midway never leaves a half-written export or damages the previous one of the same name. Rows
+midway never leaves a half-written export or damages the previous one of the same name; they are
+group-readable (0644 under the usual umask, at least 0640), as a shared training box needs. Formats
+for trainers (TRL, LLaMA-Factory, axolotl) get what the trainer reads beside them (`trainers`). Rows
 stream from the database in id batches: a 100k-example export never sits in memory at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
@@ -26,9 +29,9 @@ from curation.curate import CuratedSelection, curated_selection_in, override_det
 from curation.errors import CurationError
 from curation.store import Example, Export, Pool, PreferenceSet, Run, Store
 from curation.store.models import utcnow
+from curation.trainers import FORMAT_LABELS, FORMATS, side_files, trainer_info  # noqa: F401  (FORMAT_LABELS: re-export)
 from curation.workspace import Workspace
 
-FORMATS = ("original", "messages", "alpaca")
 BATCH = 1000  # examples fetched per query while writing
 
 
@@ -41,6 +44,7 @@ class ExportResult:
     n: int
     sha256: str
     schedule_path: Path | None = None  # a dynamic method's (RAISE's) training schedule, in step order
+    side_paths: list[Path] = field(default_factory=list)  # what the format's trainer reads beside the file
 
 
 # --- record formats --------------------------------------------------------------------------
@@ -86,16 +90,54 @@ def _alpaca(e: Example) -> dict:
     return row
 
 
-RENDER: dict[str, Callable[[Example], dict]] = {"original": _original, "messages": _messages, "alpaca": _alpaca}
+def _prompt_completion(e: Example) -> dict:
+    """TRL conversational prompt-completion: the trailing assistant turn(s) are the completion
+    (the only tokens TRL trains on by default), everything before is the prompt."""
+    cut = len(e.messages)
+    while cut > 1 and e.messages[cut - 1]["role"] == "assistant":
+        cut -= 1
+    return {"prompt": e.messages[:cut], "completion": e.messages[cut:]}
+
+
+def _sharegpt(e: Example) -> dict:
+    """LLaMA-Factory sharegpt: strictly alternating human/gpt turns, the system prompt in its own
+    column (always present, "" when none, so every row has the same columns)."""
+    system, pairs = _turns(e.messages)
+    turns = [{"from": tag, "value": text} for user, answer in pairs
+             for tag, text in (("human", user), ("gpt", answer))]
+    return {"conversations": turns, "system": system}
+
+
+RENDER: dict[str, Callable[[Example], dict]] = {
+    "original": _original, "messages": _messages, "prompt_completion": _prompt_completion, "alpaca": _alpaca,
+    "sharegpt": _sharegpt, "axolotl": _messages}  # axolotl's chat_template reads the messages list as is
 
 
 # --- atomic writing --------------------------------------------------------------------------
 
+def _umask() -> int:
+    """The process umask, read without `os.umask` (setting it to read it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def file_mode() -> int:
+    """Mode of exported files: what the umask allows of 0644, and never less than 0640 (`mkstemp`
+    alone gives 0600, which a training job run by a colleague cannot read)."""
+    return (0o644 & ~_umask()) | 0o640
+
+
 @contextmanager
 def _atomic_temp(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
-    """A temp file beside the target, fsynced on success and removed on any failure."""
+    """A temp file beside the target, group-readable, fsynced on success and removed on any failure."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             yield f, Path(tmp)
             f.flush()
@@ -117,16 +159,32 @@ def _publish(pairs: Sequence[tuple[Path, Path]]) -> None:
             os.close(fd)
 
 
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Serialise exports into one folder while they read-merge-write its shared `dataset_info.json`."""
+    fd = os.open(folder, os.O_RDONLY)  # a lock on the folder itself: no lock file left beside the exports
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _write_rows(store: Store, ids: Sequence[int], render: Callable[[Example], dict],
-                out: IO[bytes]) -> tuple[str, list[str]]:
-    """Stream `ids` in order as JSON lines; returns (sha256 of the bytes, uids in order)."""
+                out: IO[bytes], keys: set[str] | None = None) -> tuple[str, list[str]]:
+    """Stream `ids` in order as JSON lines; returns (sha256 of the bytes, uids in order).
+
+    ``keys`` collects every top-level key written (a trainer's column list names only those)."""
     digest, uids = hashlib.sha256(), []
     for i in range(0, len(ids), BATCH):
         chunk = ids[i:i + BATCH]
         with store.session() as s:
             found = {e.id: e for e in s.scalars(select(Example).where(Example.id.in_(chunk)))}
         for eid in chunk:
-            line = (json.dumps(render(found[eid]), ensure_ascii=False) + "\n").encode()
+            row = render(found[eid])
+            if keys is not None:
+                keys.update(row)
+            line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
             out.write(line)
             digest.update(line)
             uids.append(found[eid].uid)
@@ -156,19 +214,25 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
     path, manifest_path = folder / f"{name}.jsonl", folder / f"{name}.manifest.json"
     temps: list[Path] = []
     try:
+        keys: set[str] = set()
         with _atomic_temp(folder, path.name) as (f, tmp):
             temps.append(tmp)
-            sha, uids = _write_rows(store, ids, RENDER[fmt], f)
+            sha, uids = _write_rows(store, ids, RENDER[fmt], f, keys)
         manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None,
                                   overrides=overrides)
         schedule = _schedule_temp(store, sel, fmt, folder, f"{name}.schedule.jsonl", temps)
         if schedule:
             manifest["schedule"] = schedule[1]
+        if trainer := trainer_info(fmt, path, keys):
+            manifest["trainer"] = trainer
         body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
         with _atomic_temp(folder, manifest_path.name) as (m, mtmp):
             temps.append(mtmp)
             m.write(body)
-        _publish([(tmp, path), *([schedule[0]] if schedule else []), (mtmp, manifest_path)])
+        with _folder_lock(folder):  # the shared dataset_info.json is read, merged and replaced under it
+            sides = [(_temp_with(folder, fname, data, temps), folder / fname)
+                     for fname, data in side_files(trainer, folder).items()]
+            _publish([(tmp, path), *([schedule[0]] if schedule else []), *sides, (mtmp, manifest_path)])
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -176,7 +240,15 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         s.add(Export(run_id=run_id, path=str(path), fmt=fmt, n_examples=len(ids), file_sha256=sha,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
     return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha,
-                        schedule_path=schedule[0][1] if schedule else None)
+                        schedule_path=schedule[0][1] if schedule else None, side_paths=[p for _, p in sides])
+
+
+def _temp_with(folder: Path, name: str, data: bytes, temps: list[Path]) -> Path:
+    """A fsynced temp file holding `data`, to be published beside the export."""
+    with _atomic_temp(folder, name) as (f, tmp):
+        temps.append(tmp)
+        f.write(data)
+    return tmp
 
 
 def _check_name(name: str) -> str:

@@ -51,6 +51,22 @@ class ImportResult:
         return (f"{self.kind} '{self.name}': {verb}; {self.n_ok} ok, {self.n_bad} bad, "
                 f"{self.n_duplicate} duplicates skipped")
 
+    def level(self) -> str:
+        """How loudly a UI should report it: "error" when nothing was imported, "warning" when any
+        line was bad (a file that is 80% bad is no success), "success" only for a clean file."""
+        if self.status != "imported":
+            return "error"
+        return "warning" if self.n_bad else "success"
+
+    def message(self) -> str:
+        """The summary, and for a warning what share of the file was bad and where to read why."""
+        if self.level() != "warning":
+            return self.summary()
+        lines = self.n_ok + self.n_bad + self.n_duplicate
+        where = f" (import report #{self.report_id})" if self.report_id is not None else ""
+        return (f"{self.summary()}. {self.n_bad:,} of {lines:,} lines ({self.n_bad / lines:.0%}) were bad and "
+                f"skipped; the table below lists why{where}.")
+
     @property
     def n_dropped(self) -> int:
         """Bad lines counted but not listed (the report keeps the first `MAX_STORED_PROBLEMS`)."""

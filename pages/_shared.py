@@ -78,10 +78,22 @@ def import_source(placeholder: str, types: list[str]):
 
 
 def show_import(res) -> None:
-    """An import's summary (red when strict mode rejected it) and every bad line, as a table."""
-    (st.success if res.status == "imported" else st.error)(md_text(res.summary()))
+    """An import's summary (green only when no line was bad, amber with the counts when some
+    were, red when nothing was imported) and every bad line, as a table."""
+    {"success": st.success, "warning": st.warning, "error": st.error}[res.level()](md_text(res.message()))
     if res.problems:
         st.dataframe(pd.DataFrame([p.__dict__ for p in res.problems]), hide_index=True)
+
+
+def remembered_choice(label: str, options: list[str], key: str, fallback: str | None = None, **kw) -> str:
+    """A selectbox that stays on the user's last choice when its options change (an import adds a
+    pool: Streamlit would otherwise rebuild the widget on its default). The choice lives in
+    ``st.session_state[key]``, not in the widget's state, so it also survives a visit to another page."""
+    last = st.session_state.get(key)
+    default = last if last in options else (fallback if fallback in options else options[0])
+    choice = st.selectbox(label, options, index=options.index(default), **kw)
+    st.session_state[key] = choice
+    return choice
 
 
 def feature_line(status: list[dict], n: int) -> str:

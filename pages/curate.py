@@ -8,7 +8,7 @@ import streamlit as st
 
 from curation import catalog, curate
 from curation.errors import CurationError
-from curation.export import FORMATS, export_selection
+from curation.export import FORMAT_LABELS, FORMATS, export_selection
 from curation.check import check_state
 from pages._shared import check_panel, md_text, store, user_errors, workspace
 
@@ -105,7 +105,7 @@ with st.expander("Audit trail"):
 
 st.subheader("Export")
 c1, c2, c3 = st.columns([1, 2, 2])
-fmt = c1.selectbox("Format", FORMATS)
+fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_LABELS.get)
 name = c2.text_input("File name (default: run, format and time)")
 exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
 anyway = True
@@ -121,5 +121,9 @@ if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
     path, manifest = Path(last[0]), json.loads(Path(last[1]).read_text())
     st.success(md_text(f"Exported {manifest['counts']['exported']:,} examples to {path}"))
     st.download_button("Download the file", path.read_bytes(), file_name=path.name, mime="application/jsonl")
+    if trainer := manifest.get("trainer"):
+        sides = [f for f in (trainer.get("dataset_info_file"), trainer.get("config_file")) if f]
+        st.caption(md_text(f"For {trainer['trainer']}: " + (", ".join(str(path.parent / f) for f in sides)
+                                                           or trainer.get("load", ""))))
     st.caption("Manifest (first 100 examples shown; the file beside the export has them all)")
     st.json({**manifest, "examples": manifest["examples"][:100]}, expanded=False)

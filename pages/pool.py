@@ -6,8 +6,8 @@ import streamlit as st
 from curation import catalog, featuresets
 from curation.demo import ensure_demo
 from curation.imports import import_pool
-from pages._shared import (feature_line, import_source, md_text, render_messages, show_import, store, user_errors,
-                           workspace)
+from pages._shared import (feature_line, import_source, md_text, remembered_choice, render_messages, show_import,
+                           store, user_errors, workspace)
 
 @st.cache_data(ttl=15, show_spinner=False)
 def feature_status(db_url: str, pool: str) -> list[dict]:
@@ -50,7 +50,7 @@ if not pools:
     st.stop()
 
 names = [p["name"] for p in pools]
-pool = st.selectbox("Pool", names, index=names.index("demo") if "demo" in names else 0)
+pool = remembered_choice("Pool", names, "pool_page_pool", fallback="demo")  # an import keeps the user on it
 sources = catalog.pool_sources(store(), pool)
 st.caption(md_text(feature_line(feature_status(store().url, pool), next(p["examples"] for p in pools if p["name"] == pool))))
 

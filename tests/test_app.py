@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from curation.demo import ensure_demo
+from curation.imports import import_pool
 from curation.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -62,4 +63,24 @@ def test_pool_page_imports_a_server_path_and_reports_bad_lines(ws, tmp_path):
     next(t for t in at.text_input if t.label == "Server path").set_value(str(f))
     next(b for b in at.button if b.label == "Import").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("pool 'mine': imported; 1 ok, 1 bad" in re.sub(r"\\(.)", r"\1", s.value) for s in at.success)
+    assert any("pool 'mine': imported; 1 ok, 1 bad" in re.sub(r"\\(.)", r"\1", s.value) for s in at.warning)
+    assert not at.success  # half the file was bad: no green banner
+
+
+def test_pool_page_stays_on_the_chosen_pool_after_an_import(ws, tmp_path):
+    store = Store.open(ws)
+    ensure_demo(store)
+    data = ws.home / "data"
+    (data / "zeta.jsonl").write_text('{"instruction": "Say hi", "output": "hi"}\n')
+    (data / "mine.jsonl").write_text('{"instruction": "Say bye", "output": "bye"}\n')
+    import_pool(store, data / "zeta.jsonl")
+    at = run_page("pages/pool.py")
+    pool_box = lambda: next(s for s in at.selectbox if s.label == "Pool")  # noqa: E731
+    assert pool_box().value == "demo"
+    pool_box().set_value("zeta").run()
+    next(t for t in at.text_input if t.label == "Server path").set_value(str(data / "mine.jsonl"))
+    next(b for b in at.button if b.label == "Import").click().run()
+    assert any("pool 'mine': imported; 1 ok" in re.sub(r"\\(.)", r"\1", s.value) for s in at.success)
+    at.run()  # the next rerun lists the new pool: the selector used to jump back to "demo" here
+    assert not at.exception, [e.value for e in at.exception]
+    assert "mine" in pool_box().options and pool_box().value == "zeta"

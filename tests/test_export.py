@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 
 import pytest
 from sqlalchemy import select
@@ -146,3 +148,101 @@ def test_export_errors(store, ws, tmp_path):
     with pytest.raises(CurationError, match="selection is empty"):
         export_selection(store, run, "original", ws)
     assert list(ws.exports.iterdir()) == []
+
+
+# --- formats for trainers ----------------------------------------------------------------------
+
+def test_trl_prompt_completion_splits_at_the_last_answer(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, MULTI, select_n=2)
+    res = export_selection(store, run, "prompt_completion", ws)
+    rows = read_jsonl(res.path)
+    assert all(set(r) == {"prompt", "completion"} for r in rows)
+    first = rows[0]
+    assert first["completion"] == [{"role": "assistant", "content": "6"}]
+    assert first["prompt"][-1] == {"role": "user", "content": "And 3+3?"} and len(first["prompt"]) == 6
+    assert [r["prompt"] + r["completion"] for r in rows] == [MULTI[0]["messages"], conv(1)["messages"]]  # round trip
+    assert json.loads(res.manifest_path.read_text())["trainer"]["trainer"] == "trl" and res.side_paths == []
+
+
+def sharegpt_to_messages(row: dict) -> list[dict]:
+    """How LLaMA-Factory reads a sharegpt row under the default tags (written independently of export)."""
+    roles = {"human": "user", "gpt": "assistant"}
+    system = [{"role": "system", "content": row["system"]}] if row["system"] else []
+    return system + [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"]]
+
+
+def test_llamafactory_sharegpt_with_dataset_info(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, MULTI, select_n=2)
+    res = export_selection(store, run, "sharegpt", ws, name="lf")
+    rows = read_jsonl(res.path)
+    assert all(set(r) == {"conversations", "system"} for r in rows)
+    assert [t["from"] for t in rows[0]["conversations"]] == ["human", "gpt"] * 3  # strictly alternating
+    assert [sharegpt_to_messages(r) for r in rows] == [MULTI[0]["messages"], conv(1)["messages"]]
+    info = json.loads((ws.exports / "dataset_info.json").read_text())
+    entry = info["lf"]
+    assert (ws.exports / entry["file_name"]) == res.path and entry["formatting"] == "sharegpt"
+    assert set(entry["columns"].values()) <= set(rows[0])
+    assert entry["tags"]["user_tag"] == "human" and entry["tags"]["assistant_tag"] == "gpt"
+    assert json.loads((ws.exports / "lf.dataset_info.json").read_text()) == {"lf": entry}
+    assert sorted(p.name for p in res.side_paths) == ["dataset_info.json", "lf.dataset_info.json"]
+    manifest = json.loads(res.manifest_path.read_text())
+    assert manifest["trainer"]["dataset"] == "lf" and manifest["trainer"]["dataset_dir"] == str(ws.exports.resolve())
+
+
+def test_llamafactory_alpaca_entry_names_only_present_columns_and_merges(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, ALPACA, select_n=3)
+    export_selection(store, run, "alpaca", ws, name="one")
+    other, _ = seed_run(store, tmp_path, MULTI, select_n=2, name="q")
+    export_selection(store, other, "alpaca", ws, name="two")
+    info = json.loads((ws.exports / "dataset_info.json").read_text())
+    assert set(info) == {"one", "two"}  # the second export added its entry, kept the first
+    assert info["one"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output",
+                                      "system": "system"}  # no row has history: naming it would fail
+    assert info["two"]["columns"]["history"] == "history" and info["two"]["file_name"] == "two.jsonl"
+    (row,) = [r for r in read_jsonl(ws.exports / "one.jsonl") if r["input"]]
+    assert (row["instruction"], row["input"], row["output"]) == ("Translate to French", "good morning", "bonjour")
+
+
+def test_broken_dataset_info_is_named_and_nothing_is_published(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, ALPACA, select_n=3)
+    (ws.exports / "dataset_info.json").write_text("{oops")
+    with pytest.raises(CurationError, match="dataset_info.json: not readable JSON"):
+        export_selection(store, run, "alpaca", ws, name="x")
+    assert sorted(p.name for p in ws.exports.iterdir()) == ["dataset_info.json"]
+
+
+def test_axolotl_chat_template_and_its_datasets_entry(store, ws, tmp_path):
+    import yaml
+
+    run, _ = seed_run(store, tmp_path, MULTI, select_n=2)
+    res = export_selection(store, run, "axolotl", ws, name="ax")
+    rows = read_jsonl(res.path)
+    entry, = json.loads(res.manifest_path.read_text())["trainer"]["datasets"]
+    assert entry["type"] == "chat_template" and entry["ds_type"] == "json" and entry["path"] == str(res.path.resolve())
+    assert [r[entry["field_messages"]] for r in rows] == [MULTI[0]["messages"], conv(1)["messages"]]
+    maps = entry["message_property_mappings"]
+    assert all(set(maps.values()) <= set(m) for r in rows for m in r["messages"])
+    assert yaml.safe_load((ws.exports / "ax.axolotl.yml").read_text()) == {"datasets": [entry]}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o640)])
+def test_exported_files_are_group_readable(store, ws, tmp_path, umask, mode):
+    run, _ = seed_run(store, tmp_path, MULTI, select_n=2)
+    old = os.umask(umask)
+    try:
+        export_selection(store, run, "sharegpt", ws, name="g")
+        export_selection(store, run, "axolotl", ws, name="h")
+    finally:
+        os.umask(old)
+    files = sorted(ws.exports.iterdir())
+    assert {p.name for p in files} == {"g.jsonl", "g.manifest.json", "g.dataset_info.json", "dataset_info.json",
+                                       "h.jsonl", "h.manifest.json", "h.axolotl.yml"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
+
+
+def test_cli_offers_every_format():
+    from curation.cli import make_parser
+
+    for fmt in export.FORMATS:
+        assert make_parser().parse_args(["export", "1", "--format", fmt]).format == fmt
+    assert set(export.FORMAT_LABELS) == set(export.FORMATS) == set(export.RENDER)

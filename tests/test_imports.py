@@ -237,3 +237,15 @@ def test_json_errors_read_well(tmp_path):
     from curation.io import iter_pool_file
     f = write_jsonl(tmp_path / "c.jsonl", ['{"instruction": "a\x01b", "output": "x"}'])
     assert [p.reason for p in iter_pool_file(f)] == ["invalid JSON: Invalid control character at column 19"]
+
+
+def test_banner_level_and_message_follow_the_bad_lines(store, tmp_path):
+    clean = import_pool(store, write_jsonl(tmp_path / "clean.jsonl", [conv(1), conv(2), conv(1)]))
+    assert (clean.level(), clean.message()) == ("success", clean.summary())  # duplicates alone are no warning
+    mostly_bad = import_pool(store, write_jsonl(tmp_path / "bad80.jsonl", [conv(1), "{x", "{x", "{x", "{x"]))
+    assert mostly_bad.level() == "warning"
+    assert mostly_bad.message() == (f"pool 'bad80': imported; 1 ok, 4 bad, 0 duplicates skipped. 4 of 5 lines "
+                                    f"(80%) were bad and skipped; the table below lists why (import report "
+                                    f"#{mostly_bad.report_id}).")
+    strict = import_pool(store, write_jsonl(tmp_path / "s.jsonl", [conv(3), "{x"]), strict=True)
+    assert strict.level() == "error" and strict.message() == strict.summary()
