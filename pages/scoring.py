@@ -46,7 +46,7 @@ with st.form("launch"):
     c1, c2, c3 = st.columns(3)
     max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
     percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
-    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768], value=8192)
+    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536], value=8192)
     projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
                              "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
     with st.expander("Warmup (LoRA)"):
