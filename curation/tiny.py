@@ -115,12 +115,23 @@ def ensure_tiny_model(workspace: Path, corpus_path: Path | None = None, cfg: Tin
     return out_dir
 
 
+SAVE_EVERY = 50  # pretraining steps between resume checkpoints (~5% of a default build)
+
+
+def resume_path(out_dir: Path) -> Path:
+    """Where a build in progress keeps its last step's full training state."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.resume.pt"
+
+
 def build_tiny_model(corpus_path: Path, out_dir: Path, cfg: TinyConfig,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     progress: Progress | None = None, save_every: int = SAVE_EVERY) -> dict[str, Any]:
     """Train tokenizer and model, then publish `out_dir` atomically; returns the build info.
 
     Everything is written to a sibling temp dir that is renamed at the end, so a killed
-    build leaves no directory that looks like a model.
+    build leaves no directory that looks like a model. Every ``save_every`` steps the whole
+    training state (weights, AdamW moments, schedule, batch generator, losses) is saved
+    atomically beside it (`resume_path`), so a killed build resumes there and ends with the
+    same bits as an uninterrupted one (tested); it is deleted once the model is published.
     """
     started = time.perf_counter()
     conversations = read_conversations(Path(corpus_path))
@@ -131,7 +142,8 @@ def build_tiny_model(corpus_path: Path, out_dir: Path, cfg: TinyConfig,
         with _deterministic(cfg):
             tokenizer = train_tokenizer(conversations, cfg)
             model = _new_model(tokenizer, cfg)
-            losses = _pretrain(model, _pack(tokenizer, conversations, cfg), cfg, progress)
+            losses = _pretrain(model, _pack(tokenizer, conversations, cfg), cfg, progress,
+                               resume_path(out_dir), save_every)
         info = {"fingerprint": fingerprint(Path(corpus_path), cfg), "config": cfg.to_dict(),
                 "corpus": str(corpus_path), "examples": len(conversations),
                 "parameters": sum(p.numel() for p in model.parameters()),
@@ -141,6 +153,7 @@ def build_tiny_model(corpus_path: Path, out_dir: Path, cfg: TinyConfig,
         tokenizer.save_pretrained(tmp)
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
         _publish(tmp, out_dir)
+        resume_path(out_dir).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
@@ -214,15 +227,29 @@ def _pack(tokenizer, conversations: list[list[dict[str, str]]], cfg: TinyConfig)
     return torch.tensor(stream[: n_blocks * cfg.block_size]).view(n_blocks, cfg.block_size)
 
 
-def _pretrain(model, blocks: torch.Tensor, cfg: TinyConfig, progress: Progress | None) -> list[float]:
-    """AdamW with linear warmup then cosine decay; batches drawn with a seeded generator."""
+def _pretrain(model, blocks: torch.Tensor, cfg: TinyConfig, progress: Progress | None,
+              resume: Path | None = None, save_every: int = SAVE_EVERY) -> list[float]:
+    """AdamW with linear warmup then cosine decay; batches drawn with a seeded generator.
+
+    With ``resume``: continue from the state saved there (same config fingerprint only) and
+    save the state every ``save_every`` steps.
+    """
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    losses = []
-    for step in range(cfg.steps):
+    losses, start = [], 0
+    if resume is not None and resume.is_file():
+        state = torch.load(resume, weights_only=False)  # our own file, written below
+        if state.get("config") == cfg.to_dict():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            losses, start = list(state["losses"]), int(state["step"])
+    for step in range(start, cfg.steps):
         batch = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -231,10 +258,21 @@ def _pretrain(model, blocks: torch.Tensor, cfg: TinyConfig, progress: Progress |
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if resume is not None and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            _save_state(resume, {"config": cfg.to_dict(), "step": step + 1, "model": model.state_dict(),
+                                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                                 "rng": torch.get_rng_state(), "losses": losses})
         if progress:
             progress("tiny-pretrain", step + 1, cfg.steps)
     model.eval()
     return losses
+
+
+def _save_state(path: Path, state: dict) -> None:
+    """Write-to-temp-then-rename: a kill while saving keeps the previous resume point."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def _lr_factor(step: int, cfg: TinyConfig) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -217,3 +218,26 @@ def test_missing_model_is_a_curation_error_without_network(tmp_path, monkeypatch
     with pytest.raises(CurationError):
         load_model(ModelConfig(name_or_path=str(tmp_path / "nowhere")), tmp_path)
     assert attempts == []
+
+
+def test_a_killed_tiny_build_resumes_to_the_same_bits(tmp_path):
+    """Killed after step 12 (resume point at 10), rebuilt: identical weights, losses and timing of saves."""
+    from curation.tiny import resume_path
+    corpus = write_corpus(tmp_path / "pool.jsonl")
+    cfg = dataclasses.replace(SMALL_TINY, steps=20)
+    whole = build_tiny_model(corpus, tmp_path / "whole", cfg, save_every=5)
+
+    def kill_at_12(stage, done, total):
+        if done == 12:
+            raise KeyboardInterrupt("killed")
+    with pytest.raises(KeyboardInterrupt):
+        build_tiny_model(corpus, tmp_path / "resumed", cfg, progress=kill_at_12, save_every=5)
+    assert resume_path(tmp_path / "resumed").is_file() and not (tmp_path / "resumed").exists()
+    steps = []
+    resumed = build_tiny_model(corpus, tmp_path / "resumed", cfg, progress=lambda s, d, t: steps.append(d),
+                               save_every=5)
+    assert steps[0] == 11  # continued after the step-10 resume point, not from scratch
+    wa = load_file(tmp_path / "whole" / "model.safetensors")
+    wb = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert whole["final_loss"] == resumed["final_loss"] and not resume_path(tmp_path / "resumed").exists()
