@@ -82,11 +82,28 @@ def test_fork_bomb_is_contained_and_leaves_nothing_behind():
     assert subprocess.run([sys.executable, "-c", "pass"], timeout=30).returncode == 0
 
 
+PRIVATE_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # the sandbox mounts its own tmpfs there
+
+
+def _canary_parent() -> Path | None:
+    """A host folder the sandbox still sees and its uid can reach: beside this test file, unless the
+    checkout itself lies under a private mount (a clone in /tmp), then /opt, /srv or /mnt."""
+    for cand in (Path(__file__).resolve().parent, Path("/opt"), Path("/srv"), Path("/mnt")):
+        if str(cand).startswith(PRIVATE_MOUNTS) or not (cand.is_dir() and os.access(cand, os.W_OK)):
+            continue
+        if all(p.stat().st_mode & 0o001 for p in [cand, *cand.parents]):  # every level traversable
+            return cand
+    return None
+
+
 @pytest.fixture
 def canary():
     """A root-owned world-readable file in a root-owned 0755 directory outside pytest's 0700 tmp
-    and outside /tmp (which the sandbox replaces with its own): beside this test file."""
-    folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=Path(__file__).parent))
+    and outside /tmp (which the sandbox replaces with its own)."""
+    parent = _canary_parent()
+    if parent is None:
+        pytest.skip("no host folder outside the sandbox's private mounts that its uid can reach")
+    folder = Path(tempfile.mkdtemp(prefix=".canary-", dir=parent))
     folder.chmod(0o755)
     (folder / "canary.txt").write_text("keep me")
     (folder / "canary.txt").chmod(0o644)
