@@ -335,17 +335,9 @@ def map_status(workdir: Path) -> dict[str, Any]:
 
 
 def _alive(pid: int | None) -> bool:
-    """Whether ``pid`` runs (a zombie counts as ended)."""
-    if not pid:
-        return True  # queued, not started yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))
+    """Whether ``pid`` runs (a zombie counts as ended); no pid yet = queued, alive."""
+    from curation.jobs import process_alive
+    return not pid or process_alive(pid)
 
 
 # ---------------------------------------------------------------------------- background job
