@@ -138,10 +138,10 @@ for attempt in attempts:
 class _Listener:
     """A TCP server on 127.0.0.1 that records whether anything ever connected."""
 
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, sock: socket.socket | None = None):
+        self.sock = sock or socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        self.port = self.sock.getsockname()[1] if self.sock.family == socket.AF_INET else None
         self.received: list[bytes] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -243,35 +243,20 @@ def test_proc_shows_only_the_sandbox_processes():
     assert "proc" in res.isolation
 
 
-class _UnixListener:
+class _UnixListener(_Listener):
     """A Unix socket in the host's /tmp that records any connection."""
 
     def __init__(self):
         self.path = Path(tempfile.mkdtemp(prefix="sock-", dir="/tmp")) / "s.sock"
         self.path.parent.chmod(0o755)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(self.path))
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(self.path))
         self.path.chmod(0o777)
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.received: list[bytes] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                self.received.append(conn.recv(100) or b"<connected>")
+        sock.listen()
+        super().__init__(sock)
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
+        super().close()
         shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
