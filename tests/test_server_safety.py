@@ -20,11 +20,10 @@ from curation import catalog
 from curation.errors import CurationError
 from curation.store import Store
 from curation.workspace import Workspace
+from test_app import PAGES, run_page
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
-PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/explore.py", "pages/compare.py",
-         "pages/curate.py"]
 IMG = "![x](http://127.0.0.1:9/leak.png)"
 PAYLOADS = [IMG, "[click](javascript:alert(1))", "**bold** _it_ `code`", "<img src=x onerror=alert(1)>",
             ":red[red] :material/home: $x^2$", "# heading\n- item", "a\\*b <b>", "http://127.0.0.1:9/auto"]
@@ -166,12 +165,7 @@ def _markdown_bodies(at: AppTest) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_user_data_as_text(hostile, page):
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if page != PAGES[0]:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = run_page(page)
     bodies = _markdown_bodies(at)
     assert bodies
     for body in bodies:
