@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 
 from curation.errors import CurationError
 from curation.features import atomic_write
-from curation.heldout import compare_with_random, label_contrast, pair_margins, split_pairs, verdict
+from curation.heldout import compare_with_random, label_contrast, pair_items, split_pairs, tuned_margins, verdict
 from curation.projection import derive_seed
 from curation.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.workspace import Workspace
@@ -121,17 +121,18 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     return load_scores(store, sub)
 
 
-def _budget(n_pool: int, run: Run, cfg: CheckConfig) -> int:
+def _budget(store: Store, n_pool: int, run_id: int, cfg: CheckConfig) -> int:
+    """The check's budget, else the run's own (`curate.run_budget`, what Curate and export use)."""
+    from curation.curate import run_budget
     from curation.select import budget_from
-    sel = run.config.get("select", {})
-    if cfg.percent is not None:
-        return budget_from(cfg.percent, None, n_pool)
-    return budget_from(sel.get("percent"), sel.get("n") if sel.get("percent") is None else None, n_pool)
+    percent, n = (cfg.percent, None) if cfg.percent is not None else run_budget(store, run_id)
+    return budget_from(percent, n, n_pool)
 
 
 def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
-    order = np.lexsort((ids, -scores.astype(np.float64)))  # best first, ties by id
-    return ids[order[:n]]
+    """The top ``n`` ids the way every selection is made (`select.select_top`: ties by id)."""
+    from curation.select import select_top
+    return np.asarray(select_top(scores, ids, n=n).selected_ids, np.int64)
 
 
 def agreement(ids: np.ndarray, scores: np.ndarray, other: np.ndarray, n: int) -> dict[str, float]:
@@ -197,20 +198,16 @@ class _Tuner:
     def __init__(self, run: Run, ws: Workspace, heldout: list[dict], cfg: CheckConfig, fetch):
         from curation.bench.downstream import ALL_LINEAR
         from curation.config import ScoreConfig
-        from curation.methods.base import ValPair
-        from curation.methods.rose import Rose
-        from curation.model import load_model, pad_token_id
+        from curation.model import load_model
         from curation.warmup import WarmupConfig
 
         score_cfg = ScoreConfig.from_dict(run.config)
         self.model, self.tok = load_model(score_cfg.model, ws.home)
-        self.pad = pad_token_id(self.tok)
         lr = cfg.lr or 3 * score_cfg.warmup.lr
         self.train_cfg = lambda epochs, seed: WarmupConfig(
             percent=100.0, epochs=epochs, lr=lr, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
             target_modules=ALL_LINEAR, batch_size=cfg.batch_size, max_length=score_cfg.model.max_length, seed=seed)
-        pairs = [ValPair(p["prompt"], p["prompt_messages"], p["chosen"], p["rejected"], p["subtask"]) for p in heldout]
-        self.items = Rose().val_items(pairs, self.tok, score_cfg.model.max_length)
+        self.items = pair_items(heldout, self.tok, score_cfg.model.max_length)
         self.work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
         self.cfg, self.fetch, self.tuned = cfg, fetch, 0
         from curation.jobs import process_alive
@@ -225,18 +222,12 @@ class _Tuner:
         return max(1, min(wanted, self.cfg.max_steps // per_epoch))
 
     def margins(self, example_ids: list[int], seed: int) -> np.ndarray:
-        from peft import PeftModel
-
-        from curation.bench.downstream import finetune
         examples = self.fetch([int(i) for i in example_ids])
         self.tuned += 1
-        adapter = finetune(self.model, self.tok, examples, self.train_cfg(self.epochs_for(len(examples)), seed),
-                           self.work / f"tune{self.tuned}-seed{seed}")
-        tuned = PeftModel.from_pretrained(self.model, str(adapter))
-        try:
-            return pair_margins(tuned, self.items, self.pad)
-        finally:
-            self.model = tuned.unload()
+        margins, self.model = tuned_margins(self.model, self.tok, examples,
+                                            self.train_cfg(self.epochs_for(len(examples)), seed), self.items,
+                                            self.work / f"tune{self.tuned}-seed{seed}")
+        return margins
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -263,7 +254,7 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     steps = 2 + len(cfg.baselines) + 2 * len(cfg.seeds)
     note(f"score {run.method} with {len(scoring)} of {len(pairs)} pairs", 0, steps)
     ids, scores = _sub_run(store, ws, run, pool, prefs, run.method, score_pairs, run_id)
-    n = _budget(len(ids), run, cfg)
+    n = _budget(store, len(ids), run_id, cfg)
     with store.session() as s:
         n_scored = s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id))
     if len(ids) != n_scored:

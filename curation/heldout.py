@@ -147,3 +147,29 @@ def label_contrast(pairs: Sequence[dict], threshold: float = NEAR_IDENTICAL) -> 
                           "(a number, a label), not by the task: compare with LESS or BM25 (`check` reports the "
                           "agreement), or write rejected answers that are worse in the way the task cares about.")
     return out
+
+
+def pair_items(pairs: Sequence[dict], tokenizer, max_length: int) -> list[Batch]:
+    """Pair dicts (prompt, chosen, rejected, subtask; ``prompt_messages`` optional) as ROSE items."""
+    from curation.methods.base import ValPair
+    from curation.methods.rose import Rose
+    vals = [ValPair(p["prompt"], p.get("prompt_messages") or [{"role": "user", "content": p["prompt"]}],
+                    p["chosen"], p["rejected"], p["subtask"]) for p in pairs]
+    return Rose().val_items(vals, tokenizer, max_length)
+
+
+def tuned_margins(model, tokenizer, examples: Sequence, train_cfg, items: Sequence[Batch], work_dir) -> tuple:
+    """Fine-tune a fresh LoRA on ``examples``, then the held-out margins under it.
+
+    Returns (margins, the bare base model again: the adapter is unloaded)."""
+    from peft import PeftModel
+
+    from curation.bench.downstream import finetune
+    from curation.model import pad_token_id
+    adapter = finetune(model, tokenizer, list(examples), train_cfg, work_dir)
+    tuned = PeftModel.from_pretrained(model, str(adapter))
+    try:
+        margins = pair_margins(tuned, items, pad_token_id(tokenizer))
+    finally:
+        model = tuned.unload()
+    return margins, model

@@ -252,14 +252,9 @@ class SuiteRun:
     def pair_downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
         """prefs: fine-tune on each selection per seed; held-out preference accuracy and margin
         (`curation.heldout`: DPO implicit reward against the base model)."""
-        from peft import PeftModel
         from sqlalchemy import select
 
-        from curation.bench.downstream import finetune
-        from curation.heldout import pair_margins
-        from curation.methods.base import ValPair
-        from curation.methods.rose import Rose
-        from curation.model import pad_token_id
+        from curation.heldout import pair_items, tuned_margins
         from curation.store import Example
 
         self.log(f"{self.suite.name}: held-out preference fine-tunes")
@@ -268,21 +263,15 @@ class SuiteRun:
         with self.store.session() as s:
             messages = dict(s.execute(select(Example.id, Example.messages).order_by(Example.id)).all())
         (tg,) = self.suite.targets
-        items = Rose().val_items([ValPair(h["prompt"], [{"role": "user", "content": h["prompt"]}], h["chosen"], h["rejected"],
-                                          h["subtask"]) for h in tg.heldout], tok, self.suite.max_length or ds.max_length)
+        items = pair_items(tg.heldout, tok, self.suite.max_length or ds.max_length)
         per_seed: dict[str, dict[str, list[float]]] = {}
         for method in [m for m in table if m != "full_pool"]:
             for pk in map(pct_key, ds.percents):
                 examples = [messages[i] for i in self.selections[tg.name][method][pk]]
                 accs, margins = [], []
                 for seed in ds.seeds:
-                    adapter = finetune(model, tok, examples, ds.train_config(ds.epochs_for(len(examples)), seed),
-                                       self.ws.home / "downstream" / f"{method}-{pk}-{seed}")
-                    tuned = PeftModel.from_pretrained(model, str(adapter))
-                    try:
-                        m = pair_margins(tuned, items, pad_token_id(tok))
-                    finally:
-                        model = tuned.unload()
+                    m, model = tuned_margins(model, tok, examples, ds.train_config(ds.epochs_for(len(examples)), seed),
+                                             items, self.ws.home / "downstream" / f"{method}-{pk}-{seed}")
                     accs.append(float((m > 0).mean()))
                     margins.append(float(m.mean()))
                 row = table[method][pk]
