@@ -112,9 +112,9 @@ def show_rescored(res) -> None:
     st.success(md_text(st.session_state["rescored_msg"]))
 
 
-def check_panel(run_id: int, key: str) -> None:
+def check_panel(run_id: int, key: str):
     """The run's held-out check: its verdict (warning unless better than random), a running
-    check's progress, and a button that launches one in the background."""
+    check's progress, and a button that launches one in the background; returns its state."""
     from curation.check import check_state, launch_check
 
     state = check_state(store(), run_id, workspace())
@@ -133,3 +133,4 @@ def check_panel(run_id: int, key: str) -> None:
         with user_errors():
             launch_check(store(), run_id, workspace())
             st.rerun()
+    return state

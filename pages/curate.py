@@ -9,7 +9,6 @@ import streamlit as st
 from curation import catalog, curate
 from curation.errors import CurationError
 from curation.export import FORMAT_LABELS, FORMATS, export_selection
-from curation.check import check_state
 from pages._shared import check_panel, md_text, store, user_errors, workspace
 
 def act(describe, fn) -> None:
@@ -41,7 +40,7 @@ if not runs:
 labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get)  # newest first
 pool = next(r["pool"] for r in runs if r["id"] == run_id)
-check_panel(run_id, "curate")
+check = check_panel(run_id, "curate")
 
 percent0, n0 = curate.run_budget(store(), run_id)
 c1, c2 = st.columns([1, 2])
@@ -109,7 +108,7 @@ fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_LABELS.get)
 name = c2.text_input("File name (default: run, format and time)")
 exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
 anyway = True
-if check_state(store(), run_id, workspace()).warns_export:
+if check.warns_export:
     anyway = st.checkbox("Export anyway: this run's held-out check did not find it better than random",
                          key=f"export_anyway_{run_id}")
 if st.button("Export", type="primary", disabled=not anyway):
