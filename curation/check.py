@@ -113,9 +113,7 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     from curation.config import ScoreConfig
     from curation.runs import create_run, execute_run, load_scores
 
-    # a baseline keeps the run's settings but not its method's options (NICE's reward, ...)
-    cfg = ScoreConfig.from_dict({**run.config, "method": method,
-                                 "options": run.config.get("options", {}) if method == run.method else {}})
+    cfg = ScoreConfig.from_dict(run.config).for_method(method)
     sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True})
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)

@@ -88,6 +88,13 @@ class ScoreConfig:
                 "select": dataclasses.asdict(self.select), "options": dict(self.options),
                 "threads": self.threads}
 
+    def for_method(self, method: str) -> "ScoreConfig":
+        """The same settings for another method: ``options`` belong to a method (NICE's reward,
+        ROSE's logp) and are dropped, since other methods refuse unknown options."""
+        if method == self.method:
+            return self
+        return dataclasses.replace(self, method=method, options={})
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":
         data = dict(data)

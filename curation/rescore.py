@@ -80,8 +80,8 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         if prefs is None and base.prefs_id is not None:
             prefs = s.get(PreferenceSet, base.prefs_id).name
         cfg = ScoreConfig.from_dict({**base.config, **(overrides or {})})
-    if method and method != cfg.method and "options" not in (overrides or {}):
-        cfg.options = {}  # the base method's options (NICE's reward, ROSE's logp) are not this method's
+    if method and "options" not in (overrides or {}):
+        cfg = cfg.for_method(method)
     cfg.method = method or cfg.method
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "

@@ -37,3 +37,11 @@ def test_every_registered_method_honours_the_interface():
         assert cls.name == name and issubclass(cls, Method)
         for meth, sig in base.items():
             assert list(inspect.signature(getattr(cls, meth)).parameters) == list(sig.parameters), (name, meth)
+
+
+def test_for_method_drops_the_other_methods_options():
+    from curation.config import ScoreConfig
+    cfg = ScoreConfig(method="nice", options={"reward": "number"})
+    assert cfg.for_method("nice") is cfg
+    other = cfg.for_method("bm25")
+    assert other.method == "bm25" and other.options == {} and cfg.options == {"reward": "number"}
