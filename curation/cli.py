@@ -368,6 +368,24 @@ def cmd_undo(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("selection")
+def cmd_selection(a: argparse.Namespace) -> int:
+    """Show a run's saved selection, or save one (the budget Explore, Curate and export share)."""
+    from curation import curate, selections
+    if a.percent is not None or a.n is not None or a.name:
+        old = selections.saved_selection(_store(), a.run_id)
+        percent, n = (a.percent, a.n) if a.percent is not None or a.n is not None else old.budget()
+        selections.save_selection(_store(), a.run_id, percent=percent, n=n, name=a.name or old.name)
+    saved = selections.saved_selection(_store(), a.run_id)
+    sel = curate.curated_selection(_store(), a.run_id)
+    state = f"saved {saved.saved_at}" if saved.saved else "not saved: the run's scoring budget"
+    print(f"{saved.name}: {saved.label()} -> {sel.n_selected:,} of {len(sel.ids):,} examples "
+          f"({len(sel.pinned):,} pinned, {len(sel.excluded):,} excluded; {state})")
+    if sel.warning:
+        print(f"warning: {sel.warning}", file=sys.stderr)
+    return 0
+
+
 @command("export")
 def cmd_export(a: argparse.Namespace) -> int:
     """The run's curated selection (pins in, excludes out) as JSONL + manifest; prints the file path."""
@@ -454,12 +472,18 @@ def make_parser() -> argparse.ArgumentParser:
     dp.add_argument("--author", default="cli")
     up = sub.add_parser("undo", help="revert the last pin/exclude action on a pool")
     up.add_argument("pool")
+    sl = sub.add_parser("selection", help="show or save a run's selection (budget shared by Explore, Curate, export)")
+    sl.add_argument("run_id", type=int)
+    sb = sl.add_mutually_exclusive_group()
+    sb.add_argument("--percent", type=float, help="save this budget (top P%%)")
+    sb.add_argument("--n", type=int, help="save this budget (top N)")
+    sl.add_argument("--name", help="name of the selection (default: run and budget)")
     ep = sub.add_parser("export", help="export a run's curated selection as JSONL with a manifest")
     ep.add_argument("run_id", type=int)
     ep.add_argument("--format", default="original", choices=FORMATS,
                     help="; ".join(f"{k}: {v}" for k, v in FORMAT_LABELS.items()))
     eb = ep.add_mutually_exclusive_group()
-    eb.add_argument("--percent", type=float, help="budget (default: the run's)")
+    eb.add_argument("--percent", type=float, help="budget (default: the run's saved selection)")
     eb.add_argument("--n", type=int)
     ep.add_argument("--name", help="file name stem (default: run, format and time)")
     wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, aliased
 from curation import catalog
 from curation.errors import CurationError
 from curation.select import budget_from, select_top
+from curation.selections import budget_warning, selection_of
 from curation.store import Decision, Example, Pool, Run, Score, Store
 from curation.store.db import markers
 
@@ -271,6 +272,12 @@ class CuratedSelection:
     removed: list[int]  # rank order: excluded, or pushed out by pins
     n_auto: int  # chosen by score
     cutoff_score: float
+    name: str | None = None  # the saved selection's name when its budget was used
+
+    @property
+    def warning(self) -> str | None:
+        """A budget above the pool is kept whole, and said so (not clamped in silence)."""
+        return budget_warning(self.percent, self.n, len(self.ids))
 
     @property
     def n_selected(self) -> int:
@@ -331,12 +338,13 @@ def _load(s: Session, run_id: int) -> tuple[Run, str, np.ndarray, np.ndarray, np
 
 
 def _budget_of(run: Run) -> tuple[float | None, int | None]:
-    sel = (run.config or {}).get("select") or {}
-    return (sel.get("percent"), None) if sel.get("n") is None else (None, sel.get("n"))
+    """The run's saved selection's budget, else the one it was scored with (`selections`)."""
+    return selection_of(run).budget()
 
 
 def run_budget(store: Store, run_id: int) -> tuple[float | None, int | None]:
-    """The budget a run was scored with (its config's `select`), as (percent, n): the UI's default."""
+    """The budget Explore, Curate, export and check start from, as (percent, n): the run's saved
+    selection (`selections.save_selection`), else its config's `select`."""
     with store.session() as s:
         run = s.get(Run, run_id)
         if run is None:
@@ -356,8 +364,10 @@ def curated_selection_in(s: Session, run_id: int, percent: float | None = None,
     """`curated_selection` in the caller's transaction: scores and overrides from one snapshot."""
     run, pool, ids, scores, auto = _load(s, run_id)
     overrides = _overrides(s, run.pool_id)
+    name = None
     if percent is None and n is None:
-        percent, n = _budget_of(run)
+        saved = selection_of(run)
+        (percent, n), name = saved.budget(), saved.name
     known = set(ids.tolist())
     pinned = sorted(e for e, a in overrides.items() if a == "pin" and e in known)
     excluded = sorted(e for e, a in overrides.items() if a == "exclude" and e in known)
@@ -375,7 +385,7 @@ def curated_selection_in(s: Session, run_id: int, percent: float | None = None,
         run_id=run_id, pool=pool, percent=percent, n=n, budget=budget, ids=ids, scores=scores,
         ranks=res.ranks, auto=auto, selected_ids=res.selected_ids, pinned=pinned, excluded=excluded,
         added=by_rank(np.setdiff1d(chosen, ids[auto])), removed=by_rank(np.setdiff1d(ids[auto], chosen)),
-        n_auto=res.n_auto, cutoff_score=res.cutoff_score)
+        n_auto=res.n_auto, cutoff_score=res.cutoff_score, name=name)
 
 
 def shown_ids(sel: CuratedSelection, scope: str = "selection", matching: Iterable[int] | None = None) -> list[int]:

@@ -291,7 +291,7 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
         "pool": sel.pool, "preference_set": prefs,
         "preference_pairs": {"sha256": meta.get("pairs_sha256"), "n": len(meta.get("pairs") or []),
                              "version": pairs_state},
-        "budget": {"percent": sel.percent, "n": sel.n},
+        "budget": {"percent": sel.percent, "n": sel.n, "selection": sel.name},
         "counts": {"pool": pool_size, "budget": sel.budget, "auto": sel.n_auto, "pinned": len(sel.pinned),
                    "excluded": len(sel.excluded), "automatic_selection": int(sel.auto.sum()),
                    "added": len(sel.added), "removed": len(sel.removed), "exported": len(ids)},

@@ -134,3 +134,50 @@ def check_panel(run_id: int, key: str):
             launch_check(store(), run_id, workspace())
             st.rerun()
     return state
+
+
+def selection_editor(run_id: int, n_pool: int, key: str, slider: bool = False):
+    """The run's one saved selection (name + budget) as widgets. Every change is saved at once
+    (`selections.save_selection`), so Explore, Curate, export and check always use the same
+    budget; a budget above the pool is kept whole and said so. Returns the saved selection."""
+    from curation import selections
+    from curation.select import budget_from
+
+    saved = selections.saved_selection(store(), run_id)
+    k = f"{key}_selection_{run_id}"
+    as_percent = saved.percent if saved.percent is not None else max(0.01, round(100 * saved.n / max(n_pool, 1), 2))
+    as_count = saved.n if saved.n is not None else budget_from(saved.percent, None, n_pool)
+
+    def save() -> None:
+        by = st.session_state[f"{k}_by"]
+        pct, cnt = st.session_state.get(f"{k}_percent"), st.session_state.get(f"{k}_count")
+        try:
+            if by == "percent":  # a switch from count starts at the equivalent share
+                selections.save_selection(store(), run_id, percent=float(pct if pct is not None else min(as_percent, 100.0)),
+                                          name=st.session_state[f"{k}_name"])
+            else:
+                selections.save_selection(store(), run_id, n=int(cnt if cnt is not None else as_count),
+                                          name=st.session_state[f"{k}_name"])
+        except CurationError as e:
+            st.session_state[f"{k}_error"] = str(e)
+
+    c1, c2, c3 = st.columns([2, 1, 2])
+    c1.text_input("Selection name", value=saved.name, key=f"{k}_name", on_change=save,
+                  help="Explore, Curate and export share this selection; changes are saved at once")
+    by = c2.radio("Budget by", ["percent", "count"], index=0 if saved.percent is not None else 1, key=f"{k}_by",
+                  horizontal=True, on_change=save)
+    if by == "percent":
+        widget = c3.slider if slider else c3.number_input
+        widget("Keep the top … % (pins count, excludes never)", 0.01 if not slider else 0.1, 100.0,
+               float(max(as_percent, 0.1) if slider else as_percent), key=f"{k}_percent", on_change=save)
+    else:
+        c3.number_input("Number of examples", 1, value=int(as_count), step=10, key=f"{k}_count", on_change=save)
+    if err := st.session_state.pop(f"{k}_error", None):
+        st.error(md_text(err))
+    saved = selections.saved_selection(store(), run_id)
+    if warning := selections.budget_warning(saved.percent, saved.n, n_pool):
+        st.warning(warning)
+    st.caption(md_text(f"Selection '{saved.name}' ({saved.label()}) · "
+                       + (f"saved {saved.saved_at} UTC" if saved.saved else "the run's scoring budget")
+                       + " · Explore, Curate and export use it"))
+    return saved

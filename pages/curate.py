@@ -9,7 +9,7 @@ import streamlit as st
 from curation import catalog, curate
 from curation.errors import CurationError
 from curation.export import FORMAT_LABELS, FORMATS, export_selection
-from pages._shared import check_panel, md_text, store, user_errors, workspace
+from pages._shared import check_panel, md_text, selection_editor, store, user_errors, workspace
 
 def act(describe, fn) -> None:
     """Callback body: run a library action, keep its outcome for the next run to show."""
@@ -38,22 +38,18 @@ if not runs:
     st.page_link("pages/scoring.py", label="Go to Scoring")
     st.stop()
 labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
-run_id = st.selectbox("Run", list(labels), format_func=labels.get)  # newest first
+last = st.session_state.get("explore_run")  # the run last explored, else the newest
+run_id = st.selectbox("Run", list(labels), index=list(labels).index(last) if last in labels else 0,
+                      format_func=labels.get)
 pool = next(r["pool"] for r in runs if r["id"] == run_id)
 check = check_panel(run_id, "curate")
 
-percent0, n0 = curate.run_budget(store(), run_id)
-c1, c2 = st.columns([1, 2])
-by = c1.radio("Budget by", ["percent", "count"], index=0 if n0 is None else 1, horizontal=True)
-if by == "percent":
-    percent, n = c2.number_input("Percent of the pool", 0.01, 100.0, float(percent0 or 5.0)), None
-else:
-    percent, n = None, int(c2.number_input("Number of examples", 1, value=int(n0 or 100), step=10))
 sel = None
 with user_errors():
-    sel = curate.curated_selection(store(), run_id, percent, n)
+    sel = curate.curated_selection(store(), run_id)  # the run's saved selection (shared with Explore)
 if sel is None:  # the error is shown above
     st.stop()
+selection_editor(run_id, len(sel.ids), "curate")
 
 if msg := st.session_state.pop("curate_msg", None):
     getattr(st, msg[0])(md_text(msg[1]) if msg[0] == "error" else msg[1])  # errors quote user data
@@ -113,7 +109,7 @@ if check.warns_export:
                          key=f"export_anyway_{run_id}")
 if st.button("Export", type="primary", disabled=not anyway):
     with user_errors(), st.spinner("Exporting…"):
-        res = export_selection(store(), run_id, fmt, workspace(), percent, n,
+        res = export_selection(store(), run_id, fmt, workspace(),
                                example_ids=ids if exact else None, name=name.strip() or None)
         st.session_state.curate_export = (str(res.path), str(res.manifest_path))
 if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():

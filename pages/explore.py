@@ -7,7 +7,8 @@ import plotly.express as px
 import streamlit as st
 
 from curation import catalog, explore, maps, rescore
-from pages._shared import check_panel, md_text, render_messages, show_rescored, store, user_errors
+from pages._shared import (check_panel, md_text, render_messages, selection_editor, show_rescored, store,
+                           user_errors)
 
 MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
@@ -26,6 +27,7 @@ run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in r
                                                  + (" · scored with an earlier version of the pairs"
                                                     if r["pairs_version"] == "earlier" else "")
                                                  for r in runs if r["id"] == i))
+st.session_state["explore_run"] = run_id  # Curate opens on the run last explored
 info = explore.run_info(store(), run_id)
 if msg := st.session_state.pop("rescored_msg", None):
     st.success(md_text(msg))
@@ -60,9 +62,8 @@ if df.empty:
     st.stop()
 
 st.subheader("Scores and the cutoff")
-start = info.select_percent or max(0.1, round(100 * info.n_selected / len(df), 1))
-pct = st.slider("Keep the top … % (pins count, excludes never)", 0.1, 100.0, float(start), 0.1)
-cut = explore.cutoff_for(df, percent=pct)
+saved = selection_editor(run_id, len(df), "explore", slider=True)
+cut = explore.cutoff_for(df, *saved.budget())
 c1, c2, c3 = st.columns(3)
 c1.metric("Kept", f"{cut.n_kept:,} of {len(df):,}")
 c2.metric("Cutoff score", f"{cut.score:.4f}" if np.isfinite(cut.score) else "–")
@@ -70,7 +71,7 @@ c3.metric("Pinned / excluded", f"{cut.n_pinned:,} / {cut.n_excluded:,}")
 by_source = st.toggle("Colour by source")
 fig = px.histogram(df, x="score", color="source" if by_source else None, nbins=80, barmode="overlay")
 if np.isfinite(cut.score):
-    fig.add_vline(x=cut.score, line_dash="dash", annotation_text=f"top {pct:g}%")
+    fig.add_vline(x=cut.score, line_dash="dash", annotation_text=saved.label())
 st.plotly_chart(fig, key="hist")
 
 c1, c2 = st.columns(2)

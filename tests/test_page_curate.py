@@ -88,18 +88,22 @@ def test_bulk_action_on_all_matches_then_export(seeded):
     store, run, ids = seeded
     at = open_page()
     at.text_input(key="curate_reason").set_value("animals").run()
-    at.text_input[0].set_value("zebra").run()
+    search(at).set_value("zebra").run()
     button = next(b for b in at.button if b.label.startswith("Exclude all"))
     assert button.label == "Exclude all 4 matching"
     ok(button.click().run())
     assert sorted(curate.current_overrides(store, "p")) == [ids[0], ids[3], ids[6], ids[9]]
     assert metrics(at)["Excluded"] == "4"
-    at.text_input[0].set_value("").run()
+    search(at).set_value("").run()
     ok(next(b for b in at.button if b.label == "Export").click().run())
     assert at.get("download_button") and "Exported 4 examples" in at.success[0].value
     (path,) = ws_exports(store).glob("*.jsonl")
     assert [json.loads(line)["messages"][1]["content"] for line in path.read_text().splitlines()] == [
         "Answer 1.", "Answer 2.", "Answer 4.", "Answer 5."]
+
+
+def search(at: AppTest):
+    return next(t for t in at.text_input if t.label == "Search")
 
 
 def ws_exports(store: Store) -> Path:
