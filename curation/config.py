@@ -19,6 +19,7 @@ from curation.warmup import WarmupConfig
 
 
 PROJECTORS = ("auto", "identity", "sparse_jl", "dense_rademacher")
+AUTOCAST = ("auto", "off", "bfloat16")
 
 
 @dataclass
@@ -33,6 +34,10 @@ class FeatureConfig:
     seed: int = 0  # projection seed: identical matrix in every process and on every device
     batch_size: int = 32  # examples per batched backward (32: +20% examples/s on the tiny model vs 16)
     dtype: str = "float16"  # stored feature dtype
+    # Forward precision while extracting: auto = bfloat16 autocast on CUDA (tensor cores; the
+    # per-item gradients are still formed in float32), none on CPU (no bf16 units on most
+    # CPUs: slower, not faster) | off | bfloat16 (also on CPU, where it is supported)
+    autocast: str = "auto"
     shard_size: int = 1024  # rows per shard file: the unit of resume
     # A pool that grew keeps the warmup its stored features were made with (when that warmup
     # is at least half the size the grown pool's share would be), so only new rows are
@@ -47,6 +52,14 @@ class FeatureConfig:
                                 f"got {self.projector!r}")
         if self.dtype not in ("float16", "float32"):
             raise CurationError(f"FeatureConfig.dtype must be float16 or float32, got {self.dtype!r}")
+        if self.autocast not in AUTOCAST:
+            raise CurationError(f"FeatureConfig.autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
+
+    def autocast_for(self, device_type: str) -> str | None:
+        """The autocast dtype name extraction uses on this device, or None (full precision)."""
+        if self.autocast == "auto":
+            return "bfloat16" if device_type == "cuda" else None
+        return None if self.autocast == "off" else self.autocast
 
 
 @dataclass

@@ -56,18 +56,23 @@ def adam_direction(g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, beta1: float 
     return m / torch.sqrt(v + eps)
 
 
-def per_item_weight_grad(grad_out: Tensor, inputs: Tensor, item_index: Tensor, n_items: int) -> Tensor:
+def per_item_weight_grad(grad_out: Tensor, inputs: Tensor, item_index: Tensor, n_items: int,
+                         rows_are_items: bool | None = None) -> Tensor:
     """Per-item gradient of a Linear's weight, flattened like ``weight.reshape(-1)``: ``[n, o*i]``.
 
     ``grad_out: [R, ..., o]`` and ``inputs: [R, ..., i]`` hold one row per sequence; rows of
     one item are summed (their losses add up to the item's loss). Accumulates in ≥ float32.
+    ``rows_are_items`` (from `Batch`, known on the host) skips the check that would otherwise
+    wait for the GPU once per layer.
     """
     rows = grad_out.shape[0]
     dtype = torch.promote_types(grad_out.dtype, torch.float32)
     g = grad_out.reshape(rows, -1, grad_out.shape[-1]).to(dtype)
     x = inputs.reshape(rows, -1, inputs.shape[-1]).to(dtype)
     per_row = torch.einsum("bto,bti->boi", g, x).reshape(rows, -1)
-    if rows == n_items and torch.equal(item_index, torch.arange(rows, device=item_index.device)):
+    if rows_are_items is None:
+        rows_are_items = rows == n_items and torch.equal(item_index, torch.arange(rows, device=item_index.device))
+    if rows_are_items:
         return per_row
     return per_row.new_zeros(n_items, per_row.shape[1]).index_add_(0, item_index, per_row)
 
@@ -126,17 +131,22 @@ class PerSampleGradients:
 
     def _backward_hook(self, name: str, grad_out: Tensor) -> None:
         batch = self._batch
-        with torch.no_grad():
-            grads = per_item_weight_grad(grad_out, self._inputs.pop(name), batch.item_index, batch.n_items)
+        # On CPU backward runs in the caller's thread: keep a forward autocast out of the
+        # per-item products (they accumulate in float32 whatever the forward's precision).
+        with torch.no_grad(), torch.autocast(grad_out.device.type, enabled=False):
+            grads = per_item_weight_grad(grad_out, self._inputs.pop(name), batch.item_index, batch.n_items,
+                                         batch.rows_are_items)
             self._emit(name, grads)
 
-    def compute(self, objective: Objective, batch: Batch, on_grad: GradCallback | None = None
-                ) -> dict[str, Tensor] | None:
+    def compute(self, objective: Objective, batch: Batch, on_grad: GradCallback | None = None,
+                autocast: torch.dtype | None = None) -> dict[str, Tensor] | None:
         """Per-item gradients of ``objective`` on ``batch``.
 
         With ``on_grad`` each layer's ``[n_items, numel]`` gradient goes to the callback as soon
         as it exists and nothing is returned; without it a dict name -> tensor is returned
         (layers that the loss does not reach get zeros). The model's ``.grad`` is untouched.
+        ``autocast`` (e.g. bfloat16 on CUDA) runs the forward under `torch.autocast`; the
+        backward follows its dtypes and the per-item gradients are still formed in float32.
         """
         if not self._handles:
             raise RuntimeError("use PerSampleGradients as a context manager")
@@ -144,7 +154,8 @@ class PerSampleGradients:
         batch = batch.to(next(iter(self.params.values())).device)
         self._batch, self._emit = batch, on_grad or collected.__setitem__
         try:
-            loss = objective.loss(self.model, batch)
+            with torch.autocast(batch.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = objective.loss(self.model, batch)
             if not self._inputs:
                 raise RuntimeError("no LoRA layer ran with gradients (adapter merged or disabled?)")
             # Only drives the backward that fires the hooks; the summed parameter gradients it
@@ -211,25 +222,50 @@ class _FeatureSum:
             self.total = grads.new_zeros(grads.shape[0], self.projector.k)
         self.projector.accumulate(name, grads, self.total)
 
-    def features(self, n_items: int) -> np.ndarray:
+    def features(self, n_items: int) -> _HostCopy:
+        """The batch's normalised features, on their way to the host (see `_HostCopy`)."""
         if self.total is None:
-            return np.zeros((n_items, self.projector.k), dtype=np.float32)
-        return F.normalize(self.total, dim=1).float().cpu().numpy()
+            return _HostCopy(torch.zeros(n_items, self.projector.k))
+        return _HostCopy(F.normalize(self.total, dim=1).float())
+
+
+class _HostCopy:
+    """A device-to-host copy that does not wait: on CUDA into pinned memory with
+    ``non_blocking`` and an event, so the next batch's kernels are queued before the host
+    blocks on this one (`iter_features` yields one batch late). On CPU it is the tensor."""
+
+    def __init__(self, t: Tensor):
+        self.event = None
+        if t.is_cuda:
+            self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.host.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = t
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
 
 
 def iter_features(model: nn.Module, batches: Iterable[Batch], objective: Objective, projector: Projector,
                   optimizer_state: AdamState | None = None, *, betas: tuple[float, float] = (0.9, 0.999),
                   eps: float = 1e-8, param_filter: ParamFilter = is_lora_param,
-                  loop: bool = False) -> Iterator[np.ndarray]:
+                  loop: bool = False, autocast: torch.dtype | None = None) -> Iterator[np.ndarray]:
     """Yield ``[n_items, k]`` float32 features per batch (so callers can save and resume per batch).
 
     Per item: per-layer gradient -> Adam direction if ``optimizer_state`` (train side) ->
     projection -> sum over layers (exact, see :mod:`curation.projection`) -> L2 normalisation.
     ``loop=True`` gets the gradients the reference way (one backward per item) instead.
+    ``autocast``: the forward's precision (`PerSampleGradients.compute`). Each batch's
+    features are yielded once the next batch is queued, so a GPU never idles on the copy.
     """
     device = next(model.parameters()).device
     params = selected_params(model, param_filter)
     state = None if optimizer_state is None else _device_state(optimizer_state, params)
+    pending: _HostCopy | None = None
     with PerSampleGradients(model, param_filter) as psg:
         for batch in batches:
             batch = batch.to(device)
@@ -238,15 +274,20 @@ def iter_features(model: nn.Module, batches: Iterable[Batch], objective: Objecti
                                       for item in batch.split()])
                 continue
             acc = _FeatureSum(projector, state, betas, eps)
-            psg.compute(objective, batch, acc)
-            yield acc.features(batch.n_items)
+            psg.compute(objective, batch, acc, autocast=autocast)
+            ready = acc.features(batch.n_items)
+            if pending is not None:
+                yield pending.result()
+            pending = ready
+    if pending is not None:
+        yield pending.result()
 
 
 def _loop_item(model, item, objective, params, projector, state, betas, eps) -> np.ndarray:
     acc = _FeatureSum(projector, state, betas, eps)
     for name, grads in item_gradients(model, item, objective, params).items():
         acc(name, grads.to(torch.promote_types(grads.dtype, torch.float32)))
-    return acc.features(1)
+    return acc.features(1).result()
 
 
 def featurize(model: nn.Module, batches: Iterable[Batch], objective: Objective, projector: Projector,

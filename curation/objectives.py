@@ -19,7 +19,7 @@ per-row coefficient whose meaning the objective defines: DPO uses +1 (chosen) an
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -44,6 +44,9 @@ class Batch:
     item_index: Tensor
     n_items: int
     row_weight: Tensor | None = None
+    # Whether row r is item r (the usual case): decided on the host when the batch is built and
+    # carried by `to`, so the per-layer gradient hooks never wait for the GPU to answer.
+    rows_are_items: bool | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         rows = self.input_ids.shape[0]
@@ -55,6 +58,9 @@ class Batch:
             raise ValueError("item_index must hold one item number per row")
         if self.row_weight is not None and self.row_weight.shape != (rows,):
             raise ValueError("row_weight must hold one number per row")
+        if self.rows_are_items is None or self.item_index.device.type == "cpu":  # cheap there: always
+            self.rows_are_items = rows == self.n_items and bool(
+                torch.equal(self.item_index.cpu(), torch.arange(rows)))
 
     @property
     def device(self) -> torch.device:

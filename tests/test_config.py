@@ -45,3 +45,12 @@ def test_for_method_drops_the_other_methods_options():
     assert cfg.for_method("nice") is cfg
     other = cfg.for_method("bm25")
     assert other.method == "bm25" and other.options == {} and cfg.options == {"reward": "number"}
+
+
+def test_feature_autocast_is_bf16_on_cuda_only_by_default():
+    from curation.config import FeatureConfig
+    assert FeatureConfig().autocast_for("cuda") == "bfloat16" and FeatureConfig().autocast_for("cpu") is None
+    assert FeatureConfig(autocast="off").autocast_for("cuda") is None
+    assert FeatureConfig(autocast="bfloat16").autocast_for("cpu") == "bfloat16"
+    with pytest.raises(CurationError, match="autocast"):
+        FeatureConfig(autocast="fp8")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from curation.grads import (PerSampleGradients, adam_direction, featurize, is_lora_param, iter_features,
-                            loop_gradients, selected_params)
+                            loop_gradients, per_item_weight_grad, selected_params)
 from curation.objectives import DPOObjective, PolicyGradientObjective, SFTObjective, collate
 from curation.projection import IdentityProjector, DenseRademacherProjector, SparseJLProjector
 
@@ -205,3 +205,34 @@ def test_projecting_a_stored_exact_row_equals_projecting_the_gradient(tiny_model
     from_rows = sum(sketch.project(n, torch.from_numpy(exact[:, sl])) for n, sl in ident.slices())
     from_rows = (from_rows / from_rows.norm(dim=1, keepdim=True)).numpy()
     assert np.abs(from_rows - direct).max() < 1e-5
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bf16_autocast_forward_keeps_the_features(case, tiny_model, items):
+    """The GPU path's bf16 autocast (run here on CPU, which supports it): features stay within
+    bf16 rounding of the fp32 ones (row cosine > 0.99), per-item products stay float32, and
+    nothing outside the forward runs in bf16 (the loop reference under fp32 is unchanged)."""
+    objective, make = CASES[case]
+    batch = collate(make(items))
+    state = random_adam_state(tiny_model) if case == "sft" else None
+    projector = SparseJLProjector(512, seed=3)
+    fp32 = featurize(tiny_model, [batch], objective, projector, state)
+    bf16 = featurize(tiny_model, [batch], objective, projector, state, autocast=torch.bfloat16)
+    row_cos = (fp32 * bf16).sum(1)  # both L2-normalised
+    assert bf16.dtype == np.float32 and np.all(row_cos > 0.99), row_cos
+    assert not np.allclose(fp32, bf16, atol=1e-7)  # the autocast did act on the forward
+    again = featurize(tiny_model, [batch], objective, projector, state)
+    assert np.array_equal(fp32, again)  # no autocast leaked past the call
+
+
+def test_rows_are_items_is_known_on_the_host(items):
+    """The per-layer hook gets the row/item layout from the batch (decided on the host), so it
+    never asks the device; a batch whose rows are not its items still sums them."""
+    sft = collate(items.sft(3))
+    assert sft.rows_are_items is True and sft.to("cpu").rows_are_items is True
+    pairs = collate(items.sampled(2, m=3))  # 3 rows per item
+    assert pairs.rows_are_items is False
+    g, x = torch.randn(6, 4, 3), torch.randn(6, 4, 2)
+    summed = per_item_weight_grad(g, x, pairs.item_index, 2, pairs.rows_are_items)
+    assert torch.allclose(summed, per_item_weight_grad(g, x, pairs.item_index, 2))
+    assert torch.allclose(summed[0], torch.einsum("bto,bti->oi", g[:3], x[:3]).reshape(-1), atol=1e-5)

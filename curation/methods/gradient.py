@@ -62,7 +62,8 @@ def tensors(enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ordered_features(model, items: Sequence[Batch], objective: Objective, projector: Projector,
                      moments, batch_size: int, pad_id: int, max_length: int = 1 << 30,
-                     fixed_length: bool = True, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                     fixed_length: bool = True, on_batch: Callable[[int], None] | None = None,
+                     autocast: str | None = None) -> np.ndarray:
     """Features of `items` in their given order, in batches of one padded length each.
 
     Every item is padded to `model.padded_length` of its own length, so its features do not
@@ -71,6 +72,7 @@ def ordered_features(model, items: Sequence[Batch], objective: Objective, projec
     (fewer batches; for validation items, which are computed per run and never shared).
     ``on_batch(items_done)`` after each batch: progress and heartbeat within a shard (a shard
     of a 135M model on CPU takes minutes, longer than a run may go without a heartbeat).
+    ``autocast``: the forward's dtype name (`FeatureConfig.autocast_for`), None for full precision.
     """
     lengths = [int(b.input_ids.shape[1]) for b in items]
     if fixed_length:
@@ -80,7 +82,8 @@ def ordered_features(model, items: Sequence[Batch], objective: Objective, projec
     out = np.zeros((len(items), projector.k), dtype=np.float32)
     batches = (collate([items[i] for i in bucket], pad_id, length) for length, bucket in buckets)
     done = 0
-    for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments)):
+    amp = getattr(torch, autocast) if autocast else None
+    for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments, autocast=amp)):
         out[bucket] = feats
         done += len(bucket)
         if on_batch:
@@ -99,9 +102,21 @@ def model_fingerprint(model, dtype: str) -> str:
     return hashlib.sha256((model.config.to_json_string(use_diff=False) + dtype).encode()).hexdigest()[:16]
 
 
+def extraction_precision(cfg, model) -> str | None:
+    """The forward autocast dtype of this run's extraction on the model's device (or None)."""
+    return cfg.features.autocast_for(next(model.parameters()).device.type)
+
+
+def precision_tag(cfg, model) -> str:
+    """Weight dtype, plus the autocast when one is used: features made under bf16 autocast are
+    not the fp32 ones, so they get their own feature set (CPU keys are unchanged)."""
+    amp = extraction_precision(cfg, model)
+    return cfg.model.dtype + (f"+autocast-{amp}" if amp else "")
+
+
 def feature_key(cfg, model, tok, warmup: str, ckpts: Sequence[Checkpoint], projector: Projector) -> FeatureSetKey:
     """What a run's train features depend on (and nothing else: not the method, not the pairs)."""
-    return FeatureSetKey(model=cfg.model.name_or_path, model_fingerprint=model_fingerprint(model, cfg.model.dtype),
+    return FeatureSetKey(model=cfg.model.name_or_path, model_fingerprint=model_fingerprint(model, precision_tag(cfg, model)),
                          tokenizer_hash=tokenizer_hash(tok), warmup=warmup,
                          checkpoints=tuple(c.path.name for c in ckpts), max_length=cfg.model.max_length,
                          projector=projector.spec(), k=projector.k, dtype=cfg.features.dtype)
@@ -248,7 +263,8 @@ class GradientMethod(Method):
                 items = [sft_item(*tensors(encode(tok, m, cfg.model.max_length)))
                          for m in inputs.fetch_hashes(hashes[start:end])]
                 feats = ordered_features(model, items, SFTObjective(), projector, moments, cfg.features.batch_size,
-                                         pad, cfg.model.max_length, on_batch=lambda d, base=done: rep.update(base + d))
+                                         pad, cfg.model.max_length, on_batch=lambda d, base=done: rep.update(base + d),
+                                         autocast=extraction_precision(cfg, model))
                 writer.write_shard(index, feats)
                 done += end - start
                 rep.update(done)
@@ -271,6 +287,7 @@ class GradientMethod(Method):
         inputs.reporter.stage(f"validation features {ckpt.path.name}", len(ids))
         items = self.checkpoint_val_items(model, tok, ckpt, inputs)
         feats = ordered_features(model, items, self.val_objective(inputs), projector, None,
-                                 cfg.features.batch_size, pad_token_id(tok), fixed_length=False)
+                                 cfg.features.batch_size, pad_token_id(tok), fixed_length=False,
+                                 autocast=extraction_precision(cfg, model))
         for index, start, end in pending:
             writer.write_shard(index, feats[start:end])
