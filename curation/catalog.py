@@ -198,8 +198,9 @@ def create_prefset(store: Store, name: str) -> None:
     if not name.strip():
         raise CurationError("a preference set needs a name")
     with store.session() as s:
-        if s.scalar(select(PreferenceSet.id).where(PreferenceSet.name == name)) is not None:
-            raise CurationError(f"a preference set named '{name}' already exists")
+        if (archived := s.scalar(select(PreferenceSet.archived).where(PreferenceSet.name == name))) is not None:
+            hint = " (archived: unarchive it to use it again)" if archived else ""
+            raise CurationError(f"a preference set named '{name}' already exists{hint}")
         s.add(PreferenceSet(name=name))
 
 
