@@ -280,9 +280,7 @@ def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator
     """
     for i, r in enumerate(rows, 1):
         if problems := required(PairDraft(*(_cell(r.get(k)) for k in FIELDS))):
-            rid = _row_id(r)
-            raise CurationError(f"row {i}: " + "; ".join(f"pair field '{p.field}' {p.message}" for p in problems)
-                                + (f" (pair #{rid})" if rid is not None else " (a new row)") + ". Nothing was saved")
+            raise CurationError(f"row {i}: {_row_problems(r, problems)}. Nothing was saved")
     counts = dict(added=0, updated=0, deleted=0)
     with store.session() as s:
         pset = get_prefset(s, name)
@@ -310,6 +308,19 @@ def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator
                 s.delete(pair)
                 counts["deleted"] += 1
     return counts
+
+
+def _row_problems(row: dict, problems: list) -> str:
+    """"pair fields 'chosen' and 'rejected' are empty (a new row)": what is wrong with a table row."""
+    rid = _row_id(row)
+    which = f" (pair #{rid})" if rid is not None else " (a new row)"
+    empty = [f"'{p.field}'" for p in problems if p.code == "required"]
+    if len(empty) == len(FIELDS):
+        return f"every field is empty{which}: fill it in or delete the row"
+    parts = [f"pair field {empty[0]} is empty" if len(empty) == 1 else
+             f"pair fields {', '.join(empty[:-1])} and {empty[-1]} are empty"] if empty else []
+    parts += [f"pair field '{p.field}' {p.message}" for p in problems if p.code != "required"]
+    return "; ".join(parts) + which
 
 
 def _cell(value) -> str:

@@ -17,7 +17,7 @@ st.caption("Each pair says which of two responses to a prompt is better for your
            "Group pairs into subtasks: a pool example scores by its best-matching subtask.")
 
 
-def changed(name: str, message: str) -> None:
+def changed(name: str, message: str, where: str = "top") -> None:
     """After pairs changed: re-score the set's newest gradient run on its stored features (seconds),
     keep the messages for the next run of the page, and rerun so every count is current."""
     base, res, failed = rescore.latest_rescorable(store(), name), None, None
@@ -27,14 +27,14 @@ def changed(name: str, message: str) -> None:
                 res = rescore.rescore(store(), base)
             except CurationError as e:
                 failed = f"Re-scoring run #{base} failed: {e}"
-    st.session_state["prefs_flash"] = (message, res, failed)
+    st.session_state["prefs_flash"] = (where, message, res, failed)
     st.rerun()
 
 
-def show_flash() -> None:
-    """What the last save did (kept across the rerun that refreshed the page)."""
-    if flash := st.session_state.pop("prefs_flash", None):
-        message, res, failed = flash
+def show_flash(where: str) -> None:
+    """What the last save did, where it was done (kept across the rerun that refreshed the page)."""
+    if (flash := st.session_state.get("prefs_flash")) and flash[0] == where:
+        _, message, res, failed = st.session_state.pop("prefs_flash")
         st.success(md_text(message))
         if failed:
             st.warning(md_text(failed))
@@ -107,7 +107,7 @@ def pair_form(name: str, pairs: list[dict]) -> None:
             pid = catalog.add_pair(store(), name, draft, accept_warnings=confirm)
             st.session_state["pair_form_gen"] = gen + 1
             st.session_state[f"reader_{name}"] = pid
-            changed(name, f"Added pair #{pid} to subtask '{draft.cleaned().subtask}'.")
+            changed(name, f"Added pair #{pid} to subtask '{draft.cleaned().subtask}'.", where="form")
 
 
 def step(key: str, ids: list[int], by: int) -> None:
@@ -171,7 +171,8 @@ def archive_or_delete(name: str, archived: bool, n_pairs: int) -> None:
     c1, c2 = st.columns([1, 5])
     if not archived and c1.button("Archive this set", help="hide it from Scoring; its runs keep its name"):
         catalog.archive_prefset(store(), name)
-        st.session_state["prefs_flash"] = (f"Archived '{name}'. Tick 'Show archived sets' to see it again.", None, None)
+        st.session_state["prefs_flash"] = ("top", f"Archived '{name}'. Tick 'Show archived sets' to see it again.",
+                                           None, None)
         st.rerun()
     if c2.button("Delete this set"):
         st.session_state["confirm_delete"] = name
@@ -209,7 +210,7 @@ with st.expander("Import or create a preference set", expanded=not catalog.list_
                 catalog.create_prefset(store(), new.strip())
                 st.rerun()
 
-show_flash()
+show_flash("top")
 show_archived = st.checkbox("Show archived sets", help="sets kept only for the runs that used them")
 sets = {s["name"]: s for s in catalog.list_prefsets(store(), archived=show_archived)}
 if not sets:
@@ -227,6 +228,7 @@ if warning := label_contrast(pairs).get("warning"):
 
 pairs_table(name, pairs)
 st.subheader("Add a pair")
+show_flash("form")
 pair_form(name, pairs)
 st.subheader("Read a pair")
 if pairs:

@@ -111,8 +111,7 @@ def test_a_partial_row_is_refused_with_row_and_field_and_nothing_is_saved(store)
     at = open_page()
     before = catalog.get_pairs(store, "s")
     editor_state(at, [{"subtask": "math", "prompt": "What is 1+1?"}], "Save changes")
-    assert shown(at.error) == ["row 3: pair field 'chosen' is empty (every pair needs it); pair field 'rejected' "
-                               "is empty (every pair needs it) (a new row). Nothing was saved"]
+    assert shown(at.error) == ["row 3: pair fields 'chosen' and 'rejected' are empty (a new row). Nothing was saved"]
     assert not at.success
     assert catalog.get_pairs(store, "s") == before
 

@@ -102,9 +102,12 @@ def test_a_partial_row_is_refused_naming_row_and_field_and_nothing_is_stored(sto
             {"id": None, "prompt": "Q2", "chosen": float("nan"), "rejected": None, "subtask": "t"}]
     with pytest.raises(CurationError) as err:
         catalog.save_pairs(store, "s", rows)
-    assert str(err.value) == ("row 2: pair field 'chosen' is empty (every pair needs it); pair field 'rejected' is "
-                              "empty (every pair needs it) (a new row). Nothing was saved")
+    assert str(err.value) == "row 2: pair fields 'chosen' and 'rejected' are empty (a new row). Nothing was saved"
     assert catalog.get_pairs(store, "s") == [stored]  # the edit of row 1 was not applied either
+    with pytest.raises(CurationError, match=r"^row 2: pair fields 'subtask', 'chosen' and 'rejected' are empty \(a "):
+        catalog.save_pairs(store, "s", [stored, {"id": "", "prompt": "Q2"}])
+    with pytest.raises(CurationError, match=r"^row 2: every field is empty \(a new row\): fill it in or delete"):
+        catalog.save_pairs(store, "s", [stored, {"id": None, "subtask": float("nan")}])
 
 
 def test_a_table_row_marked_new_or_with_a_float_id(store):
@@ -112,7 +115,7 @@ def test_a_table_row_marked_new_or_with_a_float_id(store):
     (stored,) = catalog.get_pairs(store, "s")
     counts = catalog.save_pairs(store, "s", [dict(stored, id=float(stored["id"]), chosen="AA")])
     assert counts == {"added": 0, "updated": 1, "deleted": 0}
-    with pytest.raises(CurationError, match=rf"row 1: pair field 'prompt' is empty .*\(pair #{stored['id']}\)"):
+    with pytest.raises(CurationError, match=rf"^row 1: pair field 'prompt' is empty \(pair #{stored['id']}\)\."):
         catalog.save_pairs(store, "s", [dict(stored, prompt="  ")])
 
 
