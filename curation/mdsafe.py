@@ -26,5 +26,5 @@ def formatted(text: str) -> str:
     HTML, entities, links, images, directives and LaTeX are escaped, and each line break is
     kept (Markdown would join the lines). Code spans and fenced blocks are left as written:
     Markdown shows them verbatim."""
-    parts = _CODE.split(str(text))
+    parts = _CODE.split(str(text).replace("\r\n", "\n").replace("\r", "\n"))
     return "".join(p if i % 2 else _ACTIVE.sub(r"\\\1", p).replace("\n", "  \n") for i, p in enumerate(parts))

@@ -177,3 +177,12 @@ def test_a_set_without_runs_is_deleted_after_the_confirm(store):
     assert any("No run uses it" in w.value for w in at.warning)
     ok(button(at, "Yes, delete").click().run())
     assert catalog.list_prefsets(store, archived=True) == []
+
+
+def test_the_label_contrast_warning_stays(store):
+    for i in (1, 2):
+        catalog.add_pair(store, "s", PairDraft("math", f"What is {i}+{i}?", f"It is {2 * i}.", f"It is {2 * i + 1}."),
+                         accept_warnings=True)
+    at = open_page()
+    assert any("2 of 4 pairs have a chosen and a rejected answer that differ only in a detail" in w
+               for w in shown(at.warning))

@@ -153,6 +153,7 @@ def test_formatted_text_keeps_formatting_line_breaks_and_code():
     html = _html(formatted("**Step 1**: add\nthen `<b>` stays code\n\n- item"))
     assert "<strong>Step 1</strong>" in html and "<br />" in html and "<li>item</li>" in html
     assert "<code>&lt;b&gt;</code>" in html  # shown verbatim inside code, not rendered
+    assert _html(formatted("one\r\ntwo")) == "<p>one<br />\ntwo</p>\n"  # Windows line ends too
 
 
 def test_escape_makes_everything_literal():
