@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from curation.errors import CurationError
 from curation.featuresets import run_feature_set
+from curation.pairs import FIELDS, LengthLimits, PairDraft, check_pair, errors, required, warnings
 from curation.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
 
 
@@ -42,12 +43,15 @@ def list_pools(store: Store) -> list[dict]:
         return [dict(name=n, examples=c, sources=k, created=t) for n, c, k, t in s.execute(q)]
 
 
-def list_prefsets(store: Store) -> list[dict]:
+def list_prefsets(store: Store, archived: bool = False) -> list[dict]:
+    """Preference sets with their counts; archived ones (kept only for their runs) with ``archived``."""
     with store.session() as s:
         q = select(PreferenceSet.name, func.count(PreferencePair.id), func.count(func.distinct(PreferencePair.subtask)),
-                   PreferenceSet.created_at)
+                   PreferenceSet.created_at, PreferenceSet.archived)
         q = q.outerjoin(PreferencePair).group_by(PreferenceSet.id).order_by(PreferenceSet.name)
-        return [dict(name=n, pairs=c, subtasks=k, created=t) for n, c, k, t in s.execute(q)]
+        if not archived:
+            q = q.where(PreferenceSet.archived.is_(False))
+        return [dict(name=n, pairs=c, subtasks=k, created=t, archived=a) for n, c, k, t, a in s.execute(q)]
 
 
 def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> list[dict]:
@@ -190,26 +194,53 @@ def import_reports(store: Store, limit: int = 20) -> list[dict]:
 
 # --- preference sets -------------------------------------------------------------------------
 
-def validate_pair(prompt: str, chosen: str, rejected: str, subtask: str) -> None:
-    for field, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected), ("subtask", subtask)):
-        if not value or not value.strip():
-            raise CurationError(f"pair field '{field}' is empty")
-    if chosen.strip() == rejected.strip():
-        raise CurationError("pair field 'rejected': identical to chosen (a pair must prefer one response)")
-
-
 def create_prefset(store: Store, name: str) -> None:
     if not name.strip():
         raise CurationError("a preference set needs a name")
     with store.session() as s:
-        if s.scalar(select(PreferenceSet.id).where(PreferenceSet.name == name)) is not None:
-            raise CurationError(f"a preference set named '{name}' already exists")
+        if (archived := s.scalar(select(PreferenceSet.archived).where(PreferenceSet.name == name))) is not None:
+            hint = " (archived: unarchive it to use it again)" if archived else ""
+            raise CurationError(f"a preference set named '{name}' already exists{hint}")
         s.add(PreferenceSet(name=name))
 
 
-def delete_prefset(store: Store, name: str) -> None:
+def prefset_runs(store: Store, name: str) -> list[dict]:
+    """The runs scored with a set (a check's sub-runs too): what deleting it would orphan."""
     with store.session() as s:
-        s.delete(get_prefset(s, name))
+        pset = get_prefset(s, name)
+        return _runs_of(s, pset.id)
+
+
+def _runs_of(s: Session, prefs_id: int) -> list[dict]:
+    q = select(Run).where(Run.prefs_id == prefs_id).order_by(Run.id)
+    return [dict(id=r.id, method=r.method, status=r.status, internal=bool((r.meta or {}).get("internal")))
+            for r in s.scalars(q)]
+
+
+def describe_runs(runs: Sequence[dict]) -> str:
+    """"#3 rose, #5 bm25 (check sub-run)": runs as a user reads them."""
+    return ", ".join(f"#{r['id']} {r['method']}" + (" (check sub-run)" if r["internal"] else "") for r in runs)
+
+
+def delete_prefset(store: Store, name: str) -> None:
+    """Delete a set and its pairs; refused while runs use it (they would lose their set's name and
+    their re-scoring and explanations): archive it instead."""
+    with store.session(write=True) as s:
+        pset = get_prefset(s, name)
+        if runs := _runs_of(s, pset.id):
+            raise CurationError(f"preference set '{name}' is used by {len(runs)} run(s): {describe_runs(runs)}. "
+                                "Archive it instead: it is then hidden from new runs and its runs keep its name")
+        s.delete(pset)
+
+
+def archive_prefset(store: Store, name: str, archived: bool = True) -> None:
+    """Hide a set from the Scoring page and the default listing; its runs keep showing its name."""
+    with store.session() as s:
+        get_prefset(s, name).archived = archived
+
+
+def unarchive_prefset(store: Store, name: str) -> None:
+    archive_prefset(store, name, archived=False)
 
 
 def get_pairs(store: Store, name: str) -> list[dict]:
@@ -219,10 +250,26 @@ def get_pairs(store: Store, name: str) -> list[dict]:
                      author=p.author, created=p.created_at) for p in pset.pairs]
 
 
+def add_pair(store: Store, name: str, draft: PairDraft, author: str = "curator",
+             accept_warnings: bool = False, limits: LengthLimits = LengthLimits()) -> int:
+    """Append one pair to a set after `pairs.check_pair`; returns its id.
 
-
-
-
+    Errors always refuse it; warnings refuse it unless ``accept_warnings`` (the user saw them)."""
+    with store.session(write=True) as s:
+        pset = get_prefset(s, name)
+        existing = [dict(id=p.id, prompt=p.prompt, chosen=p.chosen, rejected=p.rejected) for p in pset.pairs]
+        problems = check_pair(draft, existing, limits)
+        if bad := errors(problems) or (warnings(problems) if not accept_warnings else []):
+            what = "refused" if errors(problems) else "has warnings (confirm to save it anyway)"
+            raise CurationError(f"pair {what}: " + "; ".join(str(p) for p in bad))
+        d = draft.cleaned()
+        position = max((p.position for p in pset.pairs), default=-1) + 1
+        pair = PreferencePair(set_id=pset.id, position=position, author=author, prompt=d.prompt,
+                              prompt_messages=[{"role": "user", "content": d.prompt}], chosen=d.chosen,
+                              rejected=d.rejected, subtask=d.subtask)
+        s.add(pair)
+        s.flush()
+        return pair.id
 
 
 def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator") -> dict:
@@ -232,17 +279,15 @@ def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator
     `rows` are deleted. Any invalid row aborts everything with an error naming row and field.
     """
     for i, r in enumerate(rows, 1):
-        try:
-            validate_pair(*(str(r.get(k) or "") for k in ("prompt", "chosen", "rejected", "subtask")))
-        except CurationError as e:
-            raise CurationError(f"row {i}: {e}") from None
+        if problems := required(PairDraft(*(_cell(r.get(k)) for k in FIELDS))):
+            raise CurationError(f"row {i}: {_row_problems(r, problems)}. Nothing was saved")
     counts = dict(added=0, updated=0, deleted=0)
     with store.session() as s:
         pset = get_prefset(s, name)
         by_id = {p.id: p for p in pset.pairs}
         keep = set()
         for pos, r in enumerate(rows):
-            vals = {k: str(r[k]).strip() for k in ("prompt", "chosen", "rejected", "subtask")}
+            vals = {k: _cell(r[k]).strip() for k in ("prompt", "chosen", "rejected", "subtask")}
             rid = _row_id(r)
             pair = by_id.get(rid) if rid is not None else None
             if pair is None:
@@ -265,9 +310,27 @@ def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator
     return counts
 
 
+def _row_problems(row: dict, problems: list) -> str:
+    """"pair fields 'chosen' and 'rejected' are empty (a new row)": what is wrong with a table row."""
+    rid = _row_id(row)
+    which = f" (pair #{rid})" if rid is not None else " (a new row)"
+    empty = [f"'{p.field}'" for p in problems if p.code == "required"]
+    if len(empty) == len(FIELDS):
+        return f"every field is empty{which}: fill it in or delete the row"
+    parts = [f"pair field {empty[0]} is empty" if len(empty) == 1 else
+             f"pair fields {', '.join(empty[:-1])} and {empty[-1]} are empty"] if empty else []
+    parts += [f"pair field '{p.field}' {p.message}" for p in problems if p.code != "required"]
+    return "; ".join(parts) + which
+
+
+def _cell(value) -> str:
+    """A table cell as text: an empty cell (None, NaN or pandas' NA) is ''."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType") or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
 def _row_id(row: dict) -> int | None:
-    """The pair id of an edited table row; new rows have none (None, '' or NaN from pandas)."""
-    rid = row.get("id")
-    if rid is None or rid == "" or rid != rid:
-        return None
-    return int(rid)
+    """The pair id of an edited table row; new rows have none (empty, NaN, or the table's "new")."""
+    rid = _cell(row.get("id")).strip()
+    return int(float(rid)) if re.fullmatch(r"\d+(\.0)?", rid) else None

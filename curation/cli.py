@@ -85,12 +85,34 @@ def cmd_list(a: argparse.Namespace) -> int:
     for p in catalog.list_pools(store):
         print(f"  {p['name']:<24} {p['examples']:>9} examples  {p['sources']:>4} sources")
     print("preference sets:")
-    for p in catalog.list_prefsets(store):
+    sets = catalog.list_prefsets(store)
+    for p in sets:
         print(f"  {p['name']:<24} {p['pairs']:>9} pairs     {p['subtasks']:>4} subtasks")
+    if hidden := len(catalog.list_prefsets(store, archived=True)) - len(sets):
+        print(f"  ({hidden} archived: `python -m curation prefs list --all`)")
     print("runs:")
     for r in catalog.list_runs(store):
         print(f"  #{r['id']:<5} {r['method']:<6} pool={r['pool']} prefs={r['prefs']} {r['status']}"
               f" ({r['stage'] or '-'}, {100 * r['progress']:.0f}%) selected={r['selected']}")
+    return 0
+
+
+@command("prefs")
+def cmd_prefs(a: argparse.Namespace) -> int:
+    """List, archive, unarchive or delete preference sets (a set that runs use cannot be deleted)."""
+    from curation import catalog
+    store = _store()
+    if a.action == "list":
+        for p in catalog.list_prefsets(store, archived=a.all):
+            runs = catalog.describe_runs(catalog.prefset_runs(store, p["name"]))
+            print(f"  {p['name']:<24} {p['pairs']:>9} pairs  {p['subtasks']:>4} subtasks"
+                  + ("  archived" if p["archived"] else "") + (f"  runs: {runs}" if runs else ""))
+        return 0
+    if not a.name:
+        raise CurationError(f"prefs {a.action} needs the name of a preference set")
+    act = {"archive": catalog.archive_prefset, "unarchive": catalog.unarchive_prefset, "delete": catalog.delete_prefset}
+    act[a.action](store, a.name)
+    print(f"{a.action}d preference set '{a.name}'")
     return 0
 
 
@@ -421,6 +443,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--subtasks", type=int, help="split the pairs into N contiguous equal subtasks")
     pp.add_argument("--strict", action="store_true")
     sub.add_parser("list", help="pools, preference sets and runs, with counts")
+    pf = sub.add_parser("prefs", help="preference sets: list [--all], archive, unarchive or delete one")
+    pf.add_argument("action", choices=("list", "archive", "unarchive", "delete"))
+    pf.add_argument("name", nargs="?")
+    pf.add_argument("--all", action="store_true", help="list: archived sets too")
     sub.add_parser("demo", help="create the demo pool and preference set (idempotent)")
     sp = sub.add_parser("score", help="score a pool against a preference set and store the selection")
     sp.add_argument("--pool")

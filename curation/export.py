@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import curation
 from curation.catalog import pairs_version
 from curation.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
 from curation.errors import CurationError
+from curation.mdsafe import escape
 from curation.store import Example, Export, Pool, PreferenceSet, Run, Store
 from curation.store.models import utcnow
 from curation.trainers import FORMAT_LABELS, FORMATS, side_files, trainer_info  # noqa: F401  (FORMAT_LABELS: re-export)
@@ -45,6 +47,7 @@ class ExportResult:
     sha256: str
     schedule_path: Path | None = None  # a dynamic method's (RAISE's) training schedule, in step order
     side_paths: list[Path] = field(default_factory=list)  # what the format's trainer reads beside the file
+    card_path: Path | None = None  # the dataset card (`dataset_card`), Markdown for people
 
 
 # --- record formats --------------------------------------------------------------------------
@@ -212,6 +215,7 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
     name = _check_name(name or f"run{run_id:05d}_{fmt}_{utcnow():%Y%m%d-%H%M%S-%f}")
     folder = ws.ensure().exports
     path, manifest_path = folder / f"{name}.jsonl", folder / f"{name}.manifest.json"
+    card_path = folder / f"{name}.card.md"
     temps: list[Path] = []
     try:
         keys: set[str] = set()
@@ -220,6 +224,7 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
             sha, uids = _write_rows(store, ids, RENDER[fmt], f, keys)
         manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None,
                                   overrides=overrides)
+        manifest.update(file=path.name, card=card_path.name)
         schedule = _schedule_temp(store, sel, fmt, folder, f"{name}.schedule.jsonl", temps)
         if schedule:
             manifest["schedule"] = schedule[1]
@@ -229,10 +234,11 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         with _atomic_temp(folder, manifest_path.name) as (m, mtmp):
             temps.append(mtmp)
             m.write(body)
+        card = _temp_with(folder, card_path.name, dataset_card(manifest).encode(), temps)
         with _folder_lock(folder):  # the shared dataset_info.json is read, merged and replaced under it
             sides = [(_temp_with(folder, fname, data, temps), folder / fname)
                      for fname, data in side_files(trainer, folder).items()]
-            _publish([(tmp, path), *([schedule[0]] if schedule else []), *sides, (mtmp, manifest_path)])
+            _publish([(tmp, path), *([schedule[0]] if schedule else []), *sides, (card, card_path), (mtmp, manifest_path)])
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -240,7 +246,8 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         s.add(Export(run_id=run_id, path=str(path), fmt=fmt, n_examples=len(ids), file_sha256=sha,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
     return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha,
-                        schedule_path=schedule[0][1] if schedule else None, side_paths=[p for _, p in sides])
+                        schedule_path=schedule[0][1] if schedule else None, side_paths=[p for _, p in sides],
+                        card_path=card_path)
 
 
 def _temp_with(folder: Path, name: str, data: bytes, temps: list[Path]) -> Path:
@@ -290,7 +297,8 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
                 "warmup": cfg.get("warmup"), "projector": meta.get("projector"), "config": cfg, "meta": meta},
         "pool": sel.pool, "preference_set": prefs,
         "preference_pairs": {"sha256": meta.get("pairs_sha256"), "n": len(meta.get("pairs") or []),
-                             "version": pairs_state},
+                             "version": pairs_state,
+                             "subtasks": dict(Counter(p.get("subtask") for p in meta.get("pairs") or []))},
         "budget": {"percent": sel.percent, "n": sel.n, "selection": sel.name},
         "counts": {"pool": pool_size, "budget": sel.budget, "auto": sel.n_auto, "pinned": len(sel.pinned),
                    "excluded": len(sel.excluded), "automatic_selection": int(sel.auto.sum()),
@@ -306,6 +314,98 @@ def _example_rows(sel: CuratedSelection, ids: Sequence[int], uids: Sequence[str]
     return [{"uid": u, "score": None if np.isnan(sel.scores[p]) else float(sel.scores[p]),
              "rank": int(sel.ranks[p]), "selected_by": sel.selected_by(e)}
             for e, u, p in zip(ids, uids, pos.tolist())]
+
+
+# --- the dataset card ------------------------------------------------------------------------
+
+CARD_OVERRIDES = 20  # overrides listed by name on the card (the manifest has them all)
+
+
+def dataset_card(manifest: dict) -> str:
+    """The manifest as a reader's summary in Markdown (written beside the export as
+    ``NAME.card.md``, shown by the Curate page): method, model, pairs, budget, overrides,
+    counts, the held-out verdict, the file. Every user value (names, subtasks, reasons, paths)
+    is escaped; the card's own words are left readable as plain text."""
+    run, counts = manifest["run"], manifest["counts"]
+    rows = [("Method", f"{_u(run['method'])} (run #{run['id']})"), ("Model", _model_name(run.get("model"))),
+            ("Pool", f"{_u(manifest['pool'])} ({counts['pool']:,} examples)"),
+            ("Preference pairs", _pairs_line(manifest)), ("Budget", _budget_line(manifest)),
+            ("Overrides", _overrides_line(counts)), ("Exported", _exported_line(manifest)),
+            ("Held-out check", _check_line(run.get("meta") or {})),
+            ("Format", FORMAT_LABELS.get(manifest["format"]) or _u(manifest["format"])),
+            ("File", f"{_u(manifest.get('file', '(see the manifest)'))}, sha256 {manifest['file_sha256'][:16]}…")]
+    if trainer := manifest.get("trainer"):
+        rows.append(("Trainer", _trainer_line(trainer)))
+    lines = [f"# Dataset card: {_u(manifest.get('file', 'export').removesuffix('.jsonl'))}", "",
+             f"Chosen by ROSE Curator {manifest['tool_version']} on {manifest['created'][:19].replace('T', ' ')} UTC.", "",
+             "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return "\n".join(lines + _override_table(manifest.get("overrides") or [])) + "\n"
+
+
+def _u(value) -> str:
+    """A user value on the card: escaped, on one line (it may sit in a table cell)."""
+    return escape(" ".join(str(value).split()))
+
+
+def _model_name(model) -> str:
+    if isinstance(model, dict):
+        return _u(model.get("name_or_path") or model.get("name") or "?")
+    return _u(model) if model else "not recorded"
+
+
+def _pairs_line(m: dict) -> str:
+    pp, name = m.get("preference_pairs") or {}, m.get("preference_set")
+    if not name and not pp.get("n"):
+        return "none (this method does not use preference pairs)"
+    line = f"set '{_u(name) if name else '(deleted)'}'"
+    if not pp.get("n"):
+        return line + " (the run did not record its pairs)"
+    line += f": {pp['n']:,} pairs"
+    if subtasks := pp.get("subtasks"):
+        line += f" in {len(subtasks)} subtask(s) (" + ", ".join(f"{_u(k)}: {v}" for k, v in subtasks.items()) + ")"
+    state = {"current": "scored with the set as it is now",
+             "earlier": "the set was edited after scoring: the run used its earlier version"}.get(pp.get("version"))
+    return line + (f"; {state}" if state else "")
+
+
+def _budget_line(m: dict) -> str:
+    b, n = m.get("budget") or {}, m["counts"]["budget"]
+    named = f" (saved selection '{escape(b['selection'])}')" if b.get("selection") else ""
+    if b.get("percent") is not None:
+        return f"top {b['percent']:g}% of the pool = {n:,} examples{named}"
+    return f"top {n:,} examples{named}"
+
+
+def _overrides_line(c: dict) -> str:
+    return (f"{c['pinned']:,} pinned, {c['excluded']:,} excluded; vs the automatic selection "
+            f"+{c['added']:,} added, −{c['removed']:,} removed")
+
+
+def _exported_line(m: dict) -> str:
+    c = m["counts"]
+    scope = ("exactly the examples a filter showed" if m.get("scope") == "filter"
+             else f"{c['auto']:,} chosen automatically, {c['pinned']:,} pinned")
+    return f"{c['exported']:,} examples: {scope}"
+
+
+def _check_line(meta: dict) -> str:
+    if not (check := meta.get("check")):
+        return "not run (`python -m curation check RUN_ID` compares fine-tuning on it with random data)"
+    return f"{_u(check.get('verdict') or check.get('label'))} ({_u(check.get('finished', '?'))})"
+
+
+def _trainer_line(t: dict) -> str:
+    read = t.get("dataset_info_file") or t.get("config_file") or t.get("load") or ""
+    return f"{_u(t['trainer'])}: {_u(read)}"
+
+
+def _override_table(overrides: list[dict]) -> list[str]:
+    if not overrides:
+        return []
+    shown, more = overrides[:CARD_OVERRIDES], len(overrides) - CARD_OVERRIDES
+    return ["", "## Overrides", "", "| action | example | reason | by |", "|---|---|---|---|",
+            *(f"| {_u(o['action'])} | {_u(o['uid'])} | {_u(o['reason'])} | {_u(o['author'])} |" for o in shown),
+            *(["", f"…and {more:,} more in the manifest."] if more > 0 else [])]
 
 
 # --- a dynamic method's training schedule ----------------------------------------------------

@@ -7,7 +7,6 @@ them) never reaches a Markdown-rendering element as is: `md_text` escapes it, so
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,17 +15,16 @@ import pandas as pd
 import streamlit as st
 
 from curation.errors import CurationError
+from curation.mdsafe import escape
 from curation.store import Store
 from curation.workspace import Workspace
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
-
-
 def md_text(value) -> str:
     """`value` as literal text inside Markdown: every character Markdown, Streamlit's directives
-    (``:red[...]``, ``:material/...:``), LaTeX or HTML could act on is backslash-escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", str(value))
+    (``:red[...]``, ``:material/...:``), LaTeX or HTML could act on is backslash-escaped
+    (`mdsafe.escape`, which the library's dataset card uses too)."""
+    return escape(value)
 
 
 @st.cache_resource

@@ -120,5 +120,10 @@ if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
         sides = [f for f in (trainer.get("dataset_info_file"), trainer.get("config_file")) if f]
         st.caption(md_text(f"For {trainer['trainer']}: " + (", ".join(str(path.parent / f) for f in sides)
                                                            or trainer.get("load", ""))))
-    st.caption("Manifest (first 100 examples shown; the file beside the export has them all)")
-    st.json({**manifest, "examples": manifest["examples"][:100]}, expanded=False)
+    from curation.export import dataset_card
+    with st.container(border=True):
+        st.markdown(dataset_card(manifest))
+    if card := manifest.get("card"):
+        st.caption(md_text(f"This dataset card is also beside the export: {path.parent / card}"))
+    with st.expander("Manifest (JSON; first 100 examples shown, the file beside the export has them all)"):
+        st.json({**manifest, "examples": manifest["examples"][:100]}, expanded=False)

@@ -108,7 +108,7 @@ def test_export_exactly_given_ids_in_rank_order(store, ws, tmp_path):
 def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path, monkeypatch):
     run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
     first = export_selection(store, run, "messages", ws, name="same")
-    before = (first.path.read_bytes(), first.manifest_path.read_bytes())
+    before = (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes())
     monkeypatch.setattr("curation.export.BATCH", 2)
     calls = []
 
@@ -121,14 +121,15 @@ def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path
     monkeypatch.setitem(export.RENDER, "messages", exploding)
     with pytest.raises(OSError, match="disk full"):
         export_selection(store, run, "messages", ws, name="same")
-    assert (first.path.read_bytes(), first.manifest_path.read_bytes()) == before
-    assert sorted(p.name for p in ws.exports.iterdir()) == ["same.jsonl", "same.manifest.json"]  # no temp left
+    assert (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes()) == before
+    files = ["same.card.md", "same.jsonl", "same.manifest.json"]
+    assert sorted(p.name for p in ws.exports.iterdir()) == files  # no temp left
     monkeypatch.setitem(export.RENDER, "messages", lambda e: {"messages": e.messages})
     monkeypatch.setattr("curation.export.build_manifest", lambda *a, **k: 1 / 0)  # fails after the rows
     with pytest.raises(ZeroDivisionError):
         export_selection(store, run, "messages", ws, name="same")
-    assert (first.path.read_bytes(), first.manifest_path.read_bytes()) == before
-    assert sorted(p.name for p in ws.exports.iterdir()) == ["same.jsonl", "same.manifest.json"]
+    assert (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes()) == before
+    assert sorted(p.name for p in ws.exports.iterdir()) == files
     with store.session() as s:
         assert len(s.scalars(select(Export)).all()) == 1
 
@@ -236,7 +237,7 @@ def test_exported_files_are_group_readable(store, ws, tmp_path, umask, mode):
         os.umask(old)
     files = sorted(ws.exports.iterdir())
     assert {p.name for p in files} == {"g.jsonl", "g.manifest.json", "g.dataset_info.json", "dataset_info.json",
-                                       "h.jsonl", "h.manifest.json", "h.axolotl.yml"}
+                                       "g.card.md", "h.jsonl", "h.manifest.json", "h.axolotl.yml", "h.card.md"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
 
 

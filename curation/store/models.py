@@ -74,6 +74,8 @@ class PreferenceSet(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False,
+                                           doc="hidden from new runs and the default listing; kept for its runs")
     pairs: Mapped[list["PreferencePair"]] = relationship(
         back_populates="set", cascade="all, delete-orphan", passive_deletes=True, order_by="PreferencePair.position"
     )
