@@ -272,7 +272,7 @@ class CuratedSelection:
     removed: list[int]  # rank order: excluded, or pushed out by pins
     n_auto: int  # chosen by score
     cutoff_score: float
-    name: str | None = None  # the saved selection's name when its budget was used
+    name: str | None = None  # the saved selection's name when its (saved) budget was used
 
     @property
     def warning(self) -> str | None:
@@ -367,7 +367,7 @@ def curated_selection_in(s: Session, run_id: int, percent: float | None = None,
     name = None
     if percent is None and n is None:
         saved = selection_of(run)
-        (percent, n), name = saved.budget(), saved.name
+        (percent, n), name = saved.budget(), saved.name if saved.saved else None
     known = set(ids.tolist())
     pinned = sorted(e for e, a in overrides.items() if a == "pin" and e in known)
     excluded = sorted(e for e, a in overrides.items() if a == "exclude" and e in known)

@@ -48,6 +48,7 @@ def test_a_saved_selection_is_what_curate_export_and_check_use(seeded, ws):
     res = export_selection(store, run, "original", ws)
     manifest = json.loads(res.manifest_path.read_text())
     assert res.n == 5 and manifest["budget"] == {"percent": 25.0, "n": None, "selection": "quarter"}
+    assert "saved selection 'quarter'" in res.path.with_name(res.path.stem + ".card.md").read_text()
     # an explicit budget still wins, and is not recorded as the named selection
     explicit = curate.curated_selection(store, run, n=2)
     assert explicit.n_selected == 2 and explicit.name is None
