@@ -78,30 +78,105 @@ def goto(page, url: str, title: str) -> None:
     page.get_by_role("heading", name=title).first.wait_for()
 
 
-def test_whole_loop_in_the_browser(app_url, page, micro_model):
+MAP_PREVIEW = r"in the selection"  # the map preview's heading on Explore
+ARTIFACTS = REPO / "test-artifacts" / "browser"  # kept after the run (CI artefacts; git-ignored)
+DOCSTRING_MARKS = ("DeltaGenerator", "st.write(", "streamlit.delta_generator", "Streamlit API")
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot of this step, kept as a test artefact."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def choose(page, label: str, option: str | re.Pattern) -> None:
+    """Pick an option of a Streamlit selectbox, as a user does: open it, click the option."""
+    page.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def no_api_docs(page) -> None:
+    """Streamlit "magic" once printed its own API documentation on Explore: never again."""
+    text = page.inner_text("body")
+    assert not [m for m in DOCSTRING_MARKS if m in text], [m for m in DOCSTRING_MARKS if m in text]
+
+
+def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
+    """import prefs -> add a pair with the form -> score (ROSE and BM25) -> Explore inspector for
+    both -> budget on Explore -> map, box-select preview -> Curate shows that budget -> export."""
     url, ws = app_url
     page.goto(url)
     page.get_by_role("heading", name="Pool").first.wait_for()
     page.get_by_role("button", name="Load the demo pool and preference set").click()
     page.get_by_text("Matching examples").first.wait_for()
     page.get_by_text("3,000").first.wait_for()
+    shot(page, "01_pool")
+
+    goto(page, url, "Preferences")  # import a set from a file, then add a pair with the form
+    page.get_by_text("Import or create a preference set").first.click()
+    page.locator("input[type=file]").first.set_input_files(str(REPO / "data" / "demo_prefs.jsonl"))
+    page.get_by_role("textbox", name="Name (default: file name)", exact=True).fill("walk")
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.get_by_text(re.compile(r"10 pairs")).first.wait_for()
+    shot(page, "02_prefs_imported")
+    choose(page, "Preference set", "walk")
+    page.get_by_text(re.compile(r"^10 pairs in")).first.wait_for()
+    page.get_by_role("textbox", name="Prompt", exact=True).fill("A crate holds 12 apples. How many apples are in 3 crates?")
+    page.get_by_role("textbox", name="Chosen (the better response)", exact=True).fill(
+        "12 * 3 = 36, so the answer is 36.")
+    page.get_by_role("textbox", name="Rejected (the worse response)", exact=True).fill("Apples are red.")
+    page.get_by_role("button", name="Save pair", exact=True).click()
+    page.get_by_text(re.compile(r"Added pair #\d+ to subtask")).first.wait_for()
+    page.get_by_text(re.compile(r"^11 pairs in")).first.wait_for()
+    shot(page, "03_pair_added")
 
     goto(page, url, "Scoring")
     page.get_by_label("Model", exact=True).click()
     page.get_by_role("option", name="other path or id…").click()
     page.get_by_label("Local HF model folder (or a hub id with downloads allowed)").fill(str(micro_model))
     page.get_by_label("Local HF model folder (or a hub id with downloads allowed)").press("Enter")
-    page.get_by_role("button", name="Launch in the background").click()
-    page.get_by_text(re.compile(r"Run #1 launched")).wait_for()
-    page.get_by_text(re.compile(r"150 selected")).wait_for(timeout=600_000)
+    for n, method in enumerate(("rose", "bm25"), start=1):
+        choose(page, "Preference set", "walk")
+        choose(page, "Method", method)
+        page.get_by_role("button", name="Launch in the background").click()
+        page.get_by_text(re.compile(rf"Run #{n} launched")).wait_for()
+    shot(page, "04_scoring_launched")
+    page.get_by_text(re.compile(r"150 selected")).nth(1).wait_for(timeout=600_000)  # both runs done
+    shot(page, "05_scoring_done")
 
-    goto(page, url, "Explore")
+    goto(page, url, "Explore")  # the BM25 run first: its own evidence, no API docs
+    choose(page, "Run", re.compile(r"#2 bm25"))
+    page.get_by_text(re.compile(r"BM25")).first.wait_for()
+    no_api_docs(page)
+    shot(page, "06_explore_bm25_inspector")
+    choose(page, "Run", re.compile(r"#1 rose"))
+    page.get_by_text("1 of 3,000", exact=True).wait_for()
+    no_api_docs(page)
+    shot(page, "07_explore_rose_inspector")
     inspect_and_decide(page, rank=1, action="Pin", reason="great arithmetic example")
     inspect_and_decide(page, rank=2, action="Exclude", reason="duplicate style")
 
+    page.get_by_text("count", exact=True).first.click()  # the run's budget, set here, shared
+    budget = page.get_by_role("spinbutton", name="Number of examples", exact=True)
+    budget.fill("200")
+    budget.press("Enter")
+    page.get_by_text("200 of 3,000", exact=True).first.wait_for()
+    shot(page, "08_explore_budget")
+
+    page.get_by_role("button", name="Compute the map (in the background)").click()
+    plot = page.locator(".js-plotly-plot").filter(has=page.locator(".modebar")).last
+    page.get_by_text(re.compile(r"stars are the validation pairs")).wait_for(timeout=300_000)
+    box_select(page, plot)
+    page.get_by_text(re.compile(MAP_PREVIEW)).first.wait_for()
+    no_api_docs(page)
+    shot(page, "09_map_preview")
+
     goto(page, url, "Curate & Export")
+    page.get_by_text(re.compile(r"top 200")).first.wait_for()
+    assert metric_value(page, "Selected") == "200"
     page.get_by_role("button", name="Export", exact=True).click()
     page.get_by_role("button", name="Download the file").wait_for()
+    shot(page, "10_exported")
 
     files = sorted((ws / "exports").glob("*.jsonl"))
     assert len(files) == 1
@@ -111,7 +186,25 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model):
     assert manifest["file_sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
     actions = {o["action"]: o["reason"] for o in manifest["overrides"]}
     assert actions == {"pin": "great arithmetic example", "exclude": "duplicate style"}
-    assert len(rows) == 150
+    assert len(rows) == 200 and manifest["budget"]["n"] == 200 and manifest["method"] == "rose"
+    assert manifest["preference_pairs"]["count"] == 11
+
+
+def box_select(page, plot) -> None:
+    """Drag a box over the middle of the map with Plotly's box-select tool."""
+    plot.hover()
+    plot.locator('.modebar-btn[data-title="Box Select"]').click()
+    area = plot.locator(".nsewdrag").first.bounding_box()
+    x0, y0 = area["x"] + area["width"] * 0.2, area["y"] + area["height"] * 0.2
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + area["width"] * 0.6, y0 + area["height"] * 0.6, steps=12)
+    page.mouse.up()
+
+
+def metric_value(page, label: str) -> str:
+    box = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
 def inspect_and_decide(page, rank: int, action: str, reason: str) -> None:
