@@ -333,10 +333,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("worker")
 def cmd_worker(a: argparse.Namespace) -> int:
     """The background process of one run (started by the app through `jobs.launch`)."""
-    from curation.jobs import Cancelled
+    from curation.jobs import Cancelled, LogLines, quiet_library_output
     from curation.runs import execute_run
+    quiet_library_output()
     try:
-        execute_run(_store(), a.run_id, echo=lambda stage, done, total: None)
+        execute_run(_store(), a.run_id, echo=LogLines())
     except Cancelled:
         print("cancelled", file=sys.stderr)
         return 1
