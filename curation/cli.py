@@ -142,6 +142,18 @@ def _score_config(a: argparse.Namespace):
     return cfg
 
 
+def _checked(store, a: argparse.Namespace):
+    """(config, meta): the model checked before the run exists, the cost estimated (stderr)."""
+    from curation.models import validate_model
+    from curation.runs import estimate_cost
+    from curation.workspace import Workspace
+    cfg, home = _score_config(a), Workspace.from_env().home
+    validate_model(cfg.model.name_or_path, home, allow_download=cfg.model.allow_download)
+    est = estimate_cost(store, a.pool, a.prefs, cfg, home)
+    print(f"estimated: {est.summary()}", file=sys.stderr)
+    return cfg, {"estimate": est.to_dict()}
+
+
 @command("score")
 def cmd_score(a: argparse.Namespace) -> int:
     from curation import distributed
@@ -156,7 +168,8 @@ def cmd_score(a: argparse.Namespace) -> int:
     if not run_id and rank == 0:
         if not a.pool:
             raise CurationError("score needs --pool (or --resume RUN_ID)")
-        run_id = create_run(store, a.pool, a.prefs, _score_config(a))
+        cfg, meta = _checked(store, a)
+        run_id = create_run(store, a.pool, a.prefs, cfg, meta=meta)
     if torchrun:
         run_id = distributed.broadcast(run_id)
     if run_id is None:

@@ -230,6 +230,8 @@ def quiet_library_output() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=NOISY_MODULES)
+    # torch's C++ warnings are attributed to the Python line that called torch
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -353,21 +353,23 @@ def _detect_reuse(store, pool_id: int, pool: str, cfg: ScoreConfig, home: Path, 
     from curation.featuresets import content_keys, list_sets
     from curation.methods.gradient import WARMUP_SUBDIR, warmup_key
     from curation.store import Example
-    from curation.warmup import complete_warmup, reusable_warmup, sample_warmup_ids
+    from curation.warmup import ORIGIN_FILE, complete_warmup, reusable_warmup, sample_warmup_ids
 
     with store.session() as s:
         rows = s.execute(select(Example.id, Example.content_hash).where(Example.pool_id == pool_id)
                          .order_by(Example.id)).all()
         wids = [int(i) for i in sample_warmup_ids([str(r[0]) for r in rows], cfg.warmup.percent, cfg.warmup.seed)]
         by_id = dict(s.execute(select(Example.id, Example.messages).where(Example.id.in_(wids))).all()) if wids else {}
-    keys = content_keys([r[1] for r in rows])
     root = Path(home) / WARMUP_SUBDIR
     wkey = warmup_key(cfg, [by_id[i] for i in wids])
     if not complete_warmup(root / wkey, cfg.warmup.epochs) and cfg.features.reuse_warmup:
-        wkey = reusable_warmup(root, cfg, keys, len(wids)) or wkey
+        if not any(root.glob(f"*/{ORIGIN_FILE}")):
+            return  # no warmup stored at all: nothing cached, no features (and no content keys to compute)
+        wkey = reusable_warmup(root, cfg, content_keys([r[1] for r in rows]), len(wids)) or wkey
     facts.warmup_cached = complete_warmup(root / wkey, cfg.warmup.epochs)
     if not facts.warmup_cached:
         return
+    keys = content_keys([r[1] for r in rows])
     k_eff = feature_dim(cfg, facts.lora_dim)
     kind = projector_kind(cfg, facts.lora_dim)
     best, best_id = 0, None
