@@ -233,7 +233,8 @@ def defaults_for(name_or_path: str, home: Path) -> ModelDefaults:
 # ---------------------------------------------------------------------------- checking a model before a run
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)

