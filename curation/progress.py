@@ -118,9 +118,8 @@ def approx_duration(seconds: float) -> str:
     """An estimate, rounded as one: "under a minute", "about 4 min", "about 2 h 10 min"."""
     if seconds < 45:
         return "under a minute"
-    if seconds < 3600:
-        return f"about {max(1, round(seconds / 60))} min"
-    return f"about {int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+    hours, minutes = divmod(max(1, round(seconds / 60)), 60)
+    return f"about {hours} h {minutes:02d} min" if hours else f"about {minutes} min"
 
 
 def size(n_bytes: float) -> str:
@@ -204,7 +203,8 @@ def build_estimate(cfg: ScoreConfig, facts: Facts, factors: dict[str, float] | N
         notes.append(f"Times calibrated on {n_hist} earlier run{'s' * (n_hist > 1)} on this machine.")
     else:
         notes.append(f"Default throughput for a {facts.params / 1e6:,.1f}M-parameter model on 2 CPU cores "
-                     "(no earlier run to calibrate on).")
+                     "(no earlier run to calibrate on" + ("; a GPU is faster" if cfg.model.device != "cpu" else "")
+                     + ").")
     disk, what = disk_bytes(cfg, facts)
     return Estimate(seconds=round(sum(s.seconds for s in stages), 1), disk_bytes=int(disk), notes=notes,
                     stages=stages, disk_what=what)

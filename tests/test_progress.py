@@ -319,3 +319,10 @@ def test_a_background_worker_logs_its_stages_live_without_library_warnings(ws, t
     assert "Warning" not in log and "warnings.warn" not in log and "Loading weights" not in log
     stages = [re.sub(r"^\d\d:\d\d:\d\d (\S.*?)( \(.*\))?$", r"\1", x) for x in log.splitlines() if x[:1].isdigit()]
     assert stages == stage_plan("rose", epochs=2)
+
+
+def test_durations_and_sizes_are_rounded_for_people():
+    assert [progress.approx_duration(s) for s in (10, 240, 3599, 7190, 8640)] == [
+        "under a minute", "about 4 min", "about 1 h 00 min", "about 2 h 00 min", "about 2 h 24 min"]
+    assert [progress.duration(s) for s in (5, 75, 700, 3700, None)] == ["5 s", "1 min 15 s", "12 min", "1 h 01 min", "?"]
+    assert [progress.size(b) for b in (512, 786_432_000, 6.6e9)] == ["512 bytes", "786 MB", "6.6 GB"]
