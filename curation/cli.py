@@ -164,6 +164,18 @@ def _score_config(a: argparse.Namespace):
     return cfg
 
 
+def _checked(store, a: argparse.Namespace):
+    """(config, meta): the model checked before the run exists, the cost estimated (stderr)."""
+    from curation.models import validate_model
+    from curation.runs import estimate_cost
+    from curation.workspace import Workspace
+    cfg, home = _score_config(a), Workspace.from_env().home
+    validate_model(cfg.model.name_or_path, home, allow_download=cfg.model.allow_download)
+    est = estimate_cost(store, a.pool, a.prefs, cfg, home)
+    print(f"estimated: {est.summary()}", file=sys.stderr)
+    return cfg, {"estimate": est.to_dict()}
+
+
 @command("score")
 def cmd_score(a: argparse.Namespace) -> int:
     from curation import distributed
@@ -178,7 +190,8 @@ def cmd_score(a: argparse.Namespace) -> int:
     if not run_id and rank == 0:
         if not a.pool:
             raise CurationError("score needs --pool (or --resume RUN_ID)")
-        run_id = create_run(store, a.pool, a.prefs, _score_config(a))
+        cfg, meta = _checked(store, a)
+        run_id = create_run(store, a.pool, a.prefs, cfg, meta=meta)
     if torchrun:
         run_id = distributed.broadcast(run_id)
     if run_id is None:
@@ -355,10 +368,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("worker")
 def cmd_worker(a: argparse.Namespace) -> int:
     """The background process of one run (started by the app through `jobs.launch`)."""
-    from curation.jobs import Cancelled
+    from curation.jobs import Cancelled, LogLines, quiet_library_output
     from curation.runs import execute_run
+    quiet_library_output()
     try:
-        execute_run(_store(), a.run_id, echo=lambda stage, done, total: None)
+        execute_run(_store(), a.run_id, echo=LogLines())
     except Cancelled:
         print("cancelled", file=sys.stderr)
         return 1

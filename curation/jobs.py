@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import update
@@ -201,7 +202,8 @@ def launch(store: Store, run_id: int, ws: Workspace | None = None) -> int:
         run.status, run.heartbeat, run.error, run.cancel_requested = "queued", utcnow(), None, False
     path = log_path(ws, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **QUIET_ENV, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url,
+           "PYTHONUNBUFFERED": "1"}  # unbuffered: every line reaches the log (and the page) at once
     repo = Path(__file__).resolve().parent.parent
     with open(path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "curation", "worker", str(run_id)], cwd=repo, env=env,
@@ -211,6 +213,52 @@ def launch(store: Store, run_id: int, ws: Workspace | None = None) -> int:
         run = s.get(Run, run_id)
         run.pid = proc.pid  # the worker's own pid: its claim of the run (runs.execute_run) agrees
     return proc.pid
+
+
+# Libraries whose warnings are about their own API (deprecations, internal notes): noise in a
+# curator's log. Warnings attributed to this project's code still show.
+NOISY_MODULES = r"(torch|transformers|peft|huggingface_hub|accelerate|tokenizers|safetensors|bm25s|sklearn|numpy)(\.|$)"
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
+def quiet_library_output() -> None:
+    """Keep library chatter out of the worker's log (the page shows its tail to the curator):
+    every FutureWarning and DeprecationWarning, the libraries' UserWarnings, transformers'
+    info logging and the loading/saving progress bars. Call it first in the worker."""
+    os.environ.update(QUIET_ENV)  # read at import by transformers, huggingface_hub and tqdm
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=NOISY_MODULES)
+    # torch's C++ warnings are attributed to the Python line that called torch
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class LogLines:
+    """The worker's echo: a timestamped line when a stage starts and a progress line at most
+    every ``every_s`` seconds, flushed at once, so the page's log tail fills while it runs."""
+
+    def __init__(self, out=None, every_s: float = 15.0, clock=time.time):
+        self.out, self.every_s, self.clock = out, every_s, clock
+        self.stage: str | None = None
+        self._last = 0.0
+
+    def __call__(self, stage: str | None, done: int, total: int | None) -> None:
+        now = self.clock()
+        if stage != self.stage:
+            self.stage, self._last = stage, now
+            self._line(f"{stage}" + (f" ({total:,} to do)" if total else ""))
+        elif now - self._last >= self.every_s:
+            self._last = now
+            self._line(f"  {stage}: {done:,}" + (f" of {total:,}" if total else ""))
+
+    def _line(self, text: str) -> None:
+        stamp = datetime.fromtimestamp(self.clock()).strftime("%H:%M:%S")
+        print(f"{stamp} {text}", file=self.out or sys.stdout, flush=True)
 
 
 def request_cancel(store: Store, run_id: int) -> None:

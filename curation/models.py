@@ -228,3 +228,89 @@ def defaults_for(name_or_path: str, home: Path) -> ModelDefaults:
     if n is None:
         return SMALL
     return TINY if n < 20_000_000 else SMALL if n < 1_000_000_000 else LARGE
+
+
+# ---------------------------------------------------------------------------- checking a model before a run
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What a model name turned out to be: ``kind`` is tiny, smollm2, folder or hub."""
+
+    name: str
+    kind: str
+    path: str | None  # the folder to load (absolute), None for tiny and hub ids
+    params: int | None
+
+
+def validate_model(name_or_path: str, home: Path, allow_download: bool = False) -> ModelCheck:
+    """Check that a run can load this model, before it is launched: a background run would
+    otherwise fail minutes later with Hugging Face Hub internals. Raises `CurationError` with
+    what is wrong: a missing or non-folder path, a folder without config.json, tokenizer or
+    weights, smollm2 not fetched, or a hub id that is not cached while downloads are off."""
+    name = (name_or_path or "").strip()
+    if not name:
+        raise CurationError("no model given: pick tiny, smollm2 or a local Hugging Face model folder")
+    if name == "tiny":
+        from curation.tiny import DEFAULT_CORPUS
+        if not DEFAULT_CORPUS.is_file():
+            raise CurationError(f"the tiny model is built from {DEFAULT_CORPUS}, which is missing")
+        return ModelCheck(name, "tiny", None, n_params(name, home))
+    if name == "smollm2":
+        return ModelCheck(name, "smollm2", resolve(name, home), n_params(name, home))
+    path = Path(name)
+    if path.exists() or _looks_like_path(name):
+        return _check_folder(name, path, home)
+    return _check_hub_id(name, allow_download, home)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else that does not exist is a wrong path."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
+
+
+def _check_folder(name: str, path: Path, home: Path) -> ModelCheck:
+    if not path.exists():
+        raise CurationError(f"model folder {name!r} does not exist" +
+                            (" (~ is not expanded: give the full path)" if name.startswith("~") else ""))
+    if not path.is_dir():
+        raise CurationError(f"model {name!r} is a file, not a folder: give the folder that holds "
+                            "config.json, the tokenizer and the weights (save_pretrained writes one)")
+    if not (path / "config.json").is_file():
+        raise CurationError(f"folder {name!r} has no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CurationError(f"{path / 'config.json'} is not readable JSON: {e}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise CurationError(f"{path / 'config.json'} has no model_type: not a Hugging Face model config")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise CurationError(f"folder {name!r} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}): "
+                            "save it there with tokenizer.save_pretrained")
+    if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise CurationError(f"folder {name!r} has no weights (model.safetensors or pytorch_model.bin)")
+    return ModelCheck(name, "folder", str(path.resolve()), n_params(name, home))
+
+
+def _check_hub_id(name: str, allow_download: bool, home: Path) -> ModelCheck:
+    """A hub id loads from the local Hugging Face cache, or is downloaded only when allowed."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        raise CurationError(f"model {name!r} is neither a local folder nor a valid hub id") from None
+    if isinstance(cached, str):
+        return ModelCheck(name, "hub", None, n_params(str(Path(cached).parent), home))
+    if not allow_download:
+        raise CurationError(f"model {name!r} is not a local folder, and as a hub id it is not in the local "
+                            "Hugging Face cache; downloads are off (set model.allow_download in a config "
+                            "file to fetch it, or give the path of a downloaded model folder)")
+    if constants.HF_HUB_OFFLINE:
+        raise CurationError(f"model {name!r} would have to be downloaded, but HF_HUB_OFFLINE is set")
+    return ModelCheck(name, "hub", None, None)

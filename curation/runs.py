@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +23,11 @@ from curation.config import ScoreConfig
 from curation.errors import CurationError
 from curation.jobs import Cancelled, Reporter, live_worker
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
+from curation.progress import estimate_cost  # noqa: F401  (runs.estimate_cost: the pages' and CLI's entry)
+from curation.progress import (MODEL_METHODS, TINY_STAGE, Estimate, StageCost, build_estimate, run_progress,
+                               tiny_needs_build)
 from curation.select import select_top
-from curation.store import Example, Pool, PreferenceSet, Run, Score, Store
+from curation.store import STAGING_PREFIX, Example, Pool, PreferenceSet, Run, Score, Store
 from curation.store.db import markers, retry_locked
 from curation.store.models import utcnow
 from curation.workspace import Workspace
@@ -133,6 +137,8 @@ def _claim(store: Store, run_id: int) -> bool:
                                     f"(heartbeat {run.heartbeat:%H:%M:%S} UTC); cancel it or wait")
             run.status, run.pid, run.started_at, run.heartbeat = "running", os.getpid(), utcnow(), utcnow()
             run.error, run.cancel_requested = None, False
+            # seconds earlier processes worked on it: a resumed run's elapsed time is the whole
+            run.meta = {**(run.meta or {}), "earlier_s": round(sum((run.stage_times or {}).values()), 3)}
             return True
     return retry_locked(claim, what=f"run {run_id}")
 
@@ -176,6 +182,7 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
         inputs = _inputs(store, run, ws, reporter)
         _use_threads(inputs.config)
         inputs.workdir.mkdir(parents=True, exist_ok=True)
+        _build_tiny_first(run.method, inputs.config, ws, reporter)
         out = get_method(run.method).score(inputs)
         reporter.stage("select", len(inputs.example_ids))
         n_sel = store_scores(store, run_id, inputs.example_ids, out, inputs.config)
@@ -191,6 +198,17 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
         _record_failure(store, run_id, status="failed", finished_at=utcnow(), error=f"{type(e).__name__}: {e}",
                         **({"stage_times": times} if times is not None else {}))
         raise
+
+
+def _build_tiny_first(method: str, config: ScoreConfig, ws: Workspace, reporter: Reporter) -> None:
+    """Build the offline tiny model in a stage of its own (`TINY_STAGE`), so the page says what
+    the first run's minutes go to instead of a long "load model"."""
+    if method not in MODEL_METHODS or config.model.name_or_path != "tiny" or not tiny_needs_build(ws.home):
+        return
+    from curation.tiny import ensure_tiny_model
+
+    reporter.stage(TINY_STAGE)
+    ensure_tiny_model(ws.home, progress=lambda s, d, t: reporter.update(d, t))
 
 
 def _safely(fn):
@@ -263,13 +281,14 @@ def store_scores(store: Store, run_id: int, ids: list[int], out: ScoreOutput, cf
 
 
 def show_run(store: Store, run_id: int, top: int = 10) -> dict:
-    """Status, time per stage and the top examples of a run."""
+    """Status, time per stage, progress (stage k of N, elapsed, overall ETA; `progress.run_progress`)
+    and the top examples of a run."""
     from curation.jobs import effective_status
     with store.session() as s:
         run = s.get(Run, run_id)
         if run is None:
             raise CurationError(f"no run with id {run_id}")
-        pool = s.get(Pool, run.pool_id).name
+        pool = s.get(Pool, run.pool_id)
         prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
         q = (select(Score.rank, Score.score, Score.subtask, Example.uid, Example.source, Example.messages)
              .join(Example, Example.id == Score.example_id).where(Score.run_id == run_id)
@@ -278,12 +297,75 @@ def show_run(store: Store, run_id: int, top: int = 10) -> dict:
                      prompt=next((m["content"] for m in msgs if m["role"] == "user"), "")[:100])
                 for r, sc, st, u, src, msgs in s.execute(q)]
         wall = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
-        return dict(id=run.id, method=run.method, pool=pool, prefs=prefs, status=effective_status(run),
+        status = effective_status(run)
+        progress = run_progress(_stage_plan(run, pool.n_examples), status, run.stage, run.stage_times or {},
+                                run.eta_s, _elapsed(run, status))
+        return dict(id=run.id, method=run.method, pool=pool.name, prefs=prefs, status=status,
                     stage=run.stage, stage_times=run.stage_times, wall_s=wall,
                     progress=dict(done=run.stage_done, total=run.stage_total, rate=run.rate, eta_s=run.eta_s),
                     error=run.error, selected=run.n_selected,
                     features=(run.meta or {}).get("features"), pairs_version=pairs_version(s, run),
-                    config=run.config, meta=run.meta, top=tops, workdir=run.workdir)
+                    config=run.config, meta=run.meta, top=tops, workdir=run.workdir, **progress)
+
+
+def _stage_plan(run: Run, n_examples: int) -> list[StageCost] | None:
+    """The run's stages with their estimated seconds: the estimate stored at launch, else the
+    cost model's defaults (no reuse detection, no calibration: cheap enough to poll)."""
+    meta = run.meta or {}
+    if est := meta.get("estimate"):
+        stages = Estimate.from_dict(est).stages
+        times = run.stage_times or {}
+        if TINY_STAGE not in [s.name for s in stages] and (run.stage == TINY_STAGE or TINY_STAGE in times):
+            stages = [StageCost(TINY_STAGE, 150.0, 150.0)] + stages  # another run's model went missing
+        return stages or None
+    from curation.progress import DEMO_TOKENS, Facts, _params, lora_dim, model_arch
+    try:
+        cfg = ScoreConfig.from_dict(run.config)
+    except CurationError:
+        return None
+    name, home = cfg.model.name_or_path, Workspace.from_env().home
+    tiny = run.stage == TINY_STAGE or TINY_STAGE in (run.stage_times or {})
+    facts = Facts(n=n_examples, n_pairs=len(meta.get("pairs") or []), tokens=DEMO_TOKENS, params=_params(name, home),
+                  lora_dim=lora_dim(model_arch(name, home), cfg.warmup.lora_r, cfg.warmup.target_modules),
+                  tiny_build=tiny)
+    return build_estimate(cfg, facts).stages or None
+
+
+def _elapsed(run: Run, status: str) -> float | None:
+    """Seconds worked on the run, over every process that did (``meta.earlier_s``: before this one)."""
+    if status in ("done", "failed", "cancelled", "dead"):
+        times = run.stage_times or {}
+        return round(sum(float(v) for v in times.values()), 1) if times else None
+    if run.status == "running" and run.started_at:
+        return round((utcnow() - run.started_at).total_seconds() + float((run.meta or {}).get("earlier_s", 0)), 1)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class RecentInputs:
+    pool: str | None
+    prefs: str | None
+
+
+def recent_inputs(store: Store) -> RecentInputs:
+    """The pool and preference set a new run should offer first, across sessions: for each,
+    whichever is newer of the newest run's (the curator's last scoring) and the newest
+    created one (a pool just imported is likely the next to score)."""
+    with store.session() as s:
+        last = next((r for r in s.scalars(select(Run).order_by(Run.id.desc()).limit(50))
+                     if not (r.meta or {}).get("internal")), None)
+        pool = s.scalars(select(Pool).where(~Pool.name.startswith(STAGING_PREFIX))
+                         .order_by(Pool.created_at.desc(), Pool.id.desc()).limit(1)).first()
+        prefs = s.scalars(select(PreferenceSet).order_by(PreferenceSet.created_at.desc(),
+                                                         PreferenceSet.id.desc()).limit(1)).first()
+        run_pool = s.get(Pool, last.pool_id) if last else None
+        run_prefs = s.get(PreferenceSet, last.prefs_id) if last and last.prefs_id else None
+
+        def newer(from_run, created):
+            if from_run is None or (created is not None and created.created_at > last.created_at):
+                return created.name if created is not None else None
+            return from_run.name
+        return RecentInputs(newer(run_pool, pool), newer(run_prefs, prefs))
 
 
 def load_scores(store: Store, run_id: int) -> tuple[np.ndarray, np.ndarray]:

