@@ -186,8 +186,8 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     assert manifest["file_sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
     actions = {o["action"]: o["reason"] for o in manifest["overrides"]}
     assert actions == {"pin": "great arithmetic example", "exclude": "duplicate style"}
-    assert len(rows) == 200 and manifest["budget"]["n"] == 200 and manifest["method"] == "rose"
-    assert manifest["preference_pairs"]["count"] == 11
+    assert len(rows) == 200 and manifest["budget"]["n"] == 200 and manifest["run"]["method"] == "rose"
+    assert manifest["preference_set"] == "walk" and manifest["preference_pairs"]["n"] == 11
 
 
 def box_select(page, plot) -> None:
