@@ -10,15 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from curation import explore, maps
 from curation.config import ScoreConfig, SelectConfig
 from curation.features import FeatureManifest, FeatureStore
 from curation.influence import ScoringInputs, score
 from curation.methods.base import ScoreOutput
+from curation.imports import example_text
 from curation.runs import store_scores
-from curation.store import Decision, Example, Pool, PreferencePair, PreferenceSet, Run, Store
+from curation.store import Decision, Example, Pool, PreferencePair, PreferenceSet, Run, Score, Store
 
 LRS = [2e-4, 1e-4]
 SUBTASKS = ["alpha"] * 3 + ["beta"] * 3  # 2 subtasks x 3 pairs
@@ -52,7 +53,11 @@ def _examples(store: Store, pool: str, n: int) -> list[int]:
                      original={}, n_turns=2, prompt_chars=20, response_chars=9, total_chars=29 + i % 50)
                 for i in range(n)]
         s.execute(insert(Example), rows)
-        return list(s.scalars(select(Example.id).where(Example.pool_id == p.id).order_by(Example.id)))
+        ids = list(s.scalars(select(Example.id).where(Example.pool_id == p.id).order_by(Example.id)))
+        if store.is_sqlite:  # the pool's text search, as the importer fills it
+            s.execute(text("INSERT INTO example_fts(rowid, text) VALUES (:id, :text)"),
+                      [{"id": i, "text": example_text(r["messages"])} for i, r in zip(ids, rows)])
+        return ids
 
 
 def _prefs(store: Store, name: str) -> int:
@@ -61,7 +66,7 @@ def _prefs(store: Store, name: str) -> int:
         s.add(ps)
         s.flush()
         for j, sub in enumerate(SUBTASKS):
-            s.add(PreferencePair(set_id=ps.id, position=j, prompt=f"pair prompt {j}", prompt_messages=[],
+            s.add(PreferencePair(set_id=ps.id, position=j, prompt=f"pair prompt {j}: question {7 * j}", prompt_messages=[],
                                  chosen=f"good {j}", rejected=f"bad {j}", subtask=sub))
         return ps.id
 
@@ -105,6 +110,82 @@ def build_synthetic_run(store: Store, workdir: Path, n: int = 60, k: int = 32, s
         r = s.get(Run, run_id)
         r.n_selected, r.meta = n_sel, {"subtasks": res.subtasks, "checkpoint_lrs": LRS}
     return SyntheticRun(run_id, pool, ids, train, val, workdir)
+
+
+def build_method_run(store: Store, base: SyntheticRun, method: str, ws) -> int:
+    """A done run of ``method`` on the synthetic run's pool and pairs, with the files its
+    explain() reads, built without a model: BM25, DSIR and random score for real (cheap);
+    LESS and NICE reuse the ROSE features (NICE plus a sampled-responses record); RepSim gets
+    random unit hidden states, RAISE a random schedule. Returns the run id."""
+    import shutil
+
+    from curation.influence import aggregate, subtask_index
+    from curation.jobs import Reporter
+    from curation.methods import ScoreInputs, ValPair, get_method
+    from curation.methods.base import output_from_means
+
+    if method == "rose":
+        return base.run_id
+    workdir = base.workdir.parent / f"{base.workdir.name}-{method}"
+    cfg = ScoreConfig(select=SelectConfig(percent=10.0))
+    with store.session() as s:
+        rose = s.get(Run, base.run_id)
+        run = Run(pool_id=rose.pool_id, prefs_id=rose.prefs_id, method=method, config=cfg.to_dict(), status="done",
+                  workdir=str(workdir), meta={})
+        s.add(run)
+        s.flush()
+        run_id = run.id
+        pairs = [ValPair(p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask)
+                 for p in s.scalars(select(PreferencePair).where(PreferencePair.set_id == rose.prefs_id)
+                                    .order_by(PreferencePair.position))]
+        messages = {e.id: e.messages for e in s.scalars(select(Example).where(Example.id.in_(base.example_ids)))}
+    ids, rng = base.example_ids, np.random.default_rng(7)
+    index, subtasks = subtask_index([p.subtask for p in pairs])
+    meta = {"subtasks": subtasks, "checkpoint_lrs": []}
+    if method in ("bm25", "dsir", "random"):
+        inputs = ScoreInputs(example_ids=ids, fetch=lambda some: [messages[i] for i in some], pairs=pairs, config=cfg,
+                             workdir=workdir, workspace=ws, reporter=Reporter(None, None))
+        out = get_method(method).score(inputs)
+    elif method in ("less", "nice"):
+        shutil.copytree(base.workdir / "features", workdir / "features")
+        with store.session() as s:
+            comps = {sc.example_id: sc for sc in s.scalars(select(Score).where(Score.run_id == base.run_id))}
+        sc = [comps[i] for i in ids]
+        means = np.array([[c.components["subtasks"][t] for t in subtasks] for c in sc], np.float32)
+        out = output_from_means(means, subtasks, {})
+        out.per_checkpoint = np.array([c.components["checkpoints"] for c in sc], np.float32)
+        meta["checkpoint_lrs"] = LRS
+        if method == "nice":
+            record = {"checkpoint": "warmup/epoch_2", "reward": "number", "reward_doc": "final number matches.",
+                      "config": {"variant": "sum", "samples": 2, "temperature": 1.0, "top_k": 50, "top_p": 0.95,
+                                 "label_free": False},
+                      "pairs": [{"pair": j, "subtask": p.subtask, "prompt": p.prompt, "responses": ["7", "8"],
+                                 "rewards": [1.0, 0.0], "zero_vector": False} for j, p in enumerate(pairs)]}
+            (workdir / "nice").mkdir(parents=True)
+            (workdir / "nice" / "epoch_2.json").write_text(json.dumps(record))
+    elif method == "repsim":
+        T, V = unit(rng, len(ids), 16).astype(np.float32), unit(rng, len(pairs), 16).astype(np.float32)
+        (workdir / "repsim").mkdir(parents=True)
+        for name, x in (("train.npy", T), ("val.npy", V), ("example_ids.npy", np.asarray(ids, np.int64))):
+            np.save(workdir / "repsim" / name, x)
+        out = output_from_means(aggregate(T @ V.T, index, len(subtasks)), subtasks, {})
+    elif method == "raise":
+        from curation.raise_.schedule import Schedule
+        from curation.raise_.state import StaticFeatures
+        n, arr = len(ids), np.asarray(ids, np.int64)
+        schedule = Schedule(arr, rng.choice(arr, (4, 3)), np.zeros((4, 3), np.int32), np.linspace(2, 1, 3),
+                            np.array([0, 2]), np.array([0]), rng.random((1, n)).astype(np.float32))
+        schedule.save(workdir / "raise")
+        StaticFeatures(arr, rng.random((n, 4)) * 10, rng.random((n, 32)).astype(np.float32),
+                       (np.arange(n) % 3).astype(np.int32)).save(workdir / "raise", {})
+        out = ScoreOutput(schedule.scores().astype(np.float32))
+    else:
+        raise ValueError(f"build_method_run knows no method {method!r}: add it")
+    n_sel = store_scores(store, run_id, ids, out, cfg)
+    with store.session() as s:
+        r = s.get(Run, run_id)
+        r.n_selected, r.meta = n_sel, meta
+    return run_id
 
 
 def reference(run: SyntheticRun) -> dict:
@@ -232,10 +313,10 @@ def test_explain_matches_numpy(store, run, position):
     assert [c.weight for c in exp.checkpoints] == pytest.approx(np.asarray(LRS) / sum(LRS))
     order = np.lexsort((np.arange(6), -ref["C"][position]))[:4]
     assert [p.val_row for p in exp.val_pairs] == order.tolist()
-    np.testing.assert_allclose([p.cosine for p in exp.val_pairs], ref["C"][position][order], atol=1e-6)
+    np.testing.assert_allclose([p.value for p in exp.val_pairs], ref["C"][position][order], atol=1e-6)
     np.testing.assert_allclose(exp.val_pairs[0].per_checkpoint,
                                [S[position, order[0]] for S in ref["S"]], atol=1e-6)
-    assert exp.val_pairs[0].prompt == f"pair prompt {order[0]}"
+    assert exp.val_pairs[0].prompt == f"pair prompt {order[0]}: question {7 * order[0]}"
     assert exp.val_pairs[0].subtask == SUBTASKS[order[0]]
     assert exp.messages[0]["content"] == f"question {position} <b>bold</b>"
 
