@@ -523,8 +523,8 @@ class SearchResult:
 
 
 def find_examples(store: Store, run_id: int, df: pd.DataFrame, query: str, limit: int = 20) -> SearchResult:
-    """The run's examples that ``query`` names: an example id, a uid (exact, then part of one)
-    or words of the text (the pool's search, `catalog.matching_ids`); best-ranked first within
+    """The run's examples that ``query`` names: an example id, a uid (exact, then part of one;
+    any case) or words of the text (the pool's search, `catalog.matching_ids`); best-ranked first within
     each kind, a run's example listed once."""
     from curation.catalog import ExampleFilter, matching_ids
 
@@ -532,10 +532,10 @@ def find_examples(store: Store, run_id: int, df: pd.DataFrame, query: str, limit
     ids = df["example_id"].to_numpy()
     if not q:
         return SearchResult(q, 0, _hits_frame(store, df, [], []))
-    uids = df["uid"].astype(str)
+    uids = df["uid"].astype(str).str.lower()
     kinds = [("id", ids == int(q)) if q.isdigit() else ("id", np.zeros(len(df), bool)),
-             ("uid", (uids == q).to_numpy()),
-             ("uid", uids.str.lower().str.contains(q.lower(), regex=False).to_numpy())]
+             ("uid", (uids == q.lower()).to_numpy()),
+             ("uid", uids.str.contains(q.lower(), regex=False).to_numpy())]
     text_ids = matching_ids(store, run_info(store, run_id).pool, ExampleFilter(search=q))
     kinds.append(("text", np.isin(ids, np.asarray(text_ids, np.int64))))
     rows, match, seen = [], [], np.zeros(len(df), bool)
