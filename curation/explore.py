@@ -310,6 +310,7 @@ def method_labels(method: str) -> ScoreLabels:
 def explain(store: Store, run_id: int, example_id: int, n_pairs: int = 5,
             n_neighbours: int = 5) -> Explanation:
     """Why ``example_id`` scored what it did in ``run_id``, and whether it is in the subset."""
+    example_id = int(example_id)  # a numpy integer would find no row
     info = run_info(store, run_id)
     with store.session() as s:
         sc, ex = _score_and_example(s, run_id, example_id)

@@ -3,6 +3,7 @@ against an independent numpy computation on a small synthetic run (no model is r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def _examples(store: Store, pool: str, n: int) -> list[int]:
         p = Pool(name=pool, n_examples=n)
         s.add(p)
         s.flush()
-        rows = [dict(pool_id=p.id, uid=f"{pool}-{i}", content_hash=f"{pool}{i:060d}",
+        rows = [dict(pool_id=p.id, uid=f"{pool}-{i}", content_hash=hashlib.sha256(f"{pool}{i}".encode()).hexdigest(),
                      source=SOURCES[i % 3], fmt="messages", line=i + 1,
                      messages=[{"role": "user", "content": f"question {i} <b>bold</b>"},
                                {"role": "assistant", "content": f"answer {i}"}],
