@@ -505,6 +505,12 @@ def evidence_items(exp: Explanation) -> list[tuple[str, str | None, pd.DataFrame
 # ---------------------------------------------------------------------------- moving around
 
 
+def rank_of(df: pd.DataFrame, example_id: int) -> int | None:
+    """The example's rank in the run's frame, None when the run did not score it."""
+    hit = np.flatnonzero(df["example_id"].to_numpy() == int(example_id))
+    return int(df["rank"].iloc[hit[0]]) if len(hit) else None
+
+
 def step_rank(rank: int, delta: int, n_total: int) -> int:
     """The rank ``delta`` places away, kept inside 1..n_total (prev/next in the inspector)."""
     return int(min(max(int(rank) + int(delta), 1), max(int(n_total), 1)))

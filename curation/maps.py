@@ -19,6 +19,11 @@ pair (20 s for 3000 points) and its NN-descent path compiles for about a minute 
 this way the 3000-example demo maps in seconds. The cost is O(n_fit x n) distance
 evaluations: minutes at 200k fitted points.
 
+Drawing (`map_figure`): a browser gets at most `DRAW_CAP` points (Streamlit's page dies near
+280k): every selected, pinned and excluded one plus a seeded sample of the rest stratified over
+the layout (`drawn_rows`), over a grey density layer of all points. Selections are resolved
+server-side against every point (`ids_in_selection`), so a lasso covers the undrawn ones too.
+
 On disk (``workdir/map/``): ``map.npz`` (xy float32 [n, 2], example_ids int64, val_xy float32,
 fitted bool) and ``map.json`` (seed, n, method, timings), each written atomically, plus
 ``status.json`` (queued | running | done | failed, error, pid) for the background job.
@@ -354,7 +359,7 @@ def map_figure(data: MapData, values, val_labels: list[str], max_drawn: int = DR
     template = "%{hovertext}<extra>%{fullData.name}</extra>"
     if hasattr(values, "categories"):
         colours = _category_colours(values.categories)
-        for name in sorted(colours, key=lambda c: c not in MUTED):  # muted first: drawn underneath
+        for name in sorted(reversed(colours), key=lambda c: c not in MUTED):  # muted first, pins last: on top
             at = np.asarray(values == name)
             muted = name in MUTED
             traces.append(go.Scattergl(x=xy[at, 0], y=xy[at, 1], mode="markers", name=name, customdata=ids[at],

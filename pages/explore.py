@@ -163,6 +163,10 @@ else:
                        + sampled))
     selection = (event or {}).get("selection")  # the event reads as a dict (attribute access too)
     picked = maps.ids_in_selection(data, selection) if selection else []
+    one = picked.tolist() if len(picked) == 1 else None  # a clicked point: inspect it
+    if one and one != st.session_state.get("seen_map_point") and (at_rank := explore.rank_of(df, one[0])):
+        st.session_state["inspect_rank"] = at_rank
+    st.session_state["seen_map_point"] = one
     if len(picked):
         bulk_actions(picked)
 

@@ -512,8 +512,10 @@ def test_find_examples_by_id_uid_and_text(store, run):
     assert len(explore.find_examples(store, run.run_id, df, "answer", limit=5).table) == 5
 
 
-def test_step_rank_stays_inside_the_run():
+def test_step_rank_stays_inside_the_run(store, run):
     assert [explore.step_rank(r, d, 60) for r, d in ((1, -1), (1, 1), (60, 1), (30, -1), (99, 0))] == [1, 2, 60, 29, 60]
+    df = explore.run_scores_frame(store, run.run_id)
+    assert explore.rank_of(df, int(df["example_id"].iloc[7])) == 8 and explore.rank_of(df, 10**9) is None
 
 
 def test_selection_preview_says_what_pin_and_exclude_would_change(store, run):

@@ -289,6 +289,12 @@ def test_map_selection_previews_before_bulk_actions(run):
     at.session_state["map_preview"] = {"selection": {"rows": [2], "columns": []}}
     at.run()
     assert rank_now(at) == int(preview["rank"].iloc[2])
+    one = int(inside[0])
+    at.session_state["map"] = {"selection": {"points": [{"customdata": [one]}], "box": [], "lasso": []}}
+    at.run()  # a clicked point opens in the inspector
+    assert rank_now(at) == explore.rank_of(explore.run_scores_frame(Store.open(Workspace.from_env()), run.run_id), one)
+    at.session_state["map"] = {"selection": {"points": [], "point_indices": [], "box": [box], "lasso": []}}
+    at.run()
     at.text_input(key="bulk_reason").set_value("off topic").run()
     at.button(key="bulk_exclude").click().run()
     assert not at.exception, [e.value for e in at.exception]
