@@ -372,7 +372,8 @@ def map_figure(data: MapData, values, val_labels: list[str], max_drawn: int = DR
                                    marker=dict(size=4, color=np.asarray(values, np.float32), colorscale="Viridis",
                                                showscale=True, colorbar=dict(title="score", x=1.0, len=0.8))))
     labels = [html.escape(str(v), quote=False) for v in val_labels[: len(data.val_xy)]]
-    traces.append(go.Scatter(x=data.val_xy[:, 0], y=data.val_xy[:, 1], mode="markers+text", name="validation pairs",
+    # WebGL too: plotly draws SVG traces beneath the WebGL canvas, where the points would hide them
+    traces.append(go.Scattergl(x=data.val_xy[:, 0], y=data.val_xy[:, 1], mode="markers+text", name="validation pairs",
                              text=labels, textposition="top center", textfont=dict(size=11, color="#111111"),
                              hovertext=(val_hover or labels)[: len(data.val_xy)],
                              hovertemplate="%{hovertext}<extra>validation pair</extra>",

@@ -150,7 +150,7 @@ elif data is None:
             maps.launch_map(store(), run_id)
             st.rerun()
 else:
-    colour = st.selectbox("Colour by", list(COLOURS))
+    colour = st.selectbox("Colour by", list(COLOURS), index=list(COLOURS).index("selection"))
     drawn, hover = map_layer(store().url, run_id, version, data.meta, data, df)
     pair_labels, pair_hover = explore.pair_markers(store(), run_id)
     fig = maps.map_figure(data, explore.map_values(df, data.example_ids, COLOURS[colour]), pair_labels,
@@ -193,7 +193,7 @@ def pick_match(key: str) -> None:
     st.session_state["inspect_rank"] = int(st.session_state[key])
 
 
-c1, c2, c3, c4 = st.columns([1, 2, 1, 4], vertical_alignment="bottom")
+c1, c2, c3, c4 = st.columns([1.4, 2, 1, 4], vertical_alignment="bottom")
 c1.button("◀ Previous", key="inspect_prev", on_click=step, args=(-1, len(df)), help="the example one rank better")
 rank = int(c2.number_input("Inspect the example at rank", min_value=1, max_value=len(df), step=1, key="inspect_rank"))
 c3.button("Next ▶", key="inspect_next", on_click=step, args=(1, len(df)), help="the example one rank worse")

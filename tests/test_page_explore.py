@@ -269,7 +269,7 @@ def test_map_selection_previews_before_bulk_actions(run):
     stars = spec["data"][-1]
     assert stars["mode"] == "markers+text" and stars["text"] == ["alpha"] * 3 + ["beta"] * 3
     assert all(h.startswith("pair id ") for h in stars["hovertext"])
-    points = [t for t in spec["data"] if t.get("type") == "scattergl"]
+    points = [t for t in spec["data"][:-1] if t.get("type") == "scattergl"]
     assert points and all(h.startswith("rank ") for t in points for h in t["hovertext"])
     assert spec["layout"]["legend"]["orientation"] == "h"
     assert not any(b.key and b.key.startswith("bulk_") for b in at.button)
