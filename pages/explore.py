@@ -26,13 +26,14 @@ run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in r
                                                     if r["pairs_version"] == "earlier" else "")
                                                  for r in runs if r["id"] == i))
 info = explore.run_info(store(), run_id)
+labels = explore.method_labels(info.method)  # what this method's numbers are: titles, sentences
 if msg := st.session_state.pop("rescored_msg", None):
     st.success(md_text(msg))
 if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
     c1, c2 = st.columns([4, 1])
     c1.warning("This run was scored with an earlier version of its preference set: its scores and "
                "explanations describe the pairs it was scored with (the run keeps them).")
-    if c2.button("Re-score with the current pairs", disabled=info.method not in ("rose", "less", "nice")):
+    if c2.button("Re-score with the current pairs", disabled=not labels.gradient):
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
             show_rescored(rescore.rescore(store(), run_id))
             st.rerun()
@@ -134,7 +135,6 @@ def map_layer(db_url: str, run_id: int, version: tuple, meta: dict, _data: maps.
     return rows, explore.map_hover(store(), _df, _data.example_ids[rows])
 
 
-labels = explore.method_labels(info.method)
 st.subheader("Map of gradient features")
 status = maps.map_status(info.workdir) if info.workdir else {"state": "missing"}
 data = maps.load_map(info.workdir) if status["state"] == "done" else None
