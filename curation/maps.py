@@ -19,6 +19,11 @@ pair (20 s for 3000 points) and its NN-descent path compiles for about a minute 
 this way the 3000-example demo maps in seconds. The cost is O(n_fit x n) distance
 evaluations: minutes at 200k fitted points.
 
+Drawing (`map_figure`): a browser gets at most `DRAW_CAP` points (Streamlit's page dies near
+280k): every selected, pinned and excluded one plus a seeded sample of the rest stratified over
+the layout (`drawn_rows`), over a grey density layer of all points. Selections are resolved
+server-side against every point (`ids_in_selection`), so a lasso covers the undrawn ones too.
+
 On disk (``workdir/map/``): ``map.npz`` (xy float32 [n, 2], example_ids int64, val_xy float32,
 fitted bool) and ``map.json`` (seed, n, method, timings), each written atomically, plus
 ``status.json`` (queued | running | done | failed, error, pid) for the background job.
@@ -267,30 +272,116 @@ def ids_in_selection(data: MapData, selection: dict) -> np.ndarray:
     return np.union1d(data.example_ids[hit], np.asarray(clicked, np.int64))
 
 
-def map_figure(data: MapData, values, val_labels: list[str], max_drawn: int = 200_000, seed: int = 0):
-    """Plotly Scattergl of the map: examples coloured by ``values`` (one per row of ``data``:
-    numbers give a colour scale, a pandas Categorical one trace per category), validation
-    pairs as stars. Float32 coordinates and int32 example ids (``customdata``) travel as binary
-    arrays; above ``max_drawn`` points a seeded sample is drawn."""
+DRAW_CAP = 50_000  # points a browser gets; above it a stratified sample over a density layer
+GRID = 64  # cells per axis of the stratified sample
+DENSITY_BINS = 160
+STATE_COLOURS = {"pinned": "#1a9850", "excluded": "#d73027", "selected": "#2166ac", "not selected": "#d4d4d4"}
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f"]
+MUTED = {"not selected"}  # drawn small, light and underneath: the selection stands out
+
+
+def drawn_rows(xy: np.ndarray, cap: int = DRAW_CAP, keep: np.ndarray | None = None, seed: int = 0,
+               grid: int = GRID) -> np.ndarray:
+    """Sorted rows of the map to draw: all when they fit, else every ``keep`` row (selected,
+    pinned, excluded) plus a seeded sample of the rest stratified over a ``grid`` x ``grid``
+    layout, each cell in proportion to its points and every non-empty cell at least once
+    (sparse outliers stay visible). ``keep`` rows take at most half of ``cap`` when the rest
+    needs the other half (a seeded sample of them), so the unselected never vanish."""
+    n = len(xy)
+    if n <= cap:
+        return np.arange(n)
+    keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
+    must, rest = np.flatnonzero(keep), np.flatnonzero(~keep)
+    n_must = max(cap - len(rest), min(len(must), cap // 2))
+    must = must[sample_rows(len(must), n_must, seed)]
+    chosen = rest[_stratified(xy[rest], cap - n_must, seed, grid)] if cap > n_must else rest[:0]
+    return np.sort(np.concatenate([must, chosen]))
+
+
+def _stratified(xy: np.ndarray, k: int, seed: int, grid: int) -> np.ndarray:
+    """``k`` row indices of ``xy``: in a seeded random order within each grid cell, the rows
+    with the smallest position / cell size (proportional allocation, first of each cell first)."""
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1)
+    ij = np.clip(((xy - lo) / span * grid).astype(np.int64), 0, grid - 1)
+    cell = ij[:, 0] * grid + ij[:, 1]
+    order = np.random.default_rng(seed).permutation(len(xy))  # random order within cells
+    by_cell = order[np.argsort(cell[order], kind="stable")]
+    sizes = np.bincount(cell, minlength=grid * grid)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos = np.empty(len(xy), np.int64)
+    pos[by_cell] = np.arange(len(xy)) - np.repeat(starts, sizes)
+    key = pos / sizes[cell]
+    tie = np.empty(len(xy), np.int64)
+    tie[order] = np.arange(len(xy))
+    return np.lexsort((tie, key))[:k]
+
+
+def density_trace(xy: np.ndarray, bins: int = DENSITY_BINS):
+    """A grey heatmap of every point's density (log counts, empty cells transparent): what the
+    sample leaves out still shows, and a box or lasso over it still covers every point."""
     import plotly.graph_objects as go
 
-    draw = sample_rows(len(data.xy), max_drawn, seed)
-    xy, ids, values = data.xy[draw], data.example_ids[draw].astype(np.int32), values[draw]
-    hover = "example %{customdata}<extra>%{fullData.name}</extra>"
-    groups = ([(str(c), np.asarray(values == c)) for c in values.categories]
-              if hasattr(values, "categories") else [("examples", slice(None))])
-    fig = go.Figure([go.Scattergl(x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=name,
-                                  customdata=ids[rows], hovertemplate=hover, marker=dict(size=4))
-                     for name, rows in groups])
-    if not hasattr(values, "categories"):
-        fig.update_traces(marker=dict(color=np.asarray(values, np.float32), colorscale="Viridis",
-                                      showscale=True))
-    fig.add_trace(go.Scattergl(x=data.val_xy[:, 0], y=data.val_xy[:, 1], mode="markers",
-                               name="validation pairs", text=val_labels[: len(data.val_xy)],
-                               hovertemplate="pair: %{text}<extra></extra>",
-                               marker=dict(symbol="star", size=13, color="black",
-                                           line=dict(color="white", width=1))))
-    fig.update_layout(height=600, dragmode="lasso", legend=dict(itemsizing="constant"))
+    counts, xe, ye = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins)
+    z = np.where(counts > 0, np.log1p(counts), np.nan).T.astype(np.float32)
+    return go.Heatmap(z=z, x=((xe[:-1] + xe[1:]) / 2).astype(np.float32), y=((ye[:-1] + ye[1:]) / 2).astype(np.float32),
+                      colorscale=[[0, "#f2f2f2"], [1, "#8c8c8c"]], showscale=False, hoverinfo="skip",
+                      name=f"density of all {len(xy):,} points", showlegend=True, opacity=0.8)
+
+
+def _category_colours(categories) -> dict[str, str]:
+    names = [str(c) for c in categories]
+    if set(names) <= set(STATE_COLOURS):
+        return {c: STATE_COLOURS[c] for c in names}
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(names)}
+
+
+def map_figure(data: MapData, values, val_labels: list[str], max_drawn: int = DRAW_CAP, seed: int = 0,
+               rows: np.ndarray | None = None, hover: list[str] | None = None,
+               val_hover: list[str] | None = None):
+    """Plotly figure of the map: examples coloured by ``values`` (one per row of ``data``:
+    numbers give a colour scale, a pandas Categorical one trace per category, unselected ones
+    light grey underneath), the validation pairs as stars labelled with their subtask.
+
+    ``rows`` are the rows to draw (default: `drawn_rows` with ``max_drawn``), ``hover`` their
+    hover texts. When not every point is drawn, a density layer of all of them lies beneath.
+    Float32 coordinates and int32 example ids (``customdata``) travel as binary arrays.
+    """
+    import html
+
+    import plotly.graph_objects as go
+
+    rows = drawn_rows(data.xy, max_drawn, seed=seed) if rows is None else np.asarray(rows)
+    xy, ids, values = data.xy[rows], data.example_ids[rows].astype(np.int32), values[rows]
+    hover = np.asarray(hover if hover is not None else [f"example {i}" for i in ids], dtype=object)
+    traces = [density_trace(data.xy)] if len(rows) < len(data.xy) else []
+    template = "%{hovertext}<extra>%{fullData.name}</extra>"
+    if hasattr(values, "categories"):
+        colours = _category_colours(values.categories)
+        for name in sorted(reversed(colours), key=lambda c: c not in MUTED):  # muted first, pins last: on top
+            at = np.asarray(values == name)
+            muted = name in MUTED
+            traces.append(go.Scattergl(x=xy[at, 0], y=xy[at, 1], mode="markers", name=name, customdata=ids[at],
+                                       hovertext=hover[at], hovertemplate=template,
+                                       marker=dict(size=3 if muted else 5, color=colours[name],
+                                                   opacity=0.5 if muted else 0.95)))
+    else:
+        traces.append(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name="examples", customdata=ids,
+                                   hovertext=hover, hovertemplate=template,
+                                   marker=dict(size=4, color=np.asarray(values, np.float32), colorscale="Viridis",
+                                               showscale=True, colorbar=dict(title="score", x=1.0, len=0.8))))
+    labels = [html.escape(str(v), quote=False) for v in val_labels[: len(data.val_xy)]]
+    # WebGL too: plotly draws SVG traces beneath the WebGL canvas, where the points would hide them
+    traces.append(go.Scattergl(x=data.val_xy[:, 0], y=data.val_xy[:, 1], mode="markers+text", name="validation pairs",
+                             text=labels, textposition="top center", textfont=dict(size=11, color="#111111"),
+                             hovertext=(val_hover or labels)[: len(data.val_xy)],
+                             hovertemplate="%{hovertext}<extra>validation pair</extra>",
+                             marker=dict(symbol="star", size=14, color="#111111", line=dict(color="white", width=1))))
+    fig = go.Figure(traces)
+    fig.update_layout(height=640, dragmode="lasso", margin=dict(t=60),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0, xanchor="left",
+                                  itemsizing="constant"))
     return fig
 
 

@@ -10,7 +10,6 @@ from curation import catalog, explore, maps, rescore
 from pages._shared import (check_panel, md_text, render_messages, selection_editor, show_rescored, store,
                            user_errors)
 
-MAX_DRAWN = 200_000  # above this the map draws a seeded sample; selections still cover all points
 MAX_TABLE = 10_000
 COLOURS = {"score": "score", "selection": "state", "source": "source", "driving subtask": "subtask"}
 
@@ -29,13 +28,14 @@ run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in r
                                                  for r in runs if r["id"] == i))
 st.session_state["explore_run"] = run_id  # Curate opens on the run last explored
 info = explore.run_info(store(), run_id)
+labels = explore.method_labels(info.method)  # what this method's numbers are: titles, sentences
 if msg := st.session_state.pop("rescored_msg", None):
     st.success(md_text(msg))
 if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
     c1, c2 = st.columns([4, 1])
     c1.warning("This run was scored with an earlier version of its preference set: its scores and "
                "explanations describe the pairs it was scored with (the run keeps them).")
-    if c2.button("Re-score with the current pairs", disabled=info.method not in ("rose", "less", "nice")):
+    if c2.button("Re-score with the current pairs", disabled=not labels.gradient):
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
             show_rescored(rescore.rescore(store(), run_id))
             st.rerun()
@@ -89,13 +89,29 @@ st.caption(f"The kept examples by rank{f' (first {MAX_TABLE:,})' if cut.n_kept >
 table = st.dataframe(kept, hide_index=True, on_select="rerun", selection_mode="single-row", key="kept_table")
 
 
+def clicked_rank(event, frame: pd.DataFrame, key: str) -> int | None:
+    """The rank of a row the user has just selected in a table (None when the selection is
+    unchanged, so a later prev/next or search is not undone by a selection still standing)."""
+    rows = [r for r in ((event or {}).get("selection") or {}).get("rows", []) if r < len(frame)]
+    seen = st.session_state.get(f"seen_{key}")
+    st.session_state[f"seen_{key}"] = rows
+    return int(frame["rank"].iloc[rows[0]]) if rows and rows != seen else None
+
+
 def bulk_actions(ids: np.ndarray) -> None:
-    """Pin or exclude every example inside the lasso/box, drawn or not (curate.decide)."""
-    st.write(f"**{len(ids):,} examples** in the selection.")
+    """Preview every example inside the lasso/box (drawn or not), then pin or exclude them all
+    (curate.decide). A click on a preview row inspects that example."""
+    preview = explore.selection_preview(store(), df, ids, cut.kept)
+    st.markdown("**Map selection: preview**")
+    st.info(preview.summary)
+    event = st.dataframe(preview.table, hide_index=True, key="map_preview", on_select="rerun",
+                         selection_mode="single-row")
+    if (at_rank := clicked_rank(event, preview.table, "map_preview")) is not None:
+        st.session_state["inspect_rank"] = at_rank
     reason = st.text_input("Reason (kept in the audit trail)", key="bulk_reason")
     c1, c2 = st.columns(2)
     for col, action, label in ((c1, "pin", "Pin"), (c2, "exclude", "Exclude")):
-        if col.button(f"{label} {len(ids):,}", key=f"bulk_{action}"):
+        if col.button(f"{label} all {len(ids):,} in the selection", key=f"bulk_{action}"):
             from curation import curate  # lazily: only the bulk actions need it
             with user_errors():
                 curate.decide(store(), info.pool, ids.tolist(), action, reason)
@@ -110,10 +126,22 @@ def map_progress(workdir) -> None:
         st.rerun(scope="app")
 
 
+@st.cache_data(max_entries=4, show_spinner="Preparing the map…")
+def map_layer(db_url: str, run_id: int, version: tuple, meta: dict, _data: maps.MapData,
+              _df: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """Rows to draw (all selected/pinned/excluded, a stratified sample of the rest) and their
+    hover; the frame is keyed by (run, version), the map by its meta."""
+    keep = explore.map_keep(_df, _data.example_ids)
+    rows = maps.drawn_rows(_data.xy, maps.DRAW_CAP, keep, meta.get("seed", 0))
+    return rows, explore.map_hover(store(), _df, _data.example_ids[rows])
+
+
 st.subheader("Map of gradient features")
 status = maps.map_status(info.workdir) if info.workdir else {"state": "missing"}
 data = maps.load_map(info.workdir) if status["state"] == "done" else None
-if status["state"] in ("queued", "running"):
+if not labels.gradient and data is None:
+    st.info(md_text(f"{labels.name} scores are not built from gradient features, so this run has no map."))
+elif status["state"] in ("queued", "running"):
     map_progress(info.workdir)
 elif data is None:
     if status["state"] == "failed":
@@ -123,21 +151,66 @@ elif data is None:
             maps.launch_map(store(), run_id)
             st.rerun()
 else:
-    colour = st.selectbox("Colour by", list(COLOURS))
-    values = df.set_index("example_id")[COLOURS[colour]].reindex(data.example_ids).array
-    fig = maps.map_figure(data, values, explore.val_subtasks(store(), run_id), MAX_DRAWN)
+    colour = st.selectbox("Colour by", list(COLOURS), index=list(COLOURS).index("selection"))
+    drawn, hover = map_layer(store().url, run_id, version, data.meta, data, df)
+    pair_labels, pair_hover = explore.pair_markers(store(), run_id)
+    fig = maps.map_figure(data, explore.map_values(df, data.example_ids, COLOURS[colour]), pair_labels,
+                          rows=drawn, hover=hover, val_hover=pair_hover)
     event = st.plotly_chart(fig, key="map", on_select="rerun", selection_mode=("points", "box", "lasso"))
-    st.caption(f"{data.meta['method']}, seed {data.meta['seed']}, {data.meta['n']:,} examples "
-               f"({data.meta['n_fit']:,} fitted); stars are the validation pairs.")
-    picked = maps.ids_in_selection(data, event.selection) if event and event.selection else []
+    sampled = (f" Drawn: {len(drawn):,} (every selected, pinned and excluded one, a stratified sample of the rest) "
+               "over the density of all; a box or lasso covers every point." if len(drawn) < len(data.xy) else "")
+    st.caption(md_text(f"{data.meta['method']}, seed {data.meta['seed']}, {data.meta['n']:,} examples "
+                       f"({data.meta['n_fit']:,} fitted); stars are the validation pairs, labelled by subtask."
+                       + sampled))
+    selection = (event or {}).get("selection")  # the event reads as a dict (attribute access too)
+    picked = maps.ids_in_selection(data, selection) if selection else []
+    one = picked.tolist() if len(picked) == 1 else None  # a clicked point: inspect it
+    if one and one != st.session_state.get("seen_map_point") and (at_rank := explore.rank_of(df, one[0])):
+        st.session_state["inspect_rank"] = at_rank
+    st.session_state["seen_map_point"] = one
     if len(picked):
         bulk_actions(picked)
 
 st.subheader("Inspector")
-rows = [r for r in (table.selection.rows if table and table.selection else []) if r < len(kept)]
-if rows or "inspect_rank" not in st.session_state:  # a table click moves the inspector there
-    st.session_state["inspect_rank"] = int(kept["rank"].iloc[rows[0]]) if rows else 1
-rank = int(st.number_input("Inspect the example at rank", min_value=1, max_value=len(df), step=1, key="inspect_rank"))
+if (at_rank := clicked_rank(table, kept, "kept_table")) is not None:  # a table click moves the inspector there
+    st.session_state["inspect_rank"] = at_rank
+st.session_state["inspect_rank"] = explore.step_rank(st.session_state.get("inspect_rank", 1), 0, len(df))
+
+
+def step(delta: int, n_total: int) -> None:
+    st.session_state["inspect_rank"] = explore.step_rank(st.session_state["inspect_rank"], delta, n_total)
+
+
+def search(run_id: int, frame: pd.DataFrame) -> None:
+    """Find what the search box names; the inspector jumps to the best-ranked match."""
+    with user_errors():
+        res = explore.find_examples(store(), run_id, frame, st.session_state.get("inspect_search", ""))
+        st.session_state["search_result"] = (run_id, res)
+        if res.n_matches:
+            st.session_state["inspect_rank"] = res.ranks[0]
+
+
+def pick_match(key: str) -> None:
+    st.session_state["inspect_rank"] = int(st.session_state[key])
+
+
+c1, c2, c3, c4 = st.columns([1.4, 2, 1, 4], vertical_alignment="bottom")
+c1.button("◀ Previous", key="inspect_prev", on_click=step, args=(-1, len(df)), help="the example one rank better")
+rank = int(c2.number_input("Inspect the example at rank", min_value=1, max_value=len(df), step=1, key="inspect_rank"))
+c3.button("Next ▶", key="inspect_next", on_click=step, args=(1, len(df)), help="the example one rank worse")
+query = c4.text_input("Find an example (id, uid or words of its text)", key="inspect_search",
+                      on_change=search, args=(run_id, df), placeholder="e.g. 1234, flan-17 or 'capital of'")
+found = st.session_state.get("search_result")
+if query.strip() and found and found[0] == run_id and found[1].query == query.strip():
+    res = found[1]
+    if not res.n_matches:
+        st.warning(md_text(f"No example of this run matches '{res.query}'."))
+    else:
+        options = dict(zip(res.ranks, res.table.itertuples()))
+        pick = f"search_pick_{run_id}_{res.query}"  # one widget per search: its options are that search's
+        st.selectbox(f"{res.n_matches:,} matches, best-ranked first (showing {len(options):,}): go to",
+                     list(options), key=pick, on_change=pick_match, args=(pick,),
+                     format_func=lambda r: f"rank {r:,} · {options[r].uid} · {options[r].prompt[:60]}")
 
 
 def example_at(rank: int) -> int:
@@ -157,6 +230,15 @@ def decide_one(action: str) -> None:
 example_id = example_at(rank)
 
 
+def pair_card(pair: explore.AlignedPair, labels) -> None:
+    """A validation pair in full, as text: prompt, chosen, rejected."""
+    with st.container(border=True):
+        st.caption(md_text(explore.pair_heading(pair, labels)))
+        for part in ("prompt", "chosen", "rejected"):
+            st.caption(part)
+            st.text(getattr(pair, part))
+
+
 c1, c2, c3 = st.columns([3, 1, 1])
 c1.text_input("Reason for this example", key="one_reason", placeholder="why (kept in the audit trail)")
 c2.button("Pin this example", on_click=decide_one, args=("pin",))
@@ -166,24 +248,35 @@ if msg := st.session_state.pop("decided", None):
 with user_errors():
     exp = explanation(store().url, run_id, example_id, version)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Score", f"{exp.score:.4f}")
+    c1.metric(f"{exp.labels.name} score", explore.people(exp.score))
     c2.metric("Rank", f"{exp.rank:,} of {exp.n_total:,}")
     c3.metric("Percentile", f"{exp.percentile:.1f}")
     c4.metric("Status", exp.status)
     st.text(f"{exp.uid} · {exp.source} · {exp.why}")  # data and reasons as text, never markdown
-    for note in exp.notes:
-        st.text(note)
-    means = pd.DataFrame({"subtask": list(exp.subtask_means), "mean cosine": list(exp.subtask_means.values())})
-    means["driver"] = np.where(means["subtask"] == exp.driver, "max (drives the score)", "other")
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(px.bar(means, x="subtask", y="mean cosine", color="driver", title="Mean cosine per subtask"),
-                    key="means")
-    c2.dataframe(pd.DataFrame([vars(c) for c in exp.checkpoints]), hide_index=True)
-    st.write("Most aligned validation pairs")
-    st.dataframe(pd.DataFrame([vars(p) for p in exp.val_pairs]), hide_index=True)
-    st.write("Nearest neighbours in gradient space (last checkpoint)")
-    st.dataframe(pd.DataFrame([vars(n) for n in exp.neighbours]), hide_index=True)
-    for title, value in exp.evidence.items():  # the method's own evidence (BM25 terms, NICE samples, ...)
-        st.write(title)
-        st.dataframe(pd.DataFrame(value), hide_index=True) if isinstance(value, list) else st.text(str(value))
-    render_messages(exp.messages)
+    for line in exp.reasons + exp.notes:
+        st.text(line)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**The example**")
+        render_messages(exp.messages)
+    with right:
+        if exp.labels.pairs_title:
+            st.markdown(f"**{md_text(exp.labels.pairs_title)}**")
+        for pair in exp.val_pairs:
+            pair_card(pair, exp.labels)
+    if exp.labels.subtask_title and exp.subtask_means:
+        means = explore.subtask_frame(exp)
+        st.plotly_chart(px.bar(means, x="subtask", y=exp.labels.per_subtask, color="driver",
+                               title=exp.labels.subtask_title), key="means")
+    if exp.checkpoints:
+        st.markdown("**What each warmup checkpoint gives the score**")
+        st.dataframe(explore.checkpoint_frame(exp), hide_index=True)
+    if exp.neighbours:
+        st.markdown(f"**{explore.NEIGHBOURS_TITLE}**")
+        st.dataframe(explore.neighbour_frame(exp), hide_index=True)
+    for title, text, frame in explore.evidence_items(exp):  # the method's own evidence (BM25 terms, ...)
+        st.markdown(f"**{md_text(title)}**")
+        if frame is not None:
+            st.dataframe(frame, hide_index=True)
+        else:
+            st.text(text)

@@ -7,6 +7,6 @@ from curation.methods import dsir  # noqa: F401
 from curation.methods import random_  # noqa: F401
 from curation.methods import raise_  # noqa: F401
 from curation.methods import repsim  # noqa: F401
-from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreOutput, ValPair, get_method
+from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, get_method
 
-__all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreOutput", "ValPair", "get_method"]
+__all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreLabels", "ScoreOutput", "ValPair", "get_method"]

@@ -59,8 +59,32 @@ class ScoreOutput:
     meta: dict[str, Any] = field(default_factory=dict)  # recorded on the run (timings, projector, ...)
 
 
+@dataclass(frozen=True)
+class ScoreLabels:
+    """What a method's numbers are, in words: the inspector's titles and sentences come from
+    here, so a BM25 score is never called a cosine (every method declares its own)."""
+
+    name: str  # how people write the method: "ROSE", "BM25"
+    score: str  # what the score measures, one sentence
+    per_subtask: str | None = None  # the per-subtask value ("mean gradient cosine"); None: none
+    per_pair: str | None = None  # the per-pair value ("BM25 score"); None: the method has none
+    gradient: bool = False  # scores sum warmup checkpoints of gradient features (neighbours, map)
+
+    @property
+    def subtask_title(self) -> str | None:
+        """The chart title of the per-subtask values, e.g. "Mean BM25 score per subtask"."""
+        return f"{self.per_subtask[:1].upper()}{self.per_subtask[1:]} per subtask" if self.per_subtask else None
+
+    @property
+    def pairs_title(self) -> str | None:
+        """The heading of the most aligned pairs, e.g. "Most aligned validation pairs (BM25 score)"."""
+        return f"Most aligned validation pairs ({self.per_pair})" if self.per_pair else None
+
+
 class Method(ABC):
     name: ClassVar[str]
+    labels: ClassVar[ScoreLabels] = ScoreLabels("this method", "the method's score (no description)",
+                                                per_subtask="mean score")
     needs_pairs: ClassVar[bool] = True
     shards_features: ClassVar[bool] = False  # True: `--shard i/N` ranks split its train features
     description: ClassVar[str] = ""
@@ -76,6 +100,13 @@ class Method(ABC):
         e.g. BM25's matching terms or NICE's sampled responses with their rewards.
         """
         return {}
+
+    def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
+                    pairs: Sequence[ValPair]) -> np.ndarray | None:
+        """``[n_pairs]``: the example's score against each validation pair (the row of S that
+        its subtask means average), for "most aligned pairs"; None when the method has none.
+        Gradient methods get theirs from the stored features (`explore.aligned_pairs`)."""
+        return None
 
     def schedule(self, workdir: Path) -> np.ndarray | None:
         """A dynamic method's training schedule: ``[steps, batch]`` example ids, -1 for an empty

@@ -27,7 +27,7 @@ from bm25s.tokenization import Tokenizer
 from curation.errors import CurationError
 from curation.influence import aggregate, subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
 )
 
 INDEX_DIR = "bm25"  # under the run's workdir: the bm25s index, its tokenizer vocab, example ids
@@ -92,6 +92,9 @@ class BM25Method(Method):
     """Examples that share the validation pairs' rarer words score high."""
 
     name = "bm25"
+    labels = ScoreLabels("BM25", "BM25 lexical match of the example's text with each pair's prompt + chosen, "
+                                 "averaged per subtask; the best subtask is the score",
+                         per_subtask="mean BM25 score", per_pair="BM25 score")
     description = "BM25 of each pool example against every pair's prompt + chosen (bm25s)"
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
@@ -121,17 +124,33 @@ class BM25Method(Method):
                 pairs: Sequence[ValPair]) -> dict[str, Any]:
         """The best-matching pair and the query terms the example shares with it, each with
         its BM25 contribution (IDF x saturated term frequency, from the stored index)."""
-        index_dir = Path(workdir) / INDEX_DIR
-        if not (index_dir / IDS_FILE).is_file() or not pairs:
+        found = _pair_terms(Path(workdir), example_id, pairs)
+        if found is None:
             return {}
-        retriever = bm25s.BM25.load(index_dir, mmap=True, show_progress=False)
-        tok = new_tokenizer()
-        tok.load_vocab(index_dir)
-        row = _row_of(np.load(index_dir / IDS_FILE), example_id)
-        terms = [_term_weights(retriever, Counter(query_ids(tok, pair_query(p))), row) for p in pairs]
+        retriever, tok, terms = found
         best = int(np.argmax([sum(t["contribution"] for t in ts) for ts in terms]))
         return {"best-matching validation pair": _describe(pairs[best], best, terms[best]),
                 "matching terms": _term_rows(terms[best], tok, messages, retriever)}
+
+    def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
+                    pairs: Sequence[ValPair]) -> np.ndarray | None:
+        """The example's BM25 score for every pair's query (its row of S)."""
+        found = _pair_terms(Path(workdir), example_id, pairs)
+        if found is None:
+            return None
+        return np.array([sum(t["contribution"] for t in ts) for ts in found[2]], np.float64)
+
+
+def _pair_terms(workdir: Path, example_id: int, pairs: Sequence[ValPair]):
+    """(index, tokenizer, per pair: the query terms the example matches); None without an index."""
+    index_dir = workdir / INDEX_DIR
+    if not (index_dir / IDS_FILE).is_file() or not pairs:
+        return None
+    retriever = bm25s.BM25.load(index_dir, mmap=True, show_progress=False)
+    tok = new_tokenizer()
+    tok.load_vocab(index_dir)
+    row = _row_of(np.load(index_dir / IDS_FILE), example_id)
+    return retriever, tok, [_term_weights(retriever, Counter(query_ids(tok, pair_query(p))), row) for p in pairs]
 
 
 def _row_of(ids: np.ndarray, example_id: int) -> int:

@@ -34,7 +34,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from curation.errors import CurationError
 from curation.influence import subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
 )
 from curation.methods.bm25 import example_text, pair_query
 
@@ -75,6 +75,9 @@ class DSIR(Method):
     """Examples whose n-grams are likelier under the target task than under the pool."""
 
     name = "dsir"
+    labels = ScoreLabels("DSIR", "log importance weight of the example's hashed n-grams, likelier under a subtask's "
+                                 "pairs than under the pool; the best subtask is the score (plus seeded Gumbel "
+                                 "noise when resampling)", per_subtask="log importance weight")
     description = "hashed n-gram importance weights log p_target / p_pool (Gumbel top-k resampling)"
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:

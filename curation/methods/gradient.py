@@ -23,7 +23,7 @@ from curation.featuresets import (FeatureSet, FeatureSetKey, content_keys, exist
 from curation.grads import iter_features
 from curation.influence import ScoringInputs, score
 from curation.errors import CurationError
-from curation.methods.base import Method, ScoreInputs, ScoreOutput, ValPair, method_options
+from curation.methods.base import Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options
 from curation.model import (encode, fixed_length_buckets, length_buckets, load_model, pad_token_id,
                             tokenizer_hash)
 from curation.objectives import Batch, Objective, SFTObjective, collate, sft_item
@@ -32,6 +32,13 @@ from curation.warmup import (Checkpoint, complete_warmup, list_checkpoints, load
                              record_warmup_origin, reusable_warmup, run_warmup, sample_warmup_ids)
 
 WARMUP_SUBDIR = "warmups"
+
+
+def gradient_labels(name: str, objective: str) -> ScoreLabels:
+    """The labels the LESS family shares; ``objective`` says what the validation gradient is."""
+    return ScoreLabels(name, f"learning-rate-weighted cosine between the example's Adam step and {objective}, "
+                             "averaged per subtask; the best subtask is the score",
+                       per_subtask="mean gradient cosine", per_pair="gradient cosine", gradient=True)
 
 
 def lora_layout(ckpt: Checkpoint) -> list[tuple[str, int]]:

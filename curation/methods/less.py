@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from curation.methods.base import ScoreInputs, ValPair, register
-from curation.methods.gradient import GradientMethod, tensors
+from curation.methods.gradient import GradientMethod, gradient_labels, tensors
 from curation.model import encode_pair
 from curation.objectives import Batch, Objective, SFTObjective, sft_item
 
@@ -15,6 +15,7 @@ class Less(GradientMethod):
     """Loss-based influence: the baseline ROSE is measured against."""
 
     name = "less"
+    labels = gradient_labels("LESS", "the gradient of the SFT loss of the pairs' chosen answers")
 
     def val_objective(self, inputs: ScoreInputs) -> Objective:
         return SFTObjective()

@@ -29,7 +29,7 @@ from curation.features import atomic_write
 from curation.generation import GenerationCache, SamplingConfig, cached_samples
 from curation.influence import InfluenceResult
 from curation.methods.base import Messages, ScoreInputs, ScoreOutput, ValPair, register
-from curation.methods.gradient import GradientMethod, tensors
+from curation.methods.gradient import GradientMethod, gradient_labels, tensors
 from curation.model import config_from_dict, encode_pair
 from curation.objectives import Batch, Objective, PolicyGradientObjective, sampled_item
 from curation.rewards import Reward, make_reward
@@ -112,6 +112,8 @@ class Nice(GradientMethod):
     """A pool example scores high when an Adam step on it raises the reward of sampled answers."""
 
     name = "nice"
+    labels = gradient_labels("NICE", "the reward's policy gradient on answers sampled for "
+                                     "the pairs' prompts")
     needs_pairs = True  # the prompts come from the validation pairs (label_free ignores their chosen)
     description = "policy gradient of a reward on sampled responses (NICE)"
     _reward: Reward | None = None

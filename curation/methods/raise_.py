@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from curation.methods.base import Messages, Method, ScoreInputs, ScoreOutput, ValPair, register
+from curation.methods.base import Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, register
 from curation.model import load_model, pad_token_id
 from curation.raise_.config import Plan, RaiseConfig, make_plan
 from curation.raise_.env import Examples, FineTuneEnv
@@ -47,6 +47,8 @@ class Raise(Method):
     """Examples score high when the trained selector trains on them often and early."""
 
     name = "raise"
+    labels = ScoreLabels("RAISE", "how often and how early the PPO-trained selector picks the example in its "
+                                  "training schedule (never picked: the selector's own score, below 1)")
     description = "PPO-trained dynamic selector; a training schedule plus a static selection (RAISE)"
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:

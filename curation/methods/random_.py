@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.methods.base import Method, ScoreInputs, ScoreOutput, method_options, register
+from curation.methods.base import Method, ScoreInputs, ScoreLabels, ScoreOutput, method_options, register
 
 
 @register
@@ -12,6 +12,8 @@ class RandomMethod(Method):
     """Uniform scores from a seeded generator: same seed, same pool -> same selection."""
 
     name = "random"
+    labels = ScoreLabels("Random", "a seeded uniform random number (the random baseline), so it says nothing "
+                                   "about the example")
     needs_pairs = False
     description = "seeded uniform scores (option seed, default: the warmup seed)"
 

@@ -28,7 +28,7 @@ import torch
 from curation.errors import CurationError
 from curation.influence import aggregate, normalise_rows, subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
 )
 from curation.model import collate, encode, encode_pair, length_buckets, load_model, pad_token_id
 
@@ -72,6 +72,9 @@ class RepSim(Method):
     """Pool examples whose base-model representation points where the target task's does."""
 
     name = "repsim"
+    labels = ScoreLabels("RepSim", "cosine of the base model's last-token hidden state with each pair's, averaged "
+                                   "per subtask; the best subtask is the score",
+                         per_subtask="mean hidden-state cosine", per_pair="hidden-state cosine")
     description = "cosine of last-token last-layer hidden states (base model, no adapter)"
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
@@ -122,14 +125,26 @@ class RepSim(Method):
         d = Path(workdir) / FEATURE_DIR
         if not (d / IDS_FILE).is_file():
             return {}
-        V = np.load(d / "val.npy")
-        if len(V) != len(pairs):
-            return {"note": f"the preference set has {len(pairs)} pairs, the run scored {len(V)}; score again"}
-        rows = np.flatnonzero(np.load(d / IDS_FILE) == example_id)
-        if not len(rows):
-            raise CurationError(f"example {example_id} was not scored by this run")
-        cos = V @ np.load(d / "train.npy", mmap_mode="r")[int(rows[0])]
+        n_val = len(np.load(d / "val.npy", mmap_mode="r"))
+        if n_val != len(pairs):
+            return {"note": f"the preference set has {len(pairs)} pairs, the run scored {n_val}; score again"}
+        cos = self.pair_scores(workdir, example_id, messages, pairs)
         order = np.lexsort((np.arange(len(cos)), -cos))[:5]
         return {"most similar validation pairs": [
             {"pair": int(j) + 1, "subtask": pairs[j].subtask, "cosine": round(float(cos[j]), 4),
              "prompt": pairs[j].prompt[:PREVIEW], "chosen": pairs[j].chosen[:PREVIEW]} for j in order]}
+
+    def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
+                    pairs: Sequence[ValPair]) -> np.ndarray | None:
+        """Cosine of the example's stored hidden state with every pair's; None when the run's
+        features are missing or were made for another number of pairs."""
+        d = Path(workdir) / FEATURE_DIR
+        if not (d / IDS_FILE).is_file():
+            return None
+        V = np.load(d / "val.npy")
+        if len(V) != len(pairs):
+            return None
+        rows = np.flatnonzero(np.load(d / IDS_FILE) == example_id)
+        if not len(rows):
+            raise CurationError(f"example {example_id} was not scored by this run")
+        return V @ np.load(d / "train.npy", mmap_mode="r")[int(rows[0])]

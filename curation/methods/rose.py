@@ -6,7 +6,7 @@ from typing import Sequence
 
 from curation.errors import CurationError
 from curation.methods.base import ScoreInputs, ValPair, register
-from curation.methods.gradient import GradientMethod, tensors
+from curation.methods.gradient import GradientMethod, gradient_labels, tensors
 from curation.model import encode_pair
 from curation.objectives import Batch, DPOObjective, Objective, pair_item
 
@@ -16,6 +16,7 @@ class Rose(GradientMethod):
     """A pool example scores high when an Adam step on it raises chosen over rejected."""
 
     name = "rose"
+    labels = gradient_labels("ROSE", "the gradient of the pairs' preference (DPO) loss")
 
     option_defaults = {"logp": "sum", "checkpoint_weights": "lr"}
 
