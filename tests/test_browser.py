@@ -78,7 +78,7 @@ def goto(page, url: str, title: str) -> None:
     page.get_by_role("heading", name=title).first.wait_for()
 
 
-MAP_PREVIEW = r"in the selection"  # the map preview's heading on Explore
+MAP_PREVIEW = r"examples in the map selection"  # the preview's info box on Explore
 ARTIFACTS = REPO / "test-artifacts" / "browser"  # kept after the run (CI artefacts; git-ignored)
 DOCSTRING_MARKS = ("DeltaGenerator", "st.write(", "streamlit.delta_generator", "Streamlit API")
 
@@ -146,7 +146,7 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
 
     goto(page, url, "Explore")  # the BM25 run first: its own evidence, no API docs
     choose(page, "Run", re.compile(r"#2 bm25"))
-    page.get_by_text(re.compile(r"BM25")).first.wait_for()
+    page.get_by_text("BM25 score", exact=True).first.wait_for()
     no_api_docs(page)
     shot(page, "06_explore_bm25_inspector")
     choose(page, "Run", re.compile(r"#1 rose"))
