@@ -8,6 +8,7 @@ exclude another in Explore, export on Curate & Export, and check the file and ma
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,16 +85,30 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"  # kept after the run (CI artefa
 DOCSTRING_MARKS = ("DeltaGenerator", "st.write(", "streamlit.delta_generator", "Streamlit API")
 
 
-def shot(page, name: str) -> None:
-    """A full-page screenshot of this step, kept as a test artefact."""
+def shot(page, name: str, at=None) -> None:
+    """A screenshot of this step (scrolled to ``at``, a locator, when given), kept as a test
+    artefact. Streamlit scrolls inside its main container, so the viewport is what is shown."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if at is not None:
+        at.first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def choose(page, label: str, option: str | re.Pattern) -> None:
-    """Pick an option of a Streamlit selectbox, as a user does: open it, click the option."""
-    page.get_by_label(label, exact=True).first.click()
-    page.get_by_role("option", name=option).first.click()
+    """Pick an option of a Streamlit selectbox, as a user does: open it, click the option. A
+    rerun that lands while the list is open closes it, so open it again (up to 4 times)."""
+    for attempt in range(4):
+        page.get_by_label(label, exact=True).first.click()
+        wanted = page.get_by_role("option", name=option).first
+        try:
+            wanted.wait_for(timeout=15_000)
+            wanted.click(timeout=15_000)
+            return
+        except Exception:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
+            time.sleep(1)
 
 
 def no_api_docs(page) -> None:
@@ -128,7 +144,7 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     page.get_by_role("button", name="Save pair", exact=True).click()
     page.get_by_text(re.compile(r"Added pair #\d+ to subtask")).first.wait_for()
     page.get_by_text(re.compile(r"^11 pairs in")).first.wait_for()
-    shot(page, "03_pair_added")
+    shot(page, "03_pair_added", page.get_by_text(re.compile(r"Added pair #")))
 
     goto(page, url, "Scoring")
     page.get_by_label("Model", exact=True).click()
@@ -148,11 +164,11 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     choose(page, "Run", re.compile(r"#2 bm25"))
     page.get_by_text("BM25 score", exact=True).first.wait_for()
     no_api_docs(page)
-    shot(page, "06_explore_bm25_inspector")
+    shot(page, "06_explore_bm25_inspector", page.get_by_text("BM25 score", exact=True))
     choose(page, "Run", re.compile(r"#1 rose"))
     page.get_by_text("1 of 3,000", exact=True).wait_for()
     no_api_docs(page)
-    shot(page, "07_explore_rose_inspector")
+    shot(page, "07_explore_rose_inspector", page.get_by_text("ROSE score", exact=True))
     inspect_and_decide(page, rank=1, action="Pin", reason="great arithmetic example")
     inspect_and_decide(page, rank=2, action="Exclude", reason="duplicate style")
 
@@ -164,19 +180,21 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     shot(page, "08_explore_budget")
 
     page.get_by_role("button", name="Compute the map (in the background)").click()
-    plot = page.locator(".js-plotly-plot").filter(has=page.locator(".modebar")).last
     page.get_by_text(re.compile(r"stars are the validation pairs")).wait_for(timeout=300_000)
-    box_select(page, plot)
+    plot = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="validation pairs").first
+    plot.scroll_into_view_if_needed()
+    lasso(page, plot)
     page.get_by_text(re.compile(MAP_PREVIEW)).first.wait_for()
     no_api_docs(page)
-    shot(page, "09_map_preview")
+    assert page.get_by_role("button", name=re.compile(r"^Pin all [\d,]+ in the selection$")).count() == 1
+    shot(page, "09_map_preview", page.get_by_text("Map selection: preview"))
 
     goto(page, url, "Curate & Export")
     page.get_by_text(re.compile(r"top 200")).first.wait_for()
     assert metric_value(page, "Selected") == "200"
     page.get_by_role("button", name="Export", exact=True).click()
     page.get_by_role("button", name="Download the file").wait_for()
-    shot(page, "10_exported")
+    shot(page, "10_exported", page.get_by_role("button", name="Download the file"))
 
     files = sorted((ws / "exports").glob("*.jsonl"))
     assert len(files) == 1
@@ -190,15 +208,16 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     assert manifest["preference_set"] == "walk" and manifest["preference_pairs"]["n"] == 11
 
 
-def box_select(page, plot) -> None:
-    """Drag a box over the middle of the map with Plotly's box-select tool."""
-    plot.hover()
-    plot.locator('.modebar-btn[data-title="Box Select"]').click()
+def lasso(page, plot) -> None:
+    """Draw a lasso (the map's default drag mode) around the middle of the map."""
     area = plot.locator(".nsewdrag").first.bounding_box()
-    x0, y0 = area["x"] + area["width"] * 0.2, area["y"] + area["height"] * 0.2
-    page.mouse.move(x0, y0)
+    cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+    rx, ry = area["width"] * 0.3, area["height"] * 0.3
+    path = [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24)]
+    page.mouse.move(*path[0])
     page.mouse.down()
-    page.mouse.move(x0 + area["width"] * 0.6, y0 + area["height"] * 0.6, steps=12)
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=2)
     page.mouse.up()
 
 
