@@ -106,11 +106,16 @@ def _compact(df: pd.DataFrame) -> pd.DataFrame:
                                     categories=["pin", "exclude"])
     for col in ("source", "subtask"):
         df[col] = df[col].astype("category")
+    return with_states(df, df["selected"].to_numpy())
+
+
+def with_states(df: pd.DataFrame, kept: np.ndarray) -> pd.DataFrame:
+    """The frame with ``state`` under a selection (``kept`` aligned with its rows): the page
+    passes the saved selection's `Cutoff.kept`, so table, map and inspector agree with Curate."""
     state = np.where(df["override"] == "pin", "pinned",
                      np.where(df["override"] == "exclude", "excluded",
-                              np.where(df["selected"], "selected", "not selected")))
-    df["state"] = pd.Categorical(state, categories=STATES)
-    return df
+                              np.where(kept, "selected", "not selected")))
+    return df.assign(state=pd.Categorical(state, categories=STATES))
 
 
 # ---------------------------------------------------------------------------- cutoffs
@@ -317,15 +322,17 @@ def explain(store: Store, run_id: int, example_id: int, n_pairs: int = 5,
         n_total = s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id))
         decision = _latest_decision(s, run_id, example_id)
     override = decision.action if decision and decision.action != "clear" else None
-    status = {"pin": "pinned", "exclude": "excluded"}.get(override or "",
-                                                          "selected" if sc.selected else "not selected")
+    from curation.curate import curated_selection  # the saved selection, as Curate and export see it
+    sel = curated_selection(store, run_id)
+    in_sel = bool(np.isin(example_id, np.asarray(sel.selected_ids, np.int64)))
+    status = {"pin": "pinned", "exclude": "excluded"}.get(override or "", "selected" if in_sel else "not selected")
     comps = sc.components or {}
     labels = method_labels(info.method)
     exp = Explanation(
         run_id=run_id, example_id=example_id, uid=ex.uid, source=ex.source, score=sc.score,
         rank=sc.rank, n_total=n_total, percentile=100.0 * (n_total - sc.rank) / n_total,
         selected=sc.selected, override=override, status=status,
-        why=_why(sc, status, decision, info, n_total), driver=sc.subtask,
+        why=_why(sc, status, decision, sel, n_total), driver=sc.subtask,
         subtask_means={k: float(v) for k, v in (comps.get("subtasks") or {}).items()},
         checkpoints=_checkpoint_parts(comps.get("checkpoints") or [], info.checkpoint_lrs),
         val_pairs=[], neighbours=[], messages=ex.messages, labels=labels)
@@ -386,16 +393,17 @@ def _latest_decision(s, run_id: int, example_id: int) -> Decision | None:
                     .order_by(Decision.id.desc()).limit(1))
 
 
-def _why(sc: Score, status: str, decision: Decision | None, info: RunInfo, n_total: int) -> str:
-    """One sentence: who pinned/excluded it and why, or where its rank sits against the budget."""
+def _why(sc: Score, status: str, decision: Decision | None, sel, n_total: int) -> str:
+    """One sentence: who pinned/excluded it and why, or where its rank sits against the run's
+    saved selection (`curate.CuratedSelection`, the budget Curate and export use)."""
     if status in ("pinned", "excluded"):
         reason = f": “{decision.reason}”" if decision.reason else ""
         return f"{status} by {decision.author} on {decision.created_at:%Y-%m-%d %H:%M}{reason}"
-    budget = (f"top {info.select_percent:g}%" if info.select_percent is not None
-              else f"top {info.select_n}")
-    verb = "within" if sc.selected else "outside"
+    budget = f"top {sel.percent:g}%" if sel.percent is not None else f"top {sel.n:,}"
+    named = f"selection '{sel.name}', " if sel.name else ""
+    verb = "within" if status == "selected" else "outside"
     return (f"automatic: rank {sc.rank:,} of {n_total:,} is {verb} the {budget} "
-            f"({info.n_selected:,} selected by score at scoring time)")
+            f"({named}{sel.n_selected:,} selected with pins and excludes)")
 
 
 # ---------------------------------------------------------------------------- what drove it, in words
@@ -540,7 +548,7 @@ def find_examples(store: Store, run_id: int, df: pd.DataFrame, query: str, limit
     if not q:
         return SearchResult(q, 0, _hits_frame(store, df, [], []))
     uids = df["uid"].astype(str).str.lower()
-    kinds = [("id", ids == int(q)) if q.isdigit() else ("id", np.zeros(len(df), bool)),
+    kinds = [("id", ids == int(q)) if q.isdecimal() and q.isascii() else ("id", np.zeros(len(df), bool)),
              ("uid", (uids == q.lower()).to_numpy()),
              ("uid", uids.str.contains(q.lower(), regex=False).to_numpy())]
     text_ids = matching_ids(store, run_info(store, run_id).pool, ExampleFilter(search=q))

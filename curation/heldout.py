@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from curation.pairs import NEAR_IDENTICAL, similarity
 from curation.objectives import Batch, DPOObjective, collate
 from curation.projection import derive_seed
 
@@ -125,9 +126,6 @@ def verdict(h: dict) -> tuple[str, str]:
     return "no better than random", f"No better than random: {what}; the margin interval includes 0 or the accuracy disagrees."
 
 
-NEAR_IDENTICAL = 0.8  # difflib ratio above which chosen and rejected differ only in a detail
-
-
 def label_contrast(pairs: Sequence[dict], threshold: float = NEAR_IDENTICAL) -> dict:
     """How many pairs contrast two near-identical answers (a number, a label).
 
@@ -136,8 +134,7 @@ def label_contrast(pairs: Sequence[dict], threshold: float = NEAR_IDENTICAL) -> 
     (`bench diagnose`: on T0 such pairs cost ROSE most of its precision; replacing the
     rejected by an off-task answer brought it level with LESS).
     """
-    from difflib import SequenceMatcher
-    ratios = [SequenceMatcher(None, p["chosen"], p["rejected"], autojunk=False).ratio() for p in pairs]
+    ratios = [similarity(p["chosen"], p["rejected"]) for p in pairs]  # length-guarded (`pairs`)
     near = [i for i, r in enumerate(ratios) if r >= threshold]
     out = {"pairs": len(pairs), "near_identical": len(near), "positions": near,
            "mean_similarity": float(np.mean(ratios)) if ratios else 0.0}

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 FIELDS = ("subtask", "prompt", "chosen", "rejected")
 SUBTASK_MAX = 200  # PreferencePair.subtask is a String(200)
-NEAR_IDENTICAL = 0.8  # the difflib ratio of `heldout.NEAR_IDENTICAL` (a test keeps them equal)
+NEAR_IDENTICAL = 0.8  # similarity above which chosen and rejected differ only in a detail (also `heldout`)
 SEQUENCE_MATCH_MAX = 4_000  # characters; longer pairs are compared by word sets (difflib is quadratic)
 
 

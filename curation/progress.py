@@ -376,6 +376,8 @@ def _detect_reuse(store, pool_id: int, pool: str, cfg: ScoreConfig, home: Path, 
     facts.warmup_cached = complete_warmup(root / wkey, cfg.warmup.epochs)
     if not facts.warmup_cached:
         return
+    if _autocast_run(cfg):
+        return  # features made under bf16 autocast have their own key (not matched here): promise nothing
     keys = content_keys([r[1] for r in rows])
     k_eff = feature_dim(cfg, facts.lora_dim)
     kind = projector_kind(cfg, facts.lora_dim)
@@ -480,3 +482,13 @@ def _pace(done: list[StageCost], stage_times: dict[str, float]) -> float:
         return 1.0
     lo, hi = 0.2, 5.0
     return min(hi, max(lo, took / expected))
+
+
+def _autocast_run(cfg) -> bool:
+    """Whether extraction will run under autocast (CUDA by default): its feature sets carry the
+    precision in their model fingerprint, which the estimate cannot compute without the model."""
+    device = cfg.model.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.features.autocast_for("cuda" if device.startswith("cuda") else "cpu") is not None

@@ -356,10 +356,13 @@ def recent_inputs(store: Store) -> RecentInputs:
                      if not (r.meta or {}).get("internal")), None)
         pool = s.scalars(select(Pool).where(~Pool.name.startswith(STAGING_PREFIX))
                          .order_by(Pool.created_at.desc(), Pool.id.desc()).limit(1)).first()
-        prefs = s.scalars(select(PreferenceSet).order_by(PreferenceSet.created_at.desc(),
+        prefs = s.scalars(select(PreferenceSet).where(PreferenceSet.archived.is_(False))
+                          .order_by(PreferenceSet.created_at.desc(),
                                                          PreferenceSet.id.desc()).limit(1)).first()
         run_pool = s.get(Pool, last.pool_id) if last else None
         run_prefs = s.get(PreferenceSet, last.prefs_id) if last and last.prefs_id else None
+        if run_prefs is not None and run_prefs.archived:  # Scoring no longer offers it
+            run_prefs = None
 
         def newer(from_run, created):
             if from_run is None or (created is not None and created.created_at > last.created_at):

@@ -144,7 +144,7 @@ def selection_editor(run_id: int, n_pool: int, key: str, slider: bool = False):
     saved = selections.saved_selection(store(), run_id)
     k = f"{key}_selection_{run_id}"
     as_percent = saved.percent if saved.percent is not None else max(0.01, round(100 * saved.n / max(n_pool, 1), 2))
-    as_count = saved.n if saved.n is not None else budget_from(saved.percent, None, n_pool)
+    as_count = saved.n if saved.n is not None else max(1, budget_from(saved.percent, None, n_pool))
 
     def save() -> None:
         by = st.session_state[f"{k}_by"]

@@ -20,8 +20,19 @@ if not runs:
     st.page_link("pages/scoring.py", label="Go to Scoring", icon=":material/speed:")
     st.stop()
 run_ids = [r["id"] for r in runs]
+# "explore_run" is the run to show: set by this picker (on_change) and by other pages (Scoring's
+# "Open in Explore", a re-score), read by Curate. The picker is keyed, never re-indexed: a
+# changing `index` would make a new widget and drop the user's next pick.
 wanted = st.session_state.get("explore_run")
-run_id = st.selectbox("Run", run_ids, index=run_ids.index(wanted) if wanted in run_ids else 0,
+if wanted in run_ids and st.session_state.get("explore_run_pick") != wanted:
+    st.session_state["explore_run_pick"] = wanted
+
+
+def picked() -> None:
+    st.session_state["explore_run"] = st.session_state["explore_run_pick"]
+
+
+run_id = st.selectbox("Run", run_ids, key="explore_run_pick", on_change=picked,
                       format_func=lambda i: next(f"#{r['id']} {r['method']} on {r['pool']} ({r['selected']:,} selected)"
                                                  + (" · scored with an earlier version of the pairs"
                                                     if r["pairs_version"] == "earlier" else "")
@@ -64,6 +75,7 @@ if df.empty:
 st.subheader("Scores and the cutoff")
 saved = selection_editor(run_id, len(df), "explore", slider=True)
 cut = explore.cutoff_for(df, *saved.budget())
+df = explore.with_states(df, cut.kept)  # table, map and inspector show the saved selection
 c1, c2, c3 = st.columns(3)
 c1.metric("Kept", f"{cut.n_kept:,} of {len(df):,}")
 c2.metric("Cutoff score", f"{cut.score:.4f}" if np.isfinite(cut.score) else "–")
@@ -86,7 +98,8 @@ st.dataframe(explore.summary_by(df, "source", cut.kept), hide_index=True)
 kept = df[cut.kept].head(MAX_TABLE)
 st.caption(f"The kept examples by rank{f' (first {MAX_TABLE:,})' if cut.n_kept > MAX_TABLE else ''}; "
            "select a row to inspect it.")
-table = st.dataframe(kept, hide_index=True, on_select="rerun", selection_mode="single-row", key="kept_table")
+table = st.dataframe(kept, hide_index=True, on_select="rerun", selection_mode="single-row", key="kept_table",
+                     column_config={"override": None})  # "state" says pinned/excluded in words
 
 
 def clicked_rank(event, frame: pd.DataFrame, key: str) -> int | None:
@@ -246,7 +259,7 @@ c3.button("Exclude this example", on_click=decide_one, args=("exclude",))
 if msg := st.session_state.pop("decided", None):
     st.success(msg)
 with user_errors():
-    exp = explanation(store().url, run_id, example_id, version)
+    exp = explanation(store().url, run_id, example_id, (*version, *saved.budget()))
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(f"{exp.labels.name} score", explore.people(exp.score))
     c2.metric("Rank", f"{exp.rank:,} of {exp.n_total:,}")

@@ -155,3 +155,16 @@ def test_the_gpu_configuration_runs_here_and_reports_what_the_issue_asks():
     assert SpeedConfig.for_device("cpu") == SpeedConfig()  # CPU ratios keep their configuration
     with pytest.raises(CurationError, match="reference"):
         SpeedConfig(reference="sometimes")
+
+
+def test_a_bf16_engine_outside_its_bound_is_reported_not_fatal():
+    """Only the fp32 checks prove the bench compares the same work; a bf16 engine that misses
+    0.99 against its fp32 loop is reported (passed false, a note) instead of stopping the bench."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((4, 16))
+    far = base + rng.standard_normal((4, 16)) * 0.5  # cosine well under 0.99
+    feats = {"engine": base, "loop_sparse": far, "less_way": base, "less_way_per_item": base[:2]}
+    eq = _equivalence(feats, [0, 1, 2, 3], [0, 1, 2, 3], [0, 1], 16, autocast="bfloat16")
+    assert eq["passed"] is False and "bf16-autocast engine" in eq["note"]
+    with pytest.raises(CurationError, match="different features"):
+        _equivalence(feats, [0, 1, 2, 3], [0, 1, 2, 3], [0, 1], 16)  # fp32: the same data is fatal

@@ -131,9 +131,10 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     goto(page, url, "Preferences")  # import a set from a file, then add a pair with the form
     page.get_by_text("Import or create a preference set").first.click()
     page.locator("input[type=file]").first.set_input_files(str(REPO / "data" / "demo_prefs.jsonl"))
+    page.get_by_text("demo_prefs.jsonl", exact=True).first.wait_for()  # uploaded before Import
     page.get_by_role("textbox", name="Name (default: file name)", exact=True).fill("walk")
     page.get_by_role("button", name="Import", exact=True).click()
-    page.get_by_text(re.compile(r"10 pairs")).first.wait_for()
+    page.get_by_text(re.compile(r"preference set 'walk': imported; 10 ok")).first.wait_for()
     shot(page, "02_prefs_imported")
     choose(page, "Preference set", "walk")
     page.get_by_text(re.compile(r"^10 pairs in")).first.wait_for()

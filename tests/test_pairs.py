@@ -86,10 +86,15 @@ def test_errors_come_before_warnings():
     assert [p.level for p in problems] == ["error", "warning"]
 
 
-def test_the_threshold_is_the_label_contrast_one():
-    from curation.heldout import NEAR_IDENTICAL
+def test_the_page_warning_and_the_form_agree_also_on_long_pairs():
+    """One similarity (length-guarded) for the Preferences warning and the form's check: long
+    near-identical answers are flagged by both, without difflib's quadratic cost."""
+    from curation.heldout import label_contrast
     from curation.model import ModelConfig
-    assert pairs.NEAR_IDENTICAL == NEAR_IDENTICAL
+    body = " ".join(f"step {i} adds {i} apples" for i in range(400))  # > 4,000 characters
+    pair = {"prompt": "Count.", "chosen": body + " so 42.", "rejected": body + " so 41."}
+    assert label_contrast([pair])["near_identical"] == 1
+    assert "near_identical" in [p.code for p in check_pair(PairDraft("s", "Count.", pair["chosen"], pair["rejected"]), [])]
     assert LengthLimits().max_tokens == ModelConfig().max_length
 
 
