@@ -2,8 +2,10 @@
 
 `escape` makes any value literal (Streamlit's own markdown, a dataset card file). `formatted`
 keeps ordinary Markdown formatting of a pair's text (emphasis, lists, code) but never lets it
-run HTML, fetch an image, draw a link, or trigger Streamlit directives (``:red[...]``) or LaTeX:
-Streamlit already escapes raw HTML without ``unsafe_allow_html``, and this does not rely on it.
+run HTML, fetch an image, draw a Markdown link, or trigger Streamlit directives (``:red[...]``)
+or LaTeX: Streamlit already escapes raw HTML without ``unsafe_allow_html``, and this does not
+rely on it. A bare ``www.`` address may still be shown as a clickable link by the renderer's
+autolinking (nothing is fetched); ``https://`` ones are not (their ``:`` is escaped).
 """
 
 from __future__ import annotations
