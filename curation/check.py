@@ -296,7 +296,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     from curation.jobs import merge_run_meta
     merge_run_meta(store, run_id, check={"label": label, "verdict": sentence, "finished": report["finished"],
                                          "accuracy": held_stats["accuracy"], "ci95": held_stats["ci95"],
-                                         "random_accuracy": held_stats["random_accuracy"], "flags": len(report["flags"])})
+                                         "random_accuracy": held_stats["random_accuracy"], "flags": len(report["flags"]),
+                                         "budget": n, "pool_size": int(len(ids))})
     note("done", steps, steps)
     return report
 
@@ -379,6 +380,19 @@ class CheckState:
     def warns_export(self) -> bool:
         """An export of this run should ask first: its check found it no better than random."""
         return bool(self.summary and self.summary["label"] != "better than random")
+
+    def stale_budget(self, store: Store, run_id: int) -> str | None:
+        """Say so when the check tested another budget than the run's saved selection keeps now."""
+        from curation.curate import run_budget
+        from curation.select import budget_from
+        s = self.summary or {}
+        if not s.get("budget") or not s.get("pool_size"):
+            return None
+        now = budget_from(*run_budget(store, run_id), s["pool_size"])
+        if now == s["budget"]:
+            return None
+        return (f"This check tested the top {s['budget']:,}; the saved selection now keeps {now:,}: "
+                "run the check again to test it.")
 
     def progress_line(self) -> str | None:
         if not self.job:

@@ -121,6 +121,8 @@ def check_panel(run_id: int, key: str):
         show = st.success if s["label"] == "better than random" else st.warning
         flags = f" {s['flags']} selected examples have an answer that contradicts their label." if s["flags"] else ""
         show(md_text(f"Held-out check ({s['finished']}): {s['verdict']}{flags}"))
+        if stale := state.stale_budget(store(), run_id):
+            st.caption(md_text(stale))
     elif not state.running:
         st.info("No held-out check of this run yet: it fine-tunes on the selection and on random "
                 "selections of the same size, and tells whether the selection helps on pairs it never saw.")

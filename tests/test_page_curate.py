@@ -124,3 +124,19 @@ def test_a_check_that_found_no_gain_warns_and_gates_the_export(seeded):
     ok(gate.check().run())
     ok(next(b for b in at.button if b.label == "Export").click().run())
     assert any("Exported" in s.value for s in at.success)
+
+
+def test_a_check_of_another_budget_says_so(seeded):
+    """A verdict tested the top N; once the saved selection keeps another number, the panel says
+    the check is for another budget (and nothing when they match)."""
+    from curation import selections
+    from curation.jobs import merge_run_meta
+    store, run, ids = seeded
+    merge_run_meta(store, run, check={"label": "better than random", "finished": "2026-12-02 01:00:00",
+                                      "verdict": "Better than random: ...", "flags": 0, "accuracy": 0.9,
+                                      "random_accuracy": 0.5, "ci95": [0.1, 0.5], "budget": 4, "pool_size": 12})
+    at = open_page()
+    assert not any("tested the top" in c.value for c in at.caption)
+    selections.save_selection(store, run, n=6)
+    at = open_page()
+    assert any("tested the top 4; the saved selection now keeps 6" in c.value for c in at.caption)
