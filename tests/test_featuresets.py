@@ -203,16 +203,19 @@ def test_no_reuse_when_a_key_part_differs(ws, micro_model, tmp_path):
 
     from curation.tiny import TinyConfig, build_tiny_model
     store = Store.open(ws)
-    ensure_demo(store)
-    first = run(store, ws, cfg_for(micro_model))
+    ensure_demo(store)  # the demo preference set; a 400-example slice of its pool is enough here
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(DEMO_POOL.read_text().splitlines()[:400]) + "\n")
+    import_pool(store, small, name="small")
+    first = run(store, ws, cfg_for(micro_model), pool="small")
     other = tmp_path / "other_model"
     build_tiny_model(DEMO_POOL, other, TinyConfig(**{**MICRO_MODEL_CONFIG, "steps": 10}))
     variants = {"k": cfg_for(micro_model, k=128), "max_length": cfg_for(micro_model, max_length=96),
                 "checkpoint": cfg_for(micro_model, epochs=1), "model": cfg_for(other)}
     seen = {first["features"]["id"]}
     for change, cfg in variants.items():
-        got = run(store, ws, cfg)["features"]
-        assert got["id"] not in seen and got["reused"] is False and got["new_rows"] == 3000, change
+        got = run(store, ws, cfg, pool="small")["features"]
+        assert got["id"] not in seen and got["reused"] is False and got["new_rows"] == 400, change
         seen.add(got["id"])
     assert len(list_sets(ws.home)) == 5
 
