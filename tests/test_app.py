@@ -18,10 +18,13 @@ PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/exp
 
 
 
-def run_page(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if page != PAGES[0]:
+def run_page(page: str, at: AppTest | None = None) -> AppTest:
+    """Open `page` as the sidebar does: in a new session, or in ``at``'s (session state kept)."""
+    fresh = at is None
+    if fresh:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+    if page != PAGES[0] or not fresh:
         at.switch_page(page)
         at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from markdown_it import MarkdownIt
-from streamlit.testing.v1 import AppTest
 
 from curation import curate
 from curation.export import dataset_card, export_selection
@@ -15,7 +14,8 @@ from curation.jobs import merge_run_meta
 from curation.store import Store
 from curation.workspace import Workspace
 from test_curate import conv, seed_run
-from test_page_curate import APP, PAGE, ok
+from test_app import run_page
+from test_page_curate import PAGE, ok
 
 HOSTILE = "<img src=x onerror=alert(1)> ![x](http://127.0.0.1:9/leak.png) | pipe"
 PAIRS = [{"subtask": "math", "prompt": "p"}, {"subtask": "math", "prompt": "q"}, {"subtask": HOSTILE, "prompt": "r"}]
@@ -86,10 +86,7 @@ def test_a_card_without_pairs_check_or_percent():
 def test_the_curate_page_shows_the_card_and_folds_the_json(ws, tmp_path):
     store = Store.open(ws)
     seed_run(store, tmp_path, [conv(i) for i in range(12)], select_n=4)
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(PAGE)
-    ok(at.run())
+    at = run_page(PAGE)
     ok(next(b for b in at.button if b.label == "Export").click().run())
     (card,) = [m.value for m in at.markdown if m.value.startswith("# Dataset card")]
     assert "| Exported | 4 examples" in card

@@ -4,19 +4,19 @@ checked pair, the reader shows a pair side by side as text, a set that runs use 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
+from test_app import run_page
+
 from curation import catalog
 from curation.pairs import PairDraft
 from curation.store import Store
 from test_pairs import _run_with
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/preferences.py"
 SCRIPT = "<script>alert(1)</script> **really** <b>good</b>"
 
@@ -31,10 +31,7 @@ def store(ws) -> Store:
 
 
 def open_page(page: str = PAGE) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(page)
-    return ok(at.run())
+    return run_page(page)
 
 
 def ok(at: AppTest) -> AppTest:

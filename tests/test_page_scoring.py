@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
+
+from test_app import run_page
 
 from curation import jobs, runs
 from curation.config import ScoreConfig
@@ -18,18 +19,12 @@ from curation.store import Run, Store
 from curation.store.models import utcnow
 from test_explore import build_synthetic_run
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 OTHER = "other path or id…"
 PATH_LABEL = "Local HF model folder (or a hub id with downloads allowed)"
 
 
 def open_scoring() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/scoring.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return run_page("pages/scoring.py")
 
 
 def widget(items, label: str):

@@ -9,17 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from curation import curate, selections
 from curation.errors import CurationError
 from curation.export import export_selection
 from curation.store import Store
-from curation.workspace import Workspace
+from test_app import run_page
 from test_curate import conv, seed_run
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
 
 @pytest.fixture
 def seeded(ws, tmp_path) -> tuple[Store, int, list[int]]:
@@ -92,26 +88,16 @@ def test_cli_shows_and_saves_the_selection(seeded, ws):
     assert selections.saved_selection(store, run).n == 50_000
 
 
-def _open(page: str, at: AppTest | None = None) -> AppTest:
-    if at is None:
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_the_budget_set_on_explore_is_the_one_curate_shows(ws, tmp_path):
     from test_explore import build_synthetic_run
     store = Store.open(ws)
     r = build_synthetic_run(store, ws.home / "runs" / "synthetic")
-    at = _open("pages/explore.py")
+    at = run_page("pages/explore.py")
     assert next(m.value for m in at.metric if m.label == "Kept") == "6 of 60"
     at.slider[0].set_value(50.0).run()
     assert not at.exception and next(m.value for m in at.metric if m.label == "Kept") == "30 of 60"
     assert selections.saved_selection(store, r.run_id).budget() == (50.0, None)
-    at = _open("pages/curate.py", at)  # a new visit: not reset to the run's 10%
+    at = run_page("pages/curate.py", at)  # a new visit: not reset to the run's 10%
     assert next(m.value for m in at.metric if m.label == "Selected") == "30"
     by = next(w for w in at.radio if w.label == "Budget by")
     by.set_value("count").run()
@@ -119,5 +105,5 @@ def test_the_budget_set_on_explore_is_the_one_curate_shows(ws, tmp_path):
     assert not at.exception
     assert next(m.value for m in at.metric if m.label == "Selected") == "60"
     assert any("10,000,000" in w.value for w in at.warning)
-    at = _open("pages/explore.py", at)
+    at = run_page("pages/explore.py", at)
     assert next(m.value for m in at.metric if m.label == "Kept") == "60 of 60"
