@@ -337,11 +337,6 @@ def _load(s: Session, run_id: int) -> tuple[Run, str, np.ndarray, np.ndarray, np
     return run, pool, *(np.ascontiguousarray(rows[c]) for c in ("id", "score", "selected"))
 
 
-def _budget_of(run: Run) -> tuple[float | None, int | None]:
-    """The run's saved selection's budget, else the one it was scored with (`selections`)."""
-    return selection_of(run).budget()
-
-
 def run_budget(store: Store, run_id: int) -> tuple[float | None, int | None]:
     """The budget Explore, Curate, export and check start from, as (percent, n): the run's saved
     selection (`selections.save_selection`), else its config's `select`."""
@@ -349,7 +344,7 @@ def run_budget(store: Store, run_id: int) -> tuple[float | None, int | None]:
         run = s.get(Run, run_id)
         if run is None:
             raise CurationError(f"no run with id {run_id}")
-        return _budget_of(run)
+        return selection_of(run).budget()
 
 
 def curated_selection(store: Store, run_id: int, percent: float | None = None,

@@ -24,6 +24,7 @@ from curation.errors import CurationError
 from curation.features import FeatureReader, FeatureStore
 from curation.influence import ScoringInputs, checkpoint_weights, top_val
 from curation.select import budget_from, select_top
+from curation.selections import budget_label
 from curation.store import Decision, Example, Pool, PreferencePair, Run, Score, Store
 
 if TYPE_CHECKING:
@@ -46,24 +47,21 @@ class RunInfo:
     method: str
     status: str
     workdir: Path | None
-    n_selected: int
-    select_percent: float | None
-    select_n: int | None
+    n_selected: int  # the automatic selection at scoring time (the budget lives in `selections`)
     checkpoint_lrs: list[float]
     subtasks: list[str]
 
 
 def run_info(store: Store, run_id: int) -> RunInfo:
-    """The run's pool, budget and recorded metadata; raises for an unknown id."""
+    """The run's pool and recorded metadata; raises for an unknown id."""
     with store.session() as s:
         run = s.get(Run, run_id)
         if run is None:
             raise CurationError(f"no run with id {run_id}")
-        sel = (run.config or {}).get("select") or {}
         meta = run.meta or {}
         return RunInfo(run.id, s.get(Pool, run.pool_id).name, run.method, run.status,
                        Path(run.workdir) if run.workdir else None, run.n_selected,
-                       sel.get("percent"), sel.get("n"), list(meta.get("checkpoint_lrs") or []),
+                       list(meta.get("checkpoint_lrs") or []),
                        list(meta.get("subtasks") or []))
 
 
@@ -399,10 +397,9 @@ def _why(sc: Score, status: str, decision: Decision | None, sel, n_total: int) -
     if status in ("pinned", "excluded"):
         reason = f": “{decision.reason}”" if decision.reason else ""
         return f"{status} by {decision.author} on {decision.created_at:%Y-%m-%d %H:%M}{reason}"
-    budget = f"top {sel.percent:g}%" if sel.percent is not None else f"top {sel.n:,}"
     named = f"selection '{sel.name}', " if sel.name else ""
     verb = "within" if status == "selected" else "outside"
-    return (f"automatic: rank {sc.rank:,} of {n_total:,} is {verb} the {budget} "
+    return (f"automatic: rank {sc.rank:,} of {n_total:,} is {verb} the {budget_label(sel.percent, sel.n)} "
             f"({named}{sel.n_selected:,} selected with pins and excludes)")
 
 

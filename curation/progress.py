@@ -487,8 +487,9 @@ def _pace(done: list[StageCost], stage_times: dict[str, float]) -> float:
 def _autocast_run(cfg) -> bool:
     """Whether extraction will run under autocast (CUDA by default): its feature sets carry the
     precision in their model fingerprint, which the estimate cannot compute without the model."""
-    device = cfg.model.device
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.features.autocast_for("cuda" if device.startswith("cuda") else "cpu") is not None
+    from curation.model import resolve_device
+    try:
+        kind = resolve_device(cfg.model.device).type
+    except CurationError:  # cuda asked for but absent: the run will say so, the estimate need not
+        kind = "cuda"
+    return cfg.features.autocast_for(kind) is not None

@@ -34,12 +34,16 @@ class SavedSelection:
         return self.percent, self.n
 
     def label(self) -> str:
-        """'top 5%' or 'top 150', as people say it."""
-        return f"top {self.percent:g}%" if self.percent is not None else f"top {self.n:,}"
+        return budget_label(self.percent, self.n)
+
+
+def budget_label(percent: float | None, n: int | None) -> str:
+    """'top 5%' or 'top 1,500', as people say a budget."""
+    return f"top {percent:g}%" if percent is not None else f"top {n:,}"
 
 
 def default_name(run_id: int, percent: float | None, n: int | None) -> str:
-    return f"run {run_id} " + (f"top {percent:g}%" if percent is not None else f"top {n}")
+    return f"run {run_id} {budget_label(percent, n)}"
 
 
 def selection_of(run: Run) -> SavedSelection:

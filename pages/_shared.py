@@ -174,7 +174,6 @@ def selection_editor(run_id: int, n_pool: int, key: str, slider: bool = False):
         c3.number_input("Number of examples", 1, value=int(as_count), step=10, key=f"{k}_count", on_change=save)
     if err := st.session_state.pop(f"{k}_error", None):
         st.error(md_text(err))
-    saved = selections.saved_selection(store(), run_id)
     if warning := selections.budget_warning(saved.percent, saved.n, n_pool):
         st.warning(warning)
     st.caption(md_text(f"Selection '{saved.name}' ({saved.label()}) · "

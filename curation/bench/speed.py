@@ -76,7 +76,7 @@ from curation.features import FeatureManifest, FeatureReader, FeatureWriter
 from curation.grads import adam_direction, featurize, item_gradients, selected_params
 from curation.influence import ScoringInputs, score
 from curation.methods.gradient import ordered_features, tensors
-from curation.model import ModelConfig, encode, load_model, pad_token_id
+from curation.model import ModelConfig, encode, load_model, pad_token_id, resolve_device
 from curation.objectives import Batch, SFTObjective, sft_item
 from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector
 from curation.tiny import DEFAULT_CORPUS, read_conversations
@@ -137,7 +137,7 @@ class SpeedConfig:
         135M model is launch-bound at batch 16), T <= 256, small reference subsets and a bf16
         peak large enough to saturate tensor cores; meant to finish in < 5 min on one H100."""
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(device).type
         if not device.startswith("cuda"):
             return cls(device=device, **overrides)
         gpu = dict(n=4096, batch_size=64, max_length=256, n_variants=64, n_reference=32, n_per_item=4,
