@@ -24,7 +24,7 @@ from curation.errors import CurationError
 from curation.jobs import Cancelled, Reporter, live_worker
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
 from curation.progress import estimate_cost  # noqa: F401  (runs.estimate_cost: the pages' and CLI's entry)
-from curation.progress import (MODEL_METHODS, TINY_STAGE, Estimate, StageCost, build_estimate, run_progress,
+from curation.progress import (MODEL_METHODS, TINY_BUILD_S, TINY_STAGE, Estimate, StageCost, build_estimate, run_progress,
                                tiny_needs_build)
 from curation.select import select_top
 from curation.store import STAGING_PREFIX, Example, Pool, PreferenceSet, Run, Score, Store
@@ -316,7 +316,7 @@ def _stage_plan(run: Run, n_examples: int) -> list[StageCost] | None:
         stages = Estimate.from_dict(est).stages
         times = run.stage_times or {}
         if TINY_STAGE not in [s.name for s in stages] and (run.stage == TINY_STAGE or TINY_STAGE in times):
-            stages = [StageCost(TINY_STAGE, 150.0, 150.0)] + stages  # another run's model went missing
+            stages = [StageCost(TINY_STAGE, TINY_BUILD_S, TINY_BUILD_S)] + stages  # another run's model went missing
         return stages or None
     from curation.progress import DEMO_TOKENS, Facts, _params, lora_dim, model_arch
     try:
