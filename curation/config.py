@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curation.engine.model import ModelConfig, config_from_dict
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
-from curation.model import ModelConfig, config_from_dict
-from curation.warmup import WarmupConfig
-
 
 PROJECTORS = ("auto", "identity", "sparse_jl", "dense_rademacher")
 AUTOCAST = ("auto", "off", "bfloat16")

@@ -14,9 +14,9 @@ from typing import Iterator
 import pandas as pd
 import streamlit as st
 
+from curation.data.store import Store
 from curation.errors import CurationError
-from curation.mdsafe import escape
-from curation.store import Store
+from curation.review.mdsafe import escape
 from curation.workspace import Workspace
 
 
@@ -113,7 +113,7 @@ def show_rescored(res) -> None:
 def check_panel(run_id: int, key: str):
     """The run's held-out check: its verdict (warning unless better than random), a running
     check's progress, and a button that launches one in the background; returns its state."""
-    from curation.check import check_state, launch_check
+    from curation.review.check import check_state, launch_check
 
     state = check_state(store(), run_id, workspace())
     if state.summary:
@@ -140,8 +140,8 @@ def selection_editor(run_id: int, n_pool: int, key: str, slider: bool = False):
     """The run's one saved selection (name + budget) as widgets. Every change is saved at once
     (`selections.save_selection`), so Explore, Curate, export and check always use the same
     budget; a budget above the pool is kept whole and said so. Returns the saved selection."""
-    from curation import selections
-    from curation.select import budget_from
+    from curation.engine.select import budget_from
+    from curation.runs import selections
 
     saved = selections.saved_selection(store(), run_id)
     k = f"{key}_selection_{run_id}"

@@ -5,8 +5,8 @@ import html
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import catalog
-from curation.compare import compare_runs, disagreement_frame, score_scatter_frame
+from curation.data import catalog
+from curation.review.compare import compare_runs, disagreement_frame, score_scatter_frame
 from pages._shared import store, user_errors
 
 COLOURS = {"both": "#2ca02c", "A only": "#1f77b4", "B only": "#ff7f0e", "neither": "#c7c7c7"}

@@ -6,10 +6,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from curation import catalog, curate
+from curation.data import catalog
 from curation.errors import CurationError
-from curation.export import FORMAT_LABELS, FORMATS, export_selection
+from curation.review import curate
+from curation.review.export import FORMAT_LABELS, FORMATS, export_selection
 from pages._shared import check_panel, md_text, selection_editor, store, user_errors, workspace
+
 
 def act(describe, fn) -> None:
     """Callback body: run a library action, keep its outcome for the next run to show."""
@@ -120,7 +122,7 @@ if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
         sides = [f for f in (trainer.get("dataset_info_file"), trainer.get("config_file")) if f]
         st.caption(md_text(f"For {trainer['trainer']}: " + (", ".join(str(path.parent / f) for f in sides)
                                                            or trainer.get("load", ""))))
-    from curation.export import dataset_card
+    from curation.review.export import dataset_card
     with st.container(border=True):
         st.markdown(dataset_card(manifest))
     if card := manifest.get("card"):

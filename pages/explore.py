@@ -6,9 +6,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from curation import catalog, explore, maps, rescore
-from pages._shared import (check_panel, md_text, render_messages, selection_editor, show_rescored, store,
-                           user_errors)
+from curation.data import catalog
+from curation.review import explore, maps
+from curation.runs import rescore
+from pages._shared import check_panel, md_text, render_messages, selection_editor, show_rescored, store, user_errors
 
 MAX_TABLE = 10_000
 COLOURS = {"score": "score", "selection": "state", "source": "source", "driving subtask": "subtask"}
@@ -125,7 +126,7 @@ def bulk_actions(ids: np.ndarray) -> None:
     c1, c2 = st.columns(2)
     for col, action, label in ((c1, "pin", "Pin"), (c2, "exclude", "Exclude")):
         if col.button(f"{label} all {len(ids):,} in the selection", key=f"bulk_{action}"):
-            from curation import curate  # lazily: only the bulk actions need it
+            from curation.review import curate  # lazily: only the bulk actions need it
             with user_errors():
                 curate.decide(store(), info.pool, ids.tolist(), action, reason)
                 st.rerun()
@@ -233,7 +234,7 @@ def example_at(rank: int) -> int:
 def decide_one(action: str) -> None:
     """Pin or exclude the inspected example. A callback reads the widgets' state, so a click that
     interrupts a rerun still acts on the rank and reason on screen."""
-    from curation import curate
+    from curation.review import curate
     at_rank = int(st.session_state["inspect_rank"])
     with user_errors():
         curate.decide(store(), info.pool, [example_at(at_rank)], action, st.session_state.get("one_reason", ""))

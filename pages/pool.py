@@ -3,11 +3,22 @@
 import pandas as pd
 import streamlit as st
 
-from curation import catalog, featuresets
-from curation.demo import ensure_demo
-from curation.imports import import_pool
-from pages._shared import (feature_line, import_source, md_text, remembered_choice, render_messages, show_import,
-                           store, user_errors, workspace)
+from curation.data import catalog
+from curation.data.demo import ensure_demo
+from curation.data.imports import import_pool
+from curation.engine import featuresets
+from pages._shared import (
+    feature_line,
+    import_source,
+    md_text,
+    remembered_choice,
+    render_messages,
+    show_import,
+    store,
+    user_errors,
+    workspace,
+)
+
 
 @st.cache_data(ttl=15, show_spinner=False)
 def feature_status(db_url: str, pool: str) -> list[dict]:

@@ -3,14 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from curation import catalog, rescore
+from curation.data import catalog
+from curation.data.imports import import_prefs
+from curation.data.pairs import PairDraft, check_pair, errors, warnings
 from curation.errors import CurationError
-from curation.heldout import label_contrast
-from curation.imports import import_prefs
-from curation.mdsafe import formatted
-from curation.pairs import PairDraft, check_pair, errors, warnings
-from pages._shared import (import_source, md_text, remembered_choice, show_import, show_rescored, store,
-                           user_errors)
+from curation.review.heldout import label_contrast
+from curation.review.mdsafe import formatted
+from curation.runs import rescore
+from pages._shared import import_source, md_text, remembered_choice, show_import, show_rescored, store, user_errors
 
 st.title("Preferences")
 st.caption("Each pair says which of two responses to a prompt is better for your task. "

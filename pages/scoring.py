@@ -8,14 +8,17 @@ widgets, not a form, so the estimate below them follows every change.
 
 import streamlit as st
 
-from curation import catalog, jobs, models, runs
 from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
+from curation.data import catalog
+from curation.engine import models
+from curation.engine.model import ModelConfig
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
 from curation.methods import REGISTRY
-from curation.model import ModelConfig
-from curation.progress import Estimate, duration
-from curation.raise_.config import RaiseConfig
-from curation.warmup import WarmupConfig
+from curation.methods.ppo.config import RaiseConfig
+from curation.runs import execute as runs
+from curation.runs import jobs
+from curation.runs.progress import Estimate, duration
 from pages._shared import md_text, remembered_choice, store, user_errors, workspace
 
 OTHER = "other path or id…"

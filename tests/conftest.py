@@ -79,11 +79,11 @@ class ItemFactory:
         return torch.randint(1, self.vocab, (self._int(2, 9),), generator=self.gen)
 
     def sft(self, n: int):
-        from curation.objectives import sft_item
+        from curation.engine.objectives import sft_item
         return [sft_item(*self.sequence()) for _ in range(n)]
 
     def pairs(self, n: int):
-        from curation.objectives import pair_item
+        from curation.engine.objectives import pair_item
         out = []
         for _ in range(n):
             prompt = self.prompt()
@@ -92,7 +92,7 @@ class ItemFactory:
 
     def sampled(self, n: int, m: int = 4):
         """NICE items: ``m`` responses per prompt, rewards in [-1, 1] (some negative)."""
-        from curation.objectives import sampled_item
+        from curation.engine.objectives import sampled_item
         out = []
         for _ in range(n):
             prompt = self.prompt()
@@ -132,8 +132,8 @@ def micro_model(tmp_path_factory):
 
     It takes the same path as any user's local model, so end-to-end tests stay fast.
     """
-    from curation.demo import DEMO_POOL
-    from curation.tiny import TinyConfig, build_tiny_model
+    from curation.data.demo import DEMO_POOL
+    from curation.engine.tiny import TinyConfig, build_tiny_model
 
     out = tmp_path_factory.mktemp("micro") / "model"
     build_tiny_model(DEMO_POOL, out, TinyConfig(**MICRO_MODEL_CONFIG))

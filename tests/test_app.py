@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from curation.demo import ensure_demo
-from curation.imports import import_pool
-from curation.store import Store
+from curation.data.demo import ensure_demo
+from curation.data.imports import import_pool
+from curation.data.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/pool.py", "pages/preferences.py", "pages/scoring.py", "pages/explore.py", "pages/compare.py",

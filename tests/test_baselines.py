@@ -13,18 +13,19 @@ import torch
 from sqlalchemy import func, select
 
 from curation.config import ScoreConfig, SelectConfig
-from curation.demo import DEMO_POOL, DEMO_PREFS, ensure_demo
+from curation.data.demo import DEMO_POOL, DEMO_PREFS, ensure_demo
+from curation.data.store import Example, Run, Score, Store
+from curation.engine.model import ModelConfig, encode, encode_pair
+from curation.engine.models import load_model
+from curation.engine.tiny import TinyConfig, build_tiny_model
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
-from curation.jobs import Reporter
 from curation.methods import ScoreInputs, ValPair, get_method
 from curation.methods.bm25 import example_text, pair_query
 from curation.methods.dsir import vectorizer
 from curation.methods.repsim import last_positions, last_token_states
-from curation.model import ModelConfig, encode, encode_pair, load_model
-from curation.runs import create_run, execute_run, execute_shard, show_run
-from curation.store import Example, Run, Score, Store
-from curation.tiny import TinyConfig, build_tiny_model
-from curation.warmup import WarmupConfig
+from curation.runs.execute import create_run, execute_run, execute_shard, show_run
+from curation.runs.jobs import Reporter
 from curation.workspace import Workspace
 
 # Untrained beyond a few steps: repsim's tests need a real tokenizer + Llama, not a good model.

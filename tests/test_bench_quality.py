@@ -14,16 +14,22 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from curation.bench import BENCHES
-from curation.bench import quality_suites
+from curation.bench import BENCHES, quality_suites
 from curation.bench.downstream import mean_std
-from curation.bench.quality import (METHODS, QualityConfig, config_from_args, pct_key, run_quality,
-                                    selection_metrics, summary)
+from curation.bench.quality import (
+    METHODS,
+    QualityConfig,
+    config_from_args,
+    pct_key,
+    run_quality,
+    selection_metrics,
+    summary,
+)
 from curation.bench.quality_suites import SyntheticSpec, T0Spec, build_t0
 from curation.cli import make_parser
+from curation.data.store import Example, Score, Store
+from curation.engine.select import budget_from
 from curation.methods import REGISTRY
-from curation.select import budget_from
-from curation.store import Example, Score, Store
 from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,14 +9,22 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_lora_model
+
 from curation.bench import BENCHES
-from curation.bench.speed import (SpeedConfig, _equivalence, config_from_args, emit, prepare_model,
-                                  run_speed, spread, summary)
+from curation.bench.speed import (
+    SpeedConfig,
+    _equivalence,
+    config_from_args,
+    emit,
+    prepare_model,
+    run_speed,
+    spread,
+    summary,
+)
 from curation.cli import make_parser
+from curation.engine.tiny import DEFAULT_CORPUS, TinyConfig, read_conversations, train_tokenizer
 from curation.errors import CurationError
-from curation.tiny import DEFAULT_CORPUS, TinyConfig, read_conversations, train_tokenizer
 
 VARIANTS = {"engine", "less_way", "less_way_per_item", "loop_sparse", "batched_dense_cached"}
 

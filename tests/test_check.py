@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curation.check import CheckConfig, answer_flags, check_status, load_check, run_check
-from curation.heldout import compare_with_random, pair_margins, split_pairs, verdict
-from curation.objectives import pair_item
-from curation.store import Run, Store
+from curation.data.store import Run, Store
+from curation.engine.objectives import pair_item
+from curation.review.check import CheckConfig, answer_flags, check_status, load_check, run_check
+from curation.review.heldout import compare_with_random, pair_margins, split_pairs, verdict
 
 
 @pytest.mark.parametrize("share,seed", [(0.4, 0), (0.3, 1), (0.9, 2)])
@@ -106,10 +106,10 @@ def _planted(tmp_path) -> tuple:
 
 def _scored_run(ws, tmp_path, micro_model, method: str) -> tuple[Store, int]:
     from curation.config import ScoreConfig, SelectConfig
-    from curation.imports import import_pool, import_prefs
-    from curation.model import ModelConfig
-    from curation.runs import create_run, execute_run
-    from curation.warmup import WarmupConfig
+    from curation.data.imports import import_pool, import_prefs
+    from curation.engine.model import ModelConfig
+    from curation.engine.warmup import WarmupConfig
+    from curation.runs.execute import create_run, execute_run
 
     store = Store.open(ws)
     pool, prefs = _planted(tmp_path)
@@ -153,7 +153,7 @@ def test_a_random_selection_is_no_better_than_random(ws, tmp_path, micro_model):
 
 
 def test_answer_flags_name_examples_whose_answer_contradicts_their_label(ws, tmp_path):
-    from curation.imports import import_pool
+    from curation.data.imports import import_pool
     store = Store.open(ws)
     rows = [{"id": "ok", "answer": "7", "messages": [{"role": "user", "content": "3+4?"},
                                                    {"role": "assistant", "content": "3 + 4 = 7, so the answer is 7."}]},
@@ -163,14 +163,14 @@ def test_answer_flags_name_examples_whose_answer_contradicts_their_label(ws, tmp
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     import_pool(store, tmp_path / "p.jsonl", name="p")
     with store.session() as s:
-        from curation.store import Example
+        from curation.data.store import Example
         ids = [e.id for e in s.query(Example).all()]
     flags = answer_flags(store, ids)
     assert [f["uid"] for f in flags] == ["bad"] and flags[0]["reward"] == "number"
 
 
 def test_label_contrast_counts_pairs_that_differ_in_a_detail():
-    from curation.heldout import label_contrast
+    from curation.review.heldout import label_contrast
     near = {"chosen": "19 - 9 = 10, so the answer is 10.", "rejected": "19 - 9 = 11, so the answer is 11."}
     far = {"chosen": "Hello Ana, nice to meet you!", "rejected": "In Oslo it is cold and windy today."}
     got = label_contrast([near, near, far])
@@ -189,8 +189,9 @@ def test_split_keeps_pairs_of_one_prompt_together():
 
 def test_background_check_status_and_launch_refusal(ws, tmp_path, micro_model):
     import os
-    from curation.check import _write_json, launch_check, status_path
+
     from curation.errors import CurationError
+    from curation.review.check import _write_json, launch_check, status_path
     store, run_id = _scored_run(ws, tmp_path, micro_model, "bm25")
     _write_json(status_path(ws, run_id), {"status": "running", "pid": 2 ** 22 + 12345, "stage": "x", "done": 1,
                                           "total": 4})
@@ -204,6 +205,6 @@ def test_background_check_status_and_launch_refusal(ws, tmp_path, micro_model):
 
 
 def test_answer_flags_match_whole_words_through_punctuation():
-    from curation.check import _contains_words
+    from curation.review.check import _contains_words
     assert _contains_words("The review is positive, overall.", "positive")
     assert _contains_words("It is NEW YORK!", "new york") and not _contains_words("positively", "positive")

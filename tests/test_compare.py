@@ -12,13 +12,13 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from curation import cli
-from curation.compare import GROUPS, compare_runs, disagreement_frame, report, score_scatter_frame
 from curation.config import ScoreConfig, SelectConfig
-from curation.demo import ensure_demo
+from curation.data.demo import ensure_demo
+from curation.data.store import Example, Pool, Run, Score, Store
 from curation.errors import CurationError
 from curation.methods import ScoreOutput
-from curation.runs import create_run, execute_run, store_scores
-from curation.store import Example, Pool, Run, Score, Store
+from curation.review.compare import GROUPS, compare_runs, disagreement_frame, report, score_scatter_frame
+from curation.runs.execute import create_run, execute_run, store_scores
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

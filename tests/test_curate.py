@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, insert, select
 
-from curation import catalog, curate
+from curation.data import catalog
+from curation.data.imports import import_pool
+from curation.data.store import Decision, Example, Pool, PreferenceSet, Run, Score, Store
+from curation.engine.select import select_top
 from curation.errors import CurationError
-from curation.imports import import_pool
-from curation.select import select_top
-from curation.store import Decision, Example, Pool, PreferenceSet, Run, Score, Store
+from curation.review import curate
 
 RUN_CONFIG = {"method": "rose", "model": {"name_or_path": "tiny"}, "warmup": {"seed": 3, "percent": 5},
               "features": {"seed": 7, "projector": "sparse_jl"}, "select": {"percent": None, "n": 3}}

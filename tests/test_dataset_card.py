@@ -7,15 +7,15 @@ import json
 
 import pytest
 from markdown_it import MarkdownIt
-
-from curation import curate
-from curation.export import dataset_card, export_selection
-from curation.jobs import merge_run_meta
-from curation.store import Store
-from curation.workspace import Workspace
-from test_curate import conv, seed_run
 from test_app import run_page
+from test_curate import conv, seed_run
 from test_page_curate import PAGE, ok
+
+from curation.data.store import Store
+from curation.review import curate
+from curation.review.export import dataset_card, export_selection
+from curation.runs.jobs import merge_run_meta
+from curation.workspace import Workspace
 
 HOSTILE = "<img src=x onerror=alert(1)> ![x](http://127.0.0.1:9/leak.png) | pipe"
 PAIRS = [{"subtask": "math", "prompt": "p"}, {"subtask": "math", "prompt": "q"}, {"subtask": HOSTILE, "prompt": "r"}]

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, select, text
 
-from curation import explore, maps
 from curation.config import ScoreConfig, SelectConfig
-from curation.features import FeatureManifest, FeatureStore
-from curation.influence import ScoringInputs, score
+from curation.data.imports import example_text
+from curation.data.store import Decision, Example, Pool, PreferencePair, PreferenceSet, Run, Score, Store
+from curation.engine.features import FeatureManifest, FeatureStore
+from curation.engine.influence import ScoringInputs, score
 from curation.methods.base import ScoreOutput
-from curation.imports import example_text
-from curation.runs import store_scores
-from curation.store import Decision, Example, Pool, PreferencePair, PreferenceSet, Run, Score, Store
+from curation.review import explore, maps
+from curation.runs.execute import store_scores
 
 LRS = [2e-4, 1e-4]
 SUBTASKS = ["alpha"] * 3 + ["beta"] * 3  # 2 subtasks x 3 pairs
@@ -120,10 +120,10 @@ def build_method_run(store: Store, base: SyntheticRun, method: str, ws) -> int:
     random unit hidden states, RAISE a random schedule. Returns the run id."""
     import shutil
 
-    from curation.influence import aggregate, subtask_index
-    from curation.jobs import Reporter
+    from curation.engine.influence import aggregate, subtask_index
     from curation.methods import ScoreInputs, ValPair, get_method
     from curation.methods.base import output_from_means
+    from curation.runs.jobs import Reporter
 
     if method == "rose":
         return base.run_id
@@ -171,8 +171,8 @@ def build_method_run(store: Store, base: SyntheticRun, method: str, ws) -> int:
             np.save(workdir / "repsim" / name, x)
         out = output_from_means(aggregate(T @ V.T, index, len(subtasks)), subtasks, {})
     elif method == "raise":
-        from curation.raise_.schedule import Schedule
-        from curation.raise_.state import StaticFeatures
+        from curation.methods.ppo.schedule import Schedule
+        from curation.methods.ppo.state import StaticFeatures
         n, arr = len(ids), np.asarray(ids, np.int64)
         schedule = Schedule(arr, rng.choice(arr, (4, 3)), np.zeros((4, 3), np.int32), np.linspace(2, 1, 3),
                             np.array([0, 2]), np.array([0]), rng.random((1, n)).astype(np.float32))

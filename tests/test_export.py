@@ -9,13 +9,13 @@ import stat
 
 import pytest
 from sqlalchemy import select
-
-from curation import curate, export
-from curation.errors import CurationError
-from curation.export import export_selection
-from curation.store import Export, Store
-from curation.workspace import Workspace
 from test_curate import conv, seed_run
+
+from curation.data.store import Export, Store
+from curation.errors import CurationError
+from curation.review import curate, export
+from curation.review.export import export_selection
+from curation.workspace import Workspace
 
 ALPACA = [{"instruction": "Translate to French", "input": "good morning", "output": "bonjour", "id": "a1"},
           {"instruction": "Say hi", "output": "hi", "system": "Be brief.", "id": "a2"},
@@ -109,7 +109,7 @@ def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path
     run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
     first = export_selection(store, run, "messages", ws, name="same")
     before = (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes())
-    monkeypatch.setattr("curation.export.BATCH", 2)
+    monkeypatch.setattr("curation.review.export.BATCH", 2)
     calls = []
 
     def exploding(example):
@@ -125,7 +125,7 @@ def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path
     files = ["same.card.md", "same.jsonl", "same.manifest.json"]
     assert sorted(p.name for p in ws.exports.iterdir()) == files  # no temp left
     monkeypatch.setitem(export.RENDER, "messages", lambda e: {"messages": e.messages})
-    monkeypatch.setattr("curation.export.build_manifest", lambda *a, **k: 1 / 0)  # fails after the rows
+    monkeypatch.setattr("curation.review.export.build_manifest", lambda *a, **k: 1 / 0)  # fails after the rows
     with pytest.raises(ZeroDivisionError):
         export_selection(store, run, "messages", ws, name="same")
     assert (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes()) == before

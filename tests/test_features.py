@@ -7,9 +7,16 @@ import json
 import numpy as np
 import pytest
 
+from curation.engine.features import (
+    FeatureManifest,
+    FeatureStore,
+    StaleFeaturesError,
+    parse_shard_spec,
+    save_npy_atomic,
+    shard_file,
+    shard_range,
+)
 from curation.errors import CurationError
-from curation.features import (FeatureManifest, FeatureStore, StaleFeaturesError, parse_shard_spec,
-                               save_npy_atomic, shard_file, shard_range)
 
 
 def manifest(n: int = 10, k: int = 8, shard_size: int = 3, **over) -> FeatureManifest:
@@ -169,7 +176,7 @@ def test_shard_range_and_spec():
 
 def test_manifest_file_names_the_ids_by_hash_and_refuses_a_changed_ids_file(tmp_path):
     """The per-shard manifest rewrite stays small: ids live once in example_ids.npy."""
-    from curation.features import IDS_FILE
+    from curation.engine.features import IDS_FILE
     m = manifest()
     m.save(tmp_path / "manifest.json")
     head = json.loads((tmp_path / "manifest.json").read_text())

@@ -15,17 +15,24 @@ import numpy as np
 import pytest
 
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.demo import DEMO_POOL, DEMO_PREFS, ensure_demo
+from curation.data.demo import DEMO_POOL, DEMO_PREFS, ensure_demo
+from curation.data.imports import import_pool, import_prefs
+from curation.data.store import Store
+from curation.engine.features import FeatureStore, FeatureView
+from curation.engine.featuresets import (
+    FeatureSet,
+    FeatureSetKey,
+    content_key,
+    content_keys,
+    describe_sets,
+    list_sets,
+    write_view,
+)
+from curation.engine.model import ModelConfig, fixed_length_buckets, padded_length
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
-from curation.features import FeatureStore
-from curation.featuresets import (FeatureSet, FeatureSetKey, FeatureView, content_key, content_keys,
-                                  describe_sets, list_sets, write_view)
-from curation.imports import import_pool, import_prefs
-from curation.model import ModelConfig, fixed_length_buckets, padded_length
-from curation.rescore import rescore, stored_features
-from curation.runs import create_run, execute_run, show_run
-from curation.store import Store
-from curation.warmup import WarmupConfig
+from curation.runs.execute import create_run, execute_run, show_run
+from curation.runs.rescore import rescore, stored_features
 from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +55,7 @@ def by_content(store: Store, ws: Workspace, run_id: int, ckpt: int) -> dict[str,
     """content hash -> the stored feature row's bytes, for one run's pool."""
     from sqlalchemy import select
 
-    from curation.store import Example
+    from curation.data.store import Example
     reader = FeatureStore(ws.run_dir(run_id) / "features").reader("train", ckpt)
     rows = reader.rows(0, reader.n)
     with store.session() as s:
@@ -72,9 +79,9 @@ def test_padded_length_depends_on_the_item_only():
 
 def test_item_features_do_not_depend_on_batch_companions(tiny_model, items):
     """Why incremental extraction can equal a full one byte for byte (CPU)."""
+    from curation.engine.objectives import SFTObjective
+    from curation.engine.projection import SparseJLProjector
     from curation.methods.gradient import ordered_features
-    from curation.objectives import SFTObjective
-    from curation.projection import SparseJLProjector
 
     xs, proj = items.sft(40), SparseJLProjector(256, 0)
     full = ordered_features(tiny_model, xs, SFTObjective(), proj, None, 8, 0)
@@ -86,9 +93,9 @@ def test_item_features_do_not_depend_on_batch_companions(tiny_model, items):
 def test_extraction_reports_progress_within_a_shard(tiny_model, items):
     """A shard of a real model takes minutes on CPU: progress (and so the heartbeat) moves per
     batch, not per shard."""
+    from curation.engine.objectives import SFTObjective
+    from curation.engine.projection import SparseJLProjector
     from curation.methods.gradient import ordered_features
-    from curation.objectives import SFTObjective
-    from curation.projection import SparseJLProjector
 
     seen: list[int] = []
     ordered_features(tiny_model, items.sft(20), SFTObjective(), SparseJLProjector(64, 0), None, 4, 0,
@@ -120,7 +127,7 @@ def test_every_key_part_changes_the_feature_set(change):
 
 def _fill(fset: FeatureSet, plan, rng) -> dict[int, np.ndarray]:
     """Write random features into a plan's pending segments; returns key -> row."""
-    from curation.features import FeatureManifest, FeatureWriter
+    from curation.engine.features import FeatureManifest, FeatureWriter
     rows = {}
     for seg in plan.pending(0):
         m = FeatureManifest(model="m", tokenizer_hash="t", checkpoint="epoch_1", projector={"type": "sparse_jl", "k": 8},
@@ -185,8 +192,8 @@ def test_runs_reuse_features_across_methods_and_preference_sets(ws, micro_model,
 def check_features_rm(store: Store, ws: Workspace, run_id: int, set_id: str) -> None:
     """`features rm` refuses while a live run uses the set; afterwards the runs say so."""
     from curation.cli import main
-    from curation.store import Run
-    from curation.store.models import utcnow
+    from curation.data.store import Run
+    from curation.data.store.models import utcnow
     with store.session() as s:
         s.get(Run, run_id).status, s.get(Run, run_id).heartbeat = "running", utcnow()
     assert main(["features", "rm", set_id[:6]]) == 2 and (ws.home / "features" / f"fs_{set_id}").is_dir()
@@ -201,7 +208,7 @@ def test_no_reuse_when_a_key_part_differs(ws, micro_model, tmp_path):
     """k, max length, checkpoint (warmup epochs) and model each get a feature set of their own."""
     from conftest import MICRO_MODEL_CONFIG
 
-    from curation.tiny import TinyConfig, build_tiny_model
+    from curation.engine.tiny import TinyConfig, build_tiny_model
     store = Store.open(ws)
     ensure_demo(store)  # the demo preference set; a 400-example slice of its pool is enough here
     small = tmp_path / "small.jsonl"
@@ -289,12 +296,12 @@ def test_concurrent_runs_compute_shared_features_once(ws, micro_model, tmp_path)
 
 
 def test_rescore_after_an_edit_is_a_new_run_with_a_diff(ws, micro_model):
-    from curation import catalog
+    from curation.data import catalog
     store = Store.open(ws)
     ensure_demo(store)
     first = run(store, ws, cfg_for(micro_model))
     assert stored_features(store, first["id"], ws) is not None
-    from curation import maps
+    from curation.review import maps
     maps.compute_map(ws.run_dir(first["id"]), seed=0)
     pairs = catalog.get_pairs(store, "demo")
     catalog.save_pairs(store, "demo", pairs[:-3])  # remove three pairs
@@ -317,7 +324,7 @@ def test_rescore_after_an_edit_is_a_new_run_with_a_diff(ws, micro_model):
 def test_pages_say_what_is_stored_and_rescore_an_outdated_run(ws, micro_model):
     from streamlit.testing.v1 import AppTest
 
-    from curation import catalog
+    from curation.data import catalog
     store = Store.open(ws)
     ensure_demo(store)
     first = run(store, ws, cfg_for(micro_model))

@@ -1,11 +1,11 @@
-"""`bench fidelity` and `curation.fidelity`: sketches measured against exact scores."""
+"""`bench fidelity` and `curation.engine.fidelity`: sketches measured against exact scores."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from curation.fidelity import Setting, agreement, influence_scores, measure, top_overlap
-from curation.influence import aggregate
+from curation.engine.fidelity import Setting, agreement, influence_scores, measure, top_overlap
+from curation.engine.influence import aggregate
 
 
 def test_influence_scores_follow_stage_4_by_hand():

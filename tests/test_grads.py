@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from curation.grads import (PerSampleGradients, adam_direction, featurize, is_lora_param, iter_features,
-                            loop_gradients, per_item_weight_grad, selected_params)
-from curation.objectives import DPOObjective, PolicyGradientObjective, SFTObjective, collate
-from curation.projection import IdentityProjector, DenseRademacherProjector, SparseJLProjector
+from curation.engine.grads import (
+    PerSampleGradients,
+    adam_direction,
+    featurize,
+    is_lora_param,
+    iter_features,
+    loop_gradients,
+    per_item_weight_grad,
+    selected_params,
+)
+from curation.engine.objectives import DPOObjective, PolicyGradientObjective, SFTObjective, collate
+from curation.engine.projection import DenseRademacherProjector, IdentityProjector, SparseJLProjector
 
 CASES = {  # objective, how to make its items
     "sft": (SFTObjective(), lambda items: items.sft(6)),

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from curation import catalog
+from curation.data import catalog
+from curation.data.imports import import_pool, import_prefs
+from curation.data.store import Example, ImportReport, Pool, Store
 from curation.errors import CurationError
-from curation.imports import import_pool, import_prefs
-from curation.store import Example, ImportReport, Pool, Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -77,7 +77,7 @@ def test_strict_imports_nothing_but_lists_every_bad_line(store, tmp_path):
 
 
 def test_failure_midway_leaves_no_pool(store, tmp_path, monkeypatch):
-    monkeypatch.setattr("curation.imports.BATCH", 5)
+    monkeypatch.setattr("curation.data.imports.BATCH", 5)
     f = write_jsonl(tmp_path / "p.jsonl", [conv(i) for i in range(40)])
 
     def explode(done, total):
@@ -188,7 +188,7 @@ def test_real_t0_pool_and_rose_prefs_via_cli(tmp_path):
 def test_append_publishes_only_new_content_at_once(store, tmp_path, monkeypatch):
     """An append is staged like any import: duplicates of the pool are skipped, a clashing id
     gets a suffix, and a failure midway leaves the pool exactly as it was."""
-    monkeypatch.setattr("curation.imports.BATCH", 3)
+    monkeypatch.setattr("curation.data.imports.BATCH", 3)
     base = [dict(conv(i), id=f"r{i}") for i in range(5)]
     import_pool(store, write_jsonl(tmp_path / "grow.jsonl", base))
     more = base[:2] + [dict(conv(100), id="r0")] + [conv(i) for i in range(200, 206)]
@@ -222,7 +222,7 @@ def test_cli_says_how_many_problems_were_not_stored(tmp_path, monkeypatch, capsy
     from curation import cli
     monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
     monkeypatch.delenv("CURATION_DB_URL", raising=False)
-    monkeypatch.setattr("curation.imports.MAX_STORED_PROBLEMS", 25)
+    monkeypatch.setattr("curation.data.imports.MAX_STORED_PROBLEMS", 25)
     f = write_jsonl(tmp_path / "many.jsonl", [conv(0)] + ["{broken"] * 30)
     assert cli.main(["import-pool", str(f)]) == 0
     err = capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_cli_says_how_many_problems_were_not_stored(tmp_path, monkeypatch, capsy
 
 def test_json_errors_read_well(tmp_path):
     """'Invalid control character at at column 12' read 'at at' before."""
-    from curation.io import iter_pool_file
+    from curation.data.io import iter_pool_file
     f = write_jsonl(tmp_path / "c.jsonl", ['{"instruction": "a\x01b", "output": "x"}'])
     assert [p.reason for p in iter_pool_file(f)] == ["invalid JSON: Invalid control character at column 19"]
 

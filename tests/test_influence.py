@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curation.engine.features import FeatureManifest, FeatureStore
+from curation.engine.influence import (
+    InfluenceResult,
+    ScoringInputs,
+    aggregate,
+    checkpoint_weights,
+    normalise_rows,
+    score,
+    subtask_index,
+    top_val,
+)
 from curation.errors import CurationError
-from curation.features import FeatureManifest, FeatureStore
-from curation.influence import (InfluenceResult, ScoringInputs, aggregate, checkpoint_weights,
-                                normalise_rows, score, subtask_index, top_val)
 
 N, K, LRS = 40, 16, [3e-4, 2e-4, 1e-4]
 SUBTASKS = [s for s in ("shp_a", "shp_b", "shp_c") for _ in range(4)]  # 3 subtasks x 4 shots

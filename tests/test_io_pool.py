@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.data.io import POOL_FORMATS, PoolRecord, Problem, count_records, detect_pool_format, iter_pool_file
 from curation.errors import CurationError, InputError
-from curation.io import POOL_FORMATS, PoolRecord, Problem, count_records, detect_pool_format, iter_pool_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "io"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -101,7 +101,7 @@ def test_json_object_of_records_uses_keys_as_ids(tmp_path):
 
 
 def test_parquet_is_read_in_batches_with_nested_messages(tmp_path, monkeypatch):
-    import curation.io._read as low
+    import curation.data.io._read as low
     monkeypatch.setattr(low, "PARQUET_BATCH_ROWS", 2)
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
             for i in range(5)]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from curation.data.io import PREF_FORMATS, detect_pref_format, read_pref_file
+from curation.data.io.prefs import ROSE_SUBTASKS, parse_transcript
 from curation.errors import CurationError, InputError
-from curation.io import PREF_FORMATS, detect_pref_format, read_pref_file
-from curation.io.prefs import ROSE_SUBTASKS, parse_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures" / "io"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -304,7 +304,7 @@ def test_real_hh_1_shot_and_10_shot():
 
 def test_real_chosen_matches_the_published_sft_file():
     """ROSE's *_sft.json holds the chosen side, prompt for prompt in the same order."""
-    from curation.io import PoolRecord, iter_pool_file
+    from curation.data.io import PoolRecord, iter_pool_file
     path = rose_file("shp", 2)
     records, _ = read_pref_file(path)
     sft = [r for r in iter_pool_file(str(path).replace("_preference.json", "_sft.json")) if isinstance(r, PoolRecord)]

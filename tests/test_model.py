@@ -11,10 +11,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from curation.engine.model import (
+    IGNORE,
+    ModelConfig,
+    collate,
+    encode,
+    encode_pair,
+    format_conversation,
+    length_buckets,
+    tokenizer_hash,
+)
+from curation.engine.models import load_model
+from curation.engine.tiny import TinyConfig, build_tiny_model, ensure_tiny_model, read_build_info, train_tokenizer
 from curation.errors import CurationError
-from curation.model import (IGNORE, ModelConfig, collate, encode, encode_pair, format_conversation,
-                            length_buckets, load_model, tokenizer_hash)
-from curation.tiny import TinyConfig, build_tiny_model, ensure_tiny_model, read_build_info, train_tokenizer
 
 # A build small enough for tests (~1 s): the real default is TinyConfig().
 SMALL_TINY = TinyConfig(vocab_size=320, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
@@ -197,7 +206,7 @@ def test_ensure_tiny_model_caches_by_fingerprint(tmp_path, monkeypatch):
     corpus = write_corpus(tmp_path / "pool.jsonl")
     path = ensure_tiny_model(tmp_path / "ws", corpus, SMALL_TINY)
     assert path.name.startswith("tiny-") and read_build_info(path)["examples"] == 60
-    monkeypatch.setattr("curation.tiny.build_tiny_model", lambda *a, **k: pytest.fail("rebuilt"))
+    monkeypatch.setattr("curation.engine.tiny.build_tiny_model", lambda *a, **k: pytest.fail("rebuilt"))
     model, tok = load_model(ModelConfig(), tmp_path / "ws", tiny_cfg=SMALL_TINY, corpus_path=corpus)
     assert tok.chat_template and model.config.vocab_size == len(tok)
     other = TinyConfig(**{**SMALL_TINY.to_dict(), "seed": 1})
@@ -222,7 +231,7 @@ def test_missing_model_is_a_curation_error_without_network(tmp_path, monkeypatch
 
 def test_a_killed_tiny_build_resumes_to_the_same_bits(tmp_path):
     """Killed after step 12 (resume point at 10), rebuilt: identical weights, losses and timing of saves."""
-    from curation.tiny import resume_path
+    from curation.engine.tiny import resume_path
     corpus = write_corpus(tmp_path / "pool.jsonl")
     cfg = dataclasses.replace(SMALL_TINY, steps=20)
     whole = build_tiny_model(corpus, tmp_path / "whole", cfg, save_every=5)

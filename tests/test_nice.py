@@ -10,21 +10,21 @@ import pytest
 import torch
 
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.demo import ensure_demo
+from curation.data.demo import ensure_demo
+from curation.data.store import Score, Store
+from curation.engine.generation import GenerationCache, SamplingConfig, cached_samples, sample_responses
+from curation.engine.grads import selected_params
+from curation.engine.model import ModelConfig, encode_pair, pad_token_id
+from curation.engine.objectives import IGNORE_INDEX, PolicyGradientObjective
+from curation.engine.projection import SparseJLProjector
+from curation.engine.tiny import TinyConfig, train_tokenizer
+from curation.engine.warmup import Checkpoint, WarmupConfig
 from curation.errors import CurationError
-from curation.generation import GenerationCache, SamplingConfig, cached_samples, sample_responses
-from curation.grads import selected_params
-from curation.jobs import Reporter
 from curation.methods import ScoreInputs, ValPair, get_method
 from curation.methods.gradient import ordered_features
 from curation.methods.nice import Nice, NiceConfig, build_reward, load_records, nice_item, summarise
-from curation.model import ModelConfig, encode_pair, pad_token_id
-from curation.objectives import IGNORE_INDEX, PolicyGradientObjective
-from curation.projection import SparseJLProjector
-from curation.runs import create_run, execute_run, show_run
-from curation.store import Score, Store
-from curation.tiny import TinyConfig, train_tokenizer
-from curation.warmup import Checkpoint, WarmupConfig
+from curation.runs.execute import create_run, execute_run, show_run
+from curation.runs.jobs import Reporter
 from curation.workspace import Workspace
 
 PROMPTS = ["There were 19 cards on the table. Ravi took 9 of them. How many cards are on the table now?",
@@ -228,7 +228,7 @@ def test_nice_run_on_the_demo_stores_scores_and_explains_them(tmp_path, monkeypa
     assert rows and {"pair", "subtask", "response", "reward"} <= set(rows[0])
     assert len({r["subtask"] for r in rows}) == 1 and "number" in shown["Reward"]
     # re-scoring on the same warmup reuses every sample: generating again would fail here
-    monkeypatch.setattr("curation.generation.sample_responses", _no_generation)
+    monkeypatch.setattr("curation.engine.generation.sample_responses", _no_generation)
     again = create_run(store, "demo", "demo", cfg, ws)
     execute_run(store, again, ws)
     assert load_records(ws.run_dir(again)) == [record]

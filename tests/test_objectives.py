@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curation.objectives import (Batch, DPOObjective, Objective, PolicyGradientObjective, SFTObjective,
-                                 collate, sampled_item, token_logprobs)
+from curation.engine.objectives import (
+    Batch,
+    DPOObjective,
+    Objective,
+    PolicyGradientObjective,
+    SFTObjective,
+    collate,
+    sampled_item,
+    token_logprobs,
+)
 
 
 def manual_logprob(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -164,7 +172,7 @@ def test_collate_and_split_round_trip(items):
 
 def test_per_token_dpo_is_the_length_normalised_implicit_reward(tiny_model, items):
     """per_token=True divides each side's h(y) by its response tokens (a documented variant)."""
-    from curation.objectives import token_logprobs
+    from curation.engine.objectives import token_logprobs
     batch = collate(items.pairs(3))
     summed = DPOObjective().implicit_rewards(tiny_model, batch)
     per_token = DPOObjective(per_token=True).implicit_rewards(tiny_model, batch)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
-
-from curation import curate
-from curation.store import Store
 from test_curate import conv, seed_run
+
+from curation.data.store import Store
+from curation.review import curate
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/curate.py"
@@ -111,7 +111,7 @@ def ws_exports(store: Store) -> Path:
 
 
 def test_a_check_that_found_no_gain_warns_and_gates_the_export(seeded):
-    from curation.jobs import merge_run_meta
+    from curation.runs.jobs import merge_run_meta
     store, run, ids = seeded
     merge_run_meta(store, run, check={"label": "no better than random", "finished": "2026-12-02 01:00:00",
                                       "verdict": "No better than random: on 4 held-out pairs ...", "flags": 2,
@@ -129,8 +129,8 @@ def test_a_check_that_found_no_gain_warns_and_gates_the_export(seeded):
 def test_a_check_of_another_budget_says_so(seeded):
     """A verdict tested the top N; once the saved selection keeps another number, the panel says
     the check is for another budget (and nothing when they match)."""
-    from curation import selections
-    from curation.jobs import merge_run_meta
+    from curation.runs import selections
+    from curation.runs.jobs import merge_run_meta
     store, run, ids = seeded
     merge_run_meta(store, run, check={"label": "better than random", "finished": "2026-12-02 01:00:00",
                                       "verdict": "Better than random: ...", "flags": 0, "accuracy": 0.9,

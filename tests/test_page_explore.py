@@ -8,15 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_explore import EVIDENCE, build_method_run, build_synthetic_run
 
-from curation import explore, maps
-from curation.store import Store
+from curation.data.store import Store
+from curation.review import explore, maps
 from curation.workspace import Workspace
 from pages._shared import md_text
-from test_explore import EVIDENCE, build_method_run, build_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -240,7 +239,7 @@ def test_inspector_explains_in_words_next_to_the_pairs(run):
     assert any(s.startswith("Driven mostly by subtask") for s in shown)
     assert any(s.startswith("Checkpoint ") and "% of the score" in s for s in shown)
     captions = [c.value for c in at.caption]
-    from curation import catalog
+    from curation.data import catalog
     ids = {p["id"]: p for p in catalog.get_pairs(store, run.pool)}
     for pair in exp.val_pairs:
         assert md_text(explore.pair_heading(pair, exp.labels)) in captions

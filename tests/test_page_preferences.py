@@ -9,13 +9,12 @@ import pytest
 from markdown_it import MarkdownIt
 from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
-
 from test_app import run_page
-
-from curation import catalog
-from curation.pairs import PairDraft
-from curation.store import Store
 from test_pairs import _run_with
+
+from curation.data import catalog
+from curation.data.pairs import PairDraft
+from curation.data.store import Store
 
 PAGE = "pages/preferences.py"
 SCRIPT = "<script>alert(1)</script> **really** <b>good</b>"

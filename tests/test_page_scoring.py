@@ -8,16 +8,16 @@ import re
 from datetime import timedelta
 
 from streamlit.testing.v1 import AppTest
-
 from test_app import run_page
-
-from curation import jobs, runs
-from curation.config import ScoreConfig
-from curation.demo import DEMO_PREFS, ensure_demo
-from curation.imports import import_pool, import_prefs
-from curation.store import Run, Store
-from curation.store.models import utcnow
 from test_explore import build_synthetic_run
+
+from curation.config import ScoreConfig
+from curation.data.demo import DEMO_PREFS, ensure_demo
+from curation.data.imports import import_pool, import_prefs
+from curation.data.store import Run, Store
+from curation.data.store.models import utcnow
+from curation.runs import execute as runs
+from curation.runs import jobs
 
 OTHER = "other path or id…"
 PATH_LABEL = "Local HF model folder (or a hub id with downloads allowed)"

@@ -7,12 +7,12 @@ import pytest
 from markdown_it import MarkdownIt
 from sqlalchemy import inspect, text
 
-from curation import catalog, pairs
+from curation.data import catalog, pairs
+from curation.data.pairs import LengthLimits, PairDraft, check_pair
+from curation.data.store import PreferenceSet, Run, Store
+from curation.data.store.db import make_engine, migrate
 from curation.errors import CurationError
-from curation.mdsafe import escape, formatted
-from curation.pairs import LengthLimits, PairDraft, check_pair
-from curation.store import PreferenceSet, Run, Store
-from curation.store.db import make_engine, migrate
+from curation.review.mdsafe import escape, formatted
 
 EXISTING = [dict(id=7, prompt="What is 2+2?", chosen="It is four.", rejected="It is five, I think."),
             dict(id=9, prompt="Name a colour.", chosen="Blue.", rejected="A car.")]
@@ -89,8 +89,8 @@ def test_errors_come_before_warnings():
 def test_the_page_warning_and_the_form_agree_also_on_long_pairs():
     """One similarity (length-guarded) for the Preferences warning and the form's check: long
     near-identical answers are flagged by both, without difflib's quadratic cost."""
-    from curation.heldout import label_contrast
-    from curation.model import ModelConfig
+    from curation.engine.model import ModelConfig
+    from curation.review.heldout import label_contrast
     body = " ".join(f"step {i} adds {i} apples" for i in range(400))  # > 4,000 characters
     pair = {"prompt": "Count.", "chosen": body + " so 42.", "rejected": body + " so 41."}
     assert label_contrast([pair])["near_identical"] == 1
@@ -168,7 +168,7 @@ def test_escape_makes_everything_literal():
 # --- archive instead of delete ---------------------------------------------------------------
 
 def _run_with(store: Store, prefs: str, method: str = "rose", internal: bool = False) -> int:
-    from curation.store import Pool
+    from curation.data.store import Pool
     with store.session() as s:
         pool = s.query(Pool).filter_by(name="p").one_or_none() or Pool(name="p", n_examples=0)
         s.add(pool)

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.demo import ensure_demo
-from curation.features import FeatureStore
-from curation.model import ModelConfig
-from curation.runs import create_run, execute_run, show_run
-from curation.store import Run, Score, Store
-from curation.warmup import WarmupConfig
+from curation.data.demo import ensure_demo
+from curation.data.store import Run, Score, Store
+from curation.engine.features import FeatureStore
+from curation.engine.model import ModelConfig
+from curation.engine.warmup import WarmupConfig
+from curation.runs.execute import create_run, execute_run, show_run
 from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def check_curation_cli(ws: Workspace, store: Store, run_id: int) -> None:
     assert {o["action"] for o in manifest["overrides"]} == {"exclude", "pin"}
     uids = {e["uid"] for e in manifest["examples"]}
     with store.session() as s:
-        from curation.store import Example
+        from curation.data.store import Example
         assert s.get(Example, outside).uid in uids and s.get(Example, top).uid not in uids
 
 

@@ -14,18 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from curation import catalog, cli, jobs, progress, runs
+from curation import cli
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.demo import DEMO_POOL, DEMO_PREFS
+from curation.data import catalog
+from curation.data.demo import DEMO_POOL, DEMO_PREFS
+from curation.data.imports import import_pool, import_prefs
+from curation.data.store import Run, Store
+from curation.data.store.models import utcnow
+from curation.engine.model import ModelConfig
+from curation.engine.models import validate_model
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
-from curation.imports import import_pool, import_prefs
 from curation.methods import REGISTRY
-from curation.model import ModelConfig
-from curation.models import validate_model
-from curation.progress import StageCost, run_progress, stage_plan
-from curation.store import Run, Store
-from curation.store.models import utcnow
-from curation.warmup import WarmupConfig
+from curation.runs import execute as runs
+from curation.runs import jobs, progress
+from curation.runs.progress import StageCost, run_progress, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,7 +245,7 @@ def test_estimate_sees_stored_features_and_calibrates_on_earlier_runs(ws, tmp_pa
 
 
 def test_the_tiny_build_is_a_stage_of_its_own(ws, tmp_path, micro_model, monkeypatch):
-    import curation.tiny
+    import curation.engine.tiny
 
     store = Store.open(ws)
     small_pool(store, tmp_path, n=20)
@@ -254,7 +257,7 @@ def test_the_tiny_build_is_a_stage_of_its_own(ws, tmp_path, micro_model, monkeyp
             seen["info"] = runs.show_run(store, run_id, top=0)
         return micro_model
 
-    monkeypatch.setattr(curation.tiny, "ensure_tiny_model", fake_build)
+    monkeypatch.setattr(curation.engine.tiny, "ensure_tiny_model", fake_build)
     monkeypatch.setattr(runs, "tiny_needs_build", lambda home: True)
     cfg = ScoreConfig(method="repsim", model=ModelConfig(max_length=64), select=SelectConfig(percent=10))
     run_id = runs.create_run(store, "small", "demo", cfg, ws=ws)
@@ -293,10 +296,10 @@ def test_log_lines_say_each_stage_at_once_and_progress_at_most_every_few_seconds
 
 
 def test_quiet_worker_drops_library_warnings_but_not_the_projects():
-    code = ("import warnings; from curation.jobs import quiet_library_output; quiet_library_output();"
+    code = ("import warnings; from curation.runs.jobs import quiet_library_output; quiet_library_output();"
             "warnings.warn('old API', FutureWarning);"
             "warnings.warn_explicit('torch internals', UserWarning, 'x.py', 1, module='torch.nn.modules');"
-            "warnings.warn_explicit('pool is tiny', UserWarning, 'y.py', 1, module='curation.runs')")
+            "warnings.warn_explicit('pool is tiny', UserWarning, 'y.py', 1, module='curation.runs.execute')")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "old API" not in done.stderr and "torch internals" not in done.stderr

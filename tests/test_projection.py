@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector, derive_seed
+from curation.engine.projection import DenseRademacherProjector, Projector, SparseJLProjector, derive_seed
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECTORS = {
@@ -61,7 +61,7 @@ def test_identical_in_a_second_process(tmp_path):
     name, x = "layers.0.q_proj.lora_A.default.weight", torch.linspace(-1, 1, 500).reshape(2, 250)
     here = b"".join(Projector.from_spec(spec).project(name, x).numpy().tobytes() for spec in specs)
     code = (
-        "import sys, torch; from curation.projection import Projector;"
+        "import sys, torch; from curation.engine.projection import Projector;"
         "x = torch.linspace(-1, 1, 500).reshape(2, 250);"
         f"out = b''.join(Projector.from_spec(s).project({name!r}, x).numpy().tobytes() for s in {specs!r});"
         "open(sys.argv[1], 'wb').write(out)"

@@ -11,18 +11,27 @@ import pytest
 import torch
 
 from curation.config import ScoreConfig, SelectConfig
-from curation.demo import DEMO_POOL, DEMO_PREFS
-from curation.export import export_selection
-from curation.explore import explain
-from curation.imports import import_pool, import_prefs
+from curation.data.demo import DEMO_POOL, DEMO_PREFS
+from curation.data.imports import import_pool, import_prefs
+from curation.data.store import Store
+from curation.engine.model import ModelConfig, encode, pad_token_id
+from curation.engine.models import load_model
+from curation.engine.warmup import WarmupConfig
 from curation.methods import raise_ as raise_method
-from curation.model import ModelConfig, encode, load_model, pad_token_id
-from curation.raise_.schedule import Schedule
-from curation.raise_.state import (FEATURE_NAMES, STATE_DIM, StaticFeatures, assistant_only, compute_static,
-                                   difficulty_features, reduce_embedding, state_matrix)
-from curation.runs import create_run, execute_run, load_scores, show_run
-from curation.store import Store
-from curation.warmup import WarmupConfig
+from curation.methods.ppo.schedule import Schedule
+from curation.methods.ppo.state import (
+    FEATURE_NAMES,
+    STATE_DIM,
+    StaticFeatures,
+    assistant_only,
+    compute_static,
+    difficulty_features,
+    reduce_embedding,
+    state_matrix,
+)
+from curation.review.explore import explain
+from curation.review.export import export_selection
+from curation.runs.execute import create_run, execute_run, load_scores, show_run
 
 OPTIONS = {"episodes": 2, "steps": 4, "clusters": 2, "batch_size": 4, "episode_min": 48, "ppo_epochs": 2}
 
@@ -178,9 +187,9 @@ def test_scoring_page_launches_raise_with_its_options(ws, monkeypatch):
 
     from streamlit.testing.v1 import AppTest
 
-    from curation import jobs
-    from curation.demo import ensure_demo
-    from curation.store import Run
+    from curation.data.demo import ensure_demo
+    from curation.data.store import Run
+    from curation.runs import jobs
 
     store = Store.open(ws)
     ensure_demo(store)

@@ -4,18 +4,25 @@ the static score of a schedule, and the plan/config rules."""
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
 from curation.errors import CurationError
-from curation.raise_.config import RaiseConfig, make_plan
-from curation.raise_.policy import (cluster_members, gae, normalise_advantages, pl_log_prob, ppo_clip_loss,
-                                    step_log_probs, top_b)
-from curation.raise_.schedule import Schedule
+from curation.methods.ppo.config import RaiseConfig, make_plan
+from curation.methods.ppo.policy import (
+    cluster_members,
+    gae,
+    normalise_advantages,
+    pl_log_prob,
+    ppo_clip_loss,
+    step_log_probs,
+    top_b,
+)
+from curation.methods.ppo.schedule import Schedule
 
 
 def test_plackett_luce_of_an_ordered_pick_by_hand():
@@ -148,7 +155,7 @@ class RowExamples:
 
 
 def selector_setup(n: int = 60, seed: int = 0):
-    from curation.raise_.state import STATIC_DIM
+    from curation.methods.ppo.state import STATIC_DIM
     rng = np.random.default_rng(seed)
     static = torch.from_numpy(rng.standard_normal((n, STATIC_DIM)).astype(np.float32))
     good = (static[:, 0] > 0).numpy().astype(float)  # the 'prompt_tokens' column tells good rows
@@ -157,8 +164,8 @@ def selector_setup(n: int = 60, seed: int = 0):
 
 
 def test_rollout_batches_are_b_per_cluster_and_decisions_span_m_steps():
-    from curation.raise_.config import Plan
-    from curation.raise_.train import Selector, rollout
+    from curation.methods.ppo.config import Plan
+    from curation.methods.ppo.train import Selector, rollout
     static, good, clusters = selector_setup()
     clusters[:3] = torch.tensor([0, 1, 2])
     clusters[3:] = torch.where(clusters[3:] == 2, torch.tensor(0), clusters[3:])  # cluster 2: one row only
@@ -176,8 +183,8 @@ def test_rollout_batches_are_b_per_cluster_and_decisions_span_m_steps():
 
 
 def test_ppo_learns_to_pick_the_rewarded_rows():
-    from curation.raise_.config import Plan
-    from curation.raise_.train import Selector, ppo_update, rollout
+    from curation.methods.ppo.config import Plan
+    from curation.methods.ppo.train import Selector, ppo_update, rollout
     static, good, clusters = selector_setup()
     plan = Plan(n=60, budget=6, clusters=3, per_cluster=2, steps=4, every=1, episode_n=60)
     cfg = RaiseConfig(ppo_lr=1e-2, ppo_epochs=4)

@@ -17,15 +17,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation import cli, curate, jobs, runs
+from curation import cli
 from curation.bench import reliability as rel
 from curation.config import ScoreConfig
+from curation.data.store import Run, Store
+from curation.data.store import db as store_db
+from curation.data.store.models import utcnow
 from curation.errors import CurationError
-from curation.store import Run, Store
-from curation.store import db as store_db
-from curation.store.models import utcnow
+from curation.review import curate
+from curation.runs import execute as runs
+from curation.runs import jobs
 from curation.workspace import Workspace
-
 
 # --- multi-process scenarios -----------------------------------------------------------------
 
@@ -78,12 +80,12 @@ def test_reliability_is_a_bench_kind():
 def test_export_reads_selection_and_overrides_in_one_snapshot(tmp_path, monkeypatch):
     """A decision committed by another connection between reading the scores and the
     overrides, and another while the file is written: neither shows in that export."""
-    from curation.export import export_selection
+    from curation.review.export import export_selection
     store = Store(f"sqlite:///{tmp_path / 'e.db'}")
     ids = rel.make_pool(store, tmp_path, 12, name="e")
     run_id = rel.make_done_run(store, "e", 4, tmp_path)
     other = Store(store.url, run_migrations=False)
-    real_load, real_rows = curate._load, __import__("curation.export", fromlist=["_write_rows"])._write_rows
+    real_load, real_rows = curate._load, __import__("curation.review.export", fromlist=["_write_rows"])._write_rows
 
     def load_then_decide(s, rid):
         out = real_load(s, rid)
@@ -95,7 +97,7 @@ def test_export_reads_selection_and_overrides_in_one_snapshot(tmp_path, monkeypa
         return real_rows(*a, **k)
 
     monkeypatch.setattr(curate, "_load", load_then_decide)
-    monkeypatch.setattr("curation.export._write_rows", rows_then_decide)
+    monkeypatch.setattr("curation.review.export._write_rows", rows_then_decide)
     res = export_selection(store, run_id, "messages", Workspace(tmp_path / "ws", store.url), name="snap")
     manifest = json.loads(res.manifest_path.read_text())
     assert manifest["overrides"] == [] and manifest["counts"]["pinned"] == 0
@@ -219,6 +221,6 @@ def test_undo_names_the_batch_it_undid(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"undid batch {batch[:8]} (2 example(s)")
     with store.session() as s:
-        from curation.store import Decision
+        from curation.data.store import Decision
         undo_batch = s.scalar(select(Decision.batch).where(Decision.reason == f"undo of {batch}"))
     assert f"recorded as batch {undo_batch[:8]}" in out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from curation.errors import CurationError
-from curation.rewards import REWARDS, Reward, extract_code, last_number, make_reward
+from curation.methods.rewards import REWARDS, Reward, extract_code, last_number, make_reward
 
 PROMPT = "There were 19 cards on the table. Ravi took 9 of them. How many cards are on the table now?"
 CHOSEN = "19 - 9 = 10, so the answer is 10."
@@ -97,7 +97,7 @@ def reward_model_dir(tmp_path_factory):
     """A tiny random LlamaForSequenceClassification (1 label) with a BPE tokenizer, saved locally."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from curation.tiny import TinyConfig, train_tokenizer
+    from curation.engine.tiny import TinyConfig, train_tokenizer
 
     conversations = [[{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}]] * 3
     tok = train_tokenizer(conversations, TinyConfig(vocab_size=300))
@@ -114,7 +114,7 @@ def reward_model_dir(tmp_path_factory):
 def test_reward_model_scores_with_its_last_logit(reward_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from curation.model import format_conversation
+    from curation.engine.model import format_conversation
 
     r = make_reward(f"reward_model:{reward_model_dir}")
     assert not r.needs_label and r.spec == f"reward_model:{reward_model_dir}"

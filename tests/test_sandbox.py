@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.sandbox import SandboxError, SandboxLimits, live_pids_of_uid, run_python
+from curation.sandbox.isolate import SandboxError, SandboxLimits, live_pids_of_uid, run_python
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the uid switch only happens when the caller is root")
 TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\ndef test_zero():\n    assert add(0, 0) == 0\n"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from curation.select import budget_from, select_top
+from curation.engine.select import budget_from, select_top
 
 
 @pytest.mark.parametrize("percent,N,expected", [

@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from curation import curate, selections
-from curation.errors import CurationError
-from curation.export import export_selection
-from curation.store import Store
 from test_app import run_page
 from test_curate import conv, seed_run
+
+from curation.data.store import Store
+from curation.errors import CurationError
+from curation.review import curate
+from curation.review.export import export_selection
+from curation.runs import selections
+
 
 @pytest.fixture
 def seeded(ws, tmp_path) -> tuple[Store, int, list[int]]:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
-
-from curation import catalog
-from curation.errors import CurationError
-from curation.store import Store
-from curation.workspace import Workspace
 from test_app import PAGES, run_page
+
+from curation.data import catalog
+from curation.data.store import Store
+from curation.errors import CurationError
+from curation.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -144,7 +144,7 @@ def test_md_text_renders_as_typed(payload):
 def hostile(ws, tmp_path):
     """A pool, preference set and finished run whose names, ids, sources and subtasks are payloads."""
     from curation.bench.reliability import make_done_run
-    from curation.imports import import_pool, import_prefs
+    from curation.data.imports import import_pool, import_prefs
     store = Store.open(ws)
     pool = tmp_path / "p.jsonl"
     pool.write_text("".join(json.dumps({"id": f"{IMG} {i}", "source": PAYLOADS[i % len(PAYLOADS)],

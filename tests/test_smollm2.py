@@ -13,9 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from curation.engine.models import (
+    LARGE,
+    SMALL,
+    TINY,
+    defaults_for,
+    fetch_smollm2,
+    is_installed,
+    list_models,
+    locate_gguf,
+    probe_logits,
+    smollm2_dir,
+)
 from curation.errors import CurationError
-from curation.models import (LARGE, SMALL, TINY, defaults_for, fetch_smollm2, is_installed, list_models,
-                             locate_gguf, probe_logits, smollm2_dir)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +43,8 @@ def test_conversion_gives_the_gguf_models_logits(smol_home):
     loads it, against transformers' GGUF loader. Same float32 weights: tolerance 0."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from curation.model import ModelConfig, load_model
+    from curation.engine.model import ModelConfig
+    from curation.engine.models import load_model
     gguf = locate_gguf(smol_home, install=False)
     ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     ref_tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -49,7 +60,8 @@ def test_chat_template_formatting_and_masking(smol_home):
     """Examples are formatted with the model's own chat template; only the assistant reply and
     its end-of-turn marker are trained on (the system prompt the template adds, the user turn
     and the assistant header are masked)."""
-    from curation.model import ModelConfig, encode, load_model, render_text
+    from curation.engine.model import ModelConfig, encode, render_text
+    from curation.engine.models import load_model
     _, tok = load_model(ModelConfig(name_or_path="smollm2"), smol_home)
     msgs = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
     text = render_text(tok, msgs)
@@ -63,12 +75,12 @@ def test_chat_template_formatting_and_masking(smol_home):
 def test_score_on_smollm2_completes_on_cpu(smol_home, tmp_path, monkeypatch):
     """A small pool scored end to end on the real model (CPU), reusing its features after."""
     from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-    from curation.demo import DEMO_POOL, DEMO_PREFS
-    from curation.imports import import_pool, import_prefs
-    from curation.model import ModelConfig
-    from curation.runs import create_run, execute_run, show_run
-    from curation.store import Store
-    from curation.warmup import WarmupConfig
+    from curation.data.demo import DEMO_POOL, DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Store
+    from curation.engine.model import ModelConfig
+    from curation.engine.warmup import WarmupConfig
+    from curation.runs.execute import create_run, execute_run, show_run
     from curation.workspace import Workspace
 
     monkeypatch.setenv("CURATION_HOME", str(smol_home))
@@ -117,6 +129,7 @@ def test_cli_applies_defaults_only_without_a_config(tmp_path, monkeypatch):
 
 
 def test_a_missing_smollm2_says_how_to_get_it(tmp_path):
-    from curation.model import ModelConfig, load_model
+    from curation.engine.model import ModelConfig
+    from curation.engine.models import load_model
     with pytest.raises(CurationError, match="model fetch smollm2"):
         load_model(ModelConfig(name_or_path="smollm2"), tmp_path)

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from curation.store import Base, Example, Pool, Store
-from curation.store.db import alembic_config, include_object, make_engine
+from curation.data.store import Base, Example, Pool, Store
+from curation.data.store.db import alembic_config, include_object, make_engine
 from curation.workspace import Workspace
 
 

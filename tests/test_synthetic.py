@@ -11,8 +11,18 @@ from pathlib import Path
 import pytest
 
 from curation.errors import CurationError
-from curation.synthetic import (FAMILIES, TARGET_FAMILY, check_answer, extract_answer, make_heldout, make_pool,
-                                make_prefs, split_of, subtasks, to_jsonl)
+from curation.synthetic import (
+    FAMILIES,
+    TARGET_FAMILY,
+    check_answer,
+    extract_answer,
+    make_heldout,
+    make_pool,
+    make_prefs,
+    split_of,
+    subtasks,
+    to_jsonl,
+)
 from curation.synthetic.build import get_family
 
 ROOT = Path(__file__).resolve().parent.parent

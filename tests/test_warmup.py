@@ -8,12 +8,20 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from curation.errors import CurationError
-from curation.tiny import build_tiny_model
-from curation.warmup import (MOMENTS_FILE, STATE_FILE, Checkpoint, WarmupConfig, list_checkpoints,
-                             load_checkpoint, run_warmup, sample_warmup_ids)
 from test_model import SMALL_TINY, make_conversations, write_corpus
+
+from curation.engine.tiny import build_tiny_model
+from curation.engine.warmup import (
+    MOMENTS_FILE,
+    STATE_FILE,
+    Checkpoint,
+    WarmupConfig,
+    list_checkpoints,
+    load_checkpoint,
+    run_warmup,
+    sample_warmup_ids,
+)
+from curation.errors import CurationError
 
 CFG = WarmupConfig(epochs=3, lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.1, batch_size=4,
                    grad_accum=2, max_length=48, warmup_ratio=0.2)

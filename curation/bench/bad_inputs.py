@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from curation.store import Store
+from curation.data.store import Store
 
 
 def _conv(i: int) -> dict:
@@ -52,8 +52,8 @@ def bad_input_files(folder: Path) -> list[tuple[Path, int | None]]:
 
 def bad_inputs(folder: Path) -> dict:
     """Every bad input ends in a report naming its file and line, or a one-line user error."""
+    from curation.data.imports import import_pool
     from curation.errors import CurationError
-    from curation.imports import import_pool
     store = Store(f"sqlite:///{folder / 'bad.db'}")
     tried = reported = 0
     failures = []

@@ -34,8 +34,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from curation.bench.quality import (QualityConfig, SuiteRun, bench_dir, build_suite, pct_key, resolve_model,
-                                    selection_metrics)
+from curation.bench.quality import (
+    QualityConfig,
+    SuiteRun,
+    bench_dir,
+    build_suite,
+    pct_key,
+    resolve_model,
+    selection_metrics,
+)
 
 VARIANTS = {  # name -> (method, config overrides), all re-scored from the default run's features
     "rose beta=1": ("rose", {"beta": 1.0}),
@@ -64,8 +71,8 @@ class Diagnosis:
         self.run, self.rows, self.scores, self.geometry = run, {}, {}, {}
 
     def _record(self, name: str, run_id: int, target: str, t: float) -> None:
-        from curation.runs import load_scores
-        from curation.select import select_top
+        from curation.engine.select import select_top
+        from curation.runs.execute import load_scores
         r = self.run
         ids, scores = load_scores(r.store, run_id)
         self.scores.setdefault(target, {})[name] = scores
@@ -81,9 +88,9 @@ class Diagnosis:
               f"spearman vs rose {row['spearman_vs_rose']:.3f}")
 
     def target(self, tg) -> None:
-        from curation.imports import import_prefs
-        from curation.rescore import rescore
-        from curation.runs import create_run, execute_run
+        from curation.data.imports import import_prefs
+        from curation.runs.execute import create_run, execute_run
+        from curation.runs.rescore import rescore
         from curation.synthetic import to_jsonl
 
         r, prefs = self.run, f"prefs-{tg.name}"
@@ -175,11 +182,11 @@ def pair_geometry(store, ws, base_run: int, prefs: str) -> dict:
     ``|g_w - g_l| = |g_w| sqrt(2(1-c))``: at c near 1 the shared (task) part cancels and what is
     left is the few tokens where the answers differ.
     """
-    from curation.features import FeatureStore
-    from curation.imports import import_prefs
-    from curation.rescore import rescore
-    from curation.runs import show_run
-    from curation.store import Run
+    from curation.data.imports import import_prefs
+    from curation.data.store import Run
+    from curation.engine.features import FeatureStore
+    from curation.runs.execute import show_run
+    from curation.runs.rescore import rescore
     from curation.synthetic import to_jsonl
 
     pairs = show_run(store, base_run, top=0)["meta"]["pairs"]

@@ -1,7 +1,7 @@
 """Downstream check of a selection: LoRA-tune the base model on it, then exact match on held-out prompts.
 
 Every fine-tune starts from the bare base model with a fresh adapter (seeded init and batch
-order) and is trained by `curation.warmup.run_warmup`, the same loop the scoring warmup uses.
+order) and is trained by `curation.engine.warmup.run_warmup`, the same loop the scoring warmup uses.
 
 Budget matching. Every selection at p% of an N-example pool has exactly n_p = ceil(p·N/100)
 examples (`select.budget_from`), and each is trained for the same number of epochs
@@ -28,11 +28,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from curation.generation import render_prompt
-from curation.model import Messages, pad_token_id
-from curation.warmup import WarmupConfig, run_warmup
+from curation.engine.generation import render_prompt
+from curation.engine.model import Messages, pad_token_id
+from curation.engine.warmup import ALL_LINEAR, WarmupConfig, finetune
 
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Evals = Mapping[str, tuple[Sequence[dict], Callable[[dict, str], bool]]]  # target -> (held-out, check)
 
 
@@ -70,14 +69,6 @@ class DownstreamConfig:
         return WarmupConfig(percent=100.0, epochs=epochs, lr=self.lr, lora_r=self.lora_r,
                             lora_alpha=self.lora_alpha, target_modules=self.target_modules,
                             batch_size=self.batch_size, max_length=self.max_length, seed=seed)
-
-
-def finetune(model, tokenizer, examples: Sequence[Messages], cfg: WarmupConfig, out_dir: Path) -> Path:
-    """Train a fresh LoRA adapter on `examples`; the adapter dir of the last epoch."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ckpts = run_warmup(model, tokenizer, list(examples), cfg, out_dir)
-    return ckpts[-1].path
 
 
 def _stop_at_eos(ids: list[int], eos: int | None) -> list[int]:

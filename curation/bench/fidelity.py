@@ -2,7 +2,7 @@
 
 One real ROSE run (and a LESS re-score of it) on a seeded sample of the demo pool, with exact
 float32 features (`IdentityProjector`), in a throwaway workspace; then every sketch setting
-(`curation.fidelity.SETTINGS`, 3 projection seeds each) is applied to the stored exact rows
+(`curation.engine.fidelity.SETTINGS`, 3 projection seeds each) is applied to the stored exact rows
 and scored. Prints Spearman and top-5% overlap against the exact ranking per setting, and
 names the setting a default run uses for this model (`make_projector` with the defaults).
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.fidelity import SETTINGS, Setting, measure
-from curation.model import ModelConfig
+from curation.engine.fidelity import SETTINGS, Setting, measure
+from curation.engine.model import ModelConfig
 
 
 def _sample_pool(src: Path, dst: Path, n: int, seed: int) -> int:
@@ -34,7 +34,7 @@ def _sample_pool(src: Path, dst: Path, n: int, seed: int) -> int:
 
 
 def _arrays(run_dir: Path, n_ckpts: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from curation.features import FeatureStore
+    from curation.engine.features import FeatureStore
     fs = FeatureStore(run_dir / "features")
     return ([fs.reader("train", i).load_all() for i in range(n_ckpts)],
             [fs.reader("val", i).load_all() for i in range(n_ckpts)])
@@ -44,14 +44,14 @@ def run_fidelity(model: str = "tiny", sample: int = 1000, seeds: tuple[int, ...]
                  settings: tuple[Setting, ...] = SETTINGS, quick: bool = False, log=print) -> dict:
     """Exact features of a demo sample, then every setting against them (see the module doc)."""
     from curation.bench.quality import bench_dir, resolve_model
-    from curation.demo import DEMO_POOL, DEMO_PREFS
-    from curation.imports import import_pool, import_prefs
+    from curation.data.demo import DEMO_POOL, DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Run, Store
+    from curation.engine.models import defaults_for
+    from curation.engine.projection import IdentityProjector
     from curation.methods.gradient import make_projector
-    from curation.models import defaults_for
-    from curation.projection import IdentityProjector
-    from curation.rescore import rescore
-    from curation.runs import create_run, execute_run, show_run
-    from curation.store import Run, Store
+    from curation.runs.execute import create_run, execute_run, show_run
+    from curation.runs.rescore import rescore
     from curation.workspace import Workspace
 
     started = time.perf_counter()

@@ -30,21 +30,33 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from curation.bench.downstream import DownstreamConfig, ci95, mean_std, run_downstream
-from curation.bench.quality_suites import (PrefsSpec, Suite, SyntheticSpec, T0Spec, Target, build_prefs,
-                                           build_synthetic, build_t0, prefs_available, prefs_root, t0_available,
-                                           t0_root)
+from curation.bench.quality_suites import (
+    PrefsSpec,
+    Suite,
+    SyntheticSpec,
+    T0Spec,
+    Target,
+    build_prefs,
+    build_synthetic,
+    build_t0,
+    prefs_available,
+    prefs_root,
+    t0_available,
+    t0_root,
+)
 from curation.config import FeatureConfig, ScoreConfig, SelectConfig
-from curation.model import ModelConfig, load_model
-from curation.select import select_top
-from curation.warmup import WarmupConfig
+from curation.engine.model import ModelConfig
+from curation.engine.models import load_model
+from curation.engine.select import select_top
+from curation.engine.warmup import WarmupConfig
 
 METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise")
 SUITES = ("synthetic", "t0", "prefs")
@@ -134,7 +146,7 @@ class SuiteRun:
     """One suite in its throwaway workspace: import, score each method, select, fine-tune."""
 
     def __init__(self, suite: Suite, cfg: QualityConfig, model_path: str, workdir: Path, log: Log):
-        from curation.store import Store
+        from curation.data.store import Store
         from curation.workspace import Workspace
 
         self.suite, self.cfg, self.model_path, self.log = suite, cfg, model_path, log
@@ -148,7 +160,7 @@ class SuiteRun:
         self.selections: dict[str, dict[str, dict[str, list[int]]]] = {}  # target -> method -> pct -> ids
 
     def import_data(self) -> None:
-        from curation.imports import import_pool, import_prefs
+        from curation.data.imports import import_pool, import_prefs
         from curation.synthetic import to_jsonl
 
         t = time.perf_counter()
@@ -164,7 +176,7 @@ class SuiteRun:
     def _uids(self) -> dict[int, str]:
         from sqlalchemy import select
 
-        from curation.store import Example
+        from curation.data.store import Example
         with self.store.session() as s:
             return dict(s.execute(select(Example.id, Example.uid)).all())
 
@@ -179,7 +191,7 @@ class SuiteRun:
                 self._score(method, tg)
 
     def _score(self, method: str, tg: Target) -> None:
-        from curation.runs import create_run, execute_run, load_scores, show_run
+        from curation.runs.execute import create_run, execute_run, load_scores, show_run
 
         key = method if len(self.suite.targets) == 1 else f"{method}/{tg.name}"
         self.log(f"{self.suite.name}: scoring {key}")
@@ -229,7 +241,7 @@ class SuiteRun:
         """Fine-tune per (method, percent, seed) and on the full pool; fills accuracy into `table`."""
         from sqlalchemy import select
 
-        from curation.store import Example
+        from curation.data.store import Example
 
         self.log(f"{self.suite.name}: downstream fine-tunes")
         t = time.perf_counter()
@@ -251,11 +263,11 @@ class SuiteRun:
 
     def pair_downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
         """prefs: fine-tune on each selection per seed; held-out preference accuracy and margin
-        (`curation.heldout`: DPO implicit reward against the base model)."""
+        (`curation.review.heldout`: DPO implicit reward against the base model)."""
         from sqlalchemy import select
 
-        from curation.heldout import pair_items, tuned_margins
-        from curation.store import Example
+        from curation.data.store import Example
+        from curation.review.heldout import pair_items, tuned_margins
 
         self.log(f"{self.suite.name}: held-out preference fine-tunes")
         t, ds = time.perf_counter(), self.cfg.downstream
@@ -291,12 +303,12 @@ def resolve_model(name: str, log: Log) -> str:
     """A local path for the base model: "tiny" is built (first time, minutes) or found in the cache;
     "smollm2" is its converted folder in the main workspace (bench workspaces are throwaway)."""
     if name == "smollm2":
-        from curation.models import resolve
+        from curation.engine.models import resolve
         from curation.workspace import Workspace
         return resolve(name, Workspace.from_env().home)
     if name != "tiny":
         return name
-    from curation.tiny import ensure_tiny_model
+    from curation.engine.tiny import ensure_tiny_model
     from curation.workspace import Workspace
     log("resolving the tiny base model (built on first use: a few minutes)")
     return str(ensure_tiny_model(Workspace.from_env().ensure().home))
@@ -428,7 +440,7 @@ def with_model_defaults(cfg: QualityConfig) -> QualityConfig:
     """The base model's size-based lr and LoRA rank (`models.defaults_for`) for the warmup, and
     its lr scaled the same way for the downstream fine-tune (the tiny model's 3e-3 would wreck
     a 135M model); sizes (pool, k, lengths) stay as chosen."""
-    from curation.models import TINY, defaults_for
+    from curation.engine.models import TINY, defaults_for
     from curation.workspace import Workspace
 
     d = defaults_for(cfg.model, Workspace.from_env().home)

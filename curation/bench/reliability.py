@@ -36,7 +36,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from curation.bench.bad_inputs import bad_inputs
-from curation.store import Decision, Example, Pool, Store
+from curation.data.store import Decision, Example, Pool, Store
 
 POOL = "race"
 UNDO = re.compile(r"undo of ([0-9a-f]{32})")
@@ -69,7 +69,7 @@ def write_pool_file(path: Path, n: int, start: int = 0) -> Path:
 
 
 def make_pool(store: Store, folder: Path, n: int, name: str = POOL) -> list[int]:
-    from curation.imports import import_pool
+    from curation.data.imports import import_pool
     import_pool(store, write_pool_file(folder / f"{name}.jsonl", n), name=name)
     with store.session() as s:
         pid = s.scalar(select(Pool.id).where(Pool.name == name))
@@ -80,7 +80,7 @@ def make_pool(store: Store, folder: Path, n: int, name: str = POOL) -> list[int]
 
 def _curator(url: str, pool: str, ids: list[int], seed: int, ops: int, start, out: str) -> None:
     """One curator process: random pins, excludes and undos; what each call returned goes to `out`."""
-    from curation import curate
+    from curation.review import curate
     store = Store(url, run_migrations=False)
     rng = random.Random(seed)
     log = []
@@ -176,7 +176,7 @@ def curation_race(folder: Path, processes: int, ops: int, examples: int) -> dict
 # --- export race -----------------------------------------------------------------------------
 
 def _decider(url: str, pool: str, ids: list[int], stop, ready) -> None:
-    from curation import curate
+    from curation.review import curate
     store = Store(url, run_migrations=False)
     rng = random.Random(1)
     ready.set()
@@ -189,7 +189,7 @@ def _decider(url: str, pool: str, ids: list[int], stop, ready) -> None:
 def make_done_run(store: Store, pool: str, n: int, folder: Path) -> int:
     """A finished run of the `random` method (no model) selecting `n` examples of `pool`."""
     from curation.config import ScoreConfig, SelectConfig
-    from curation.runs import create_run, execute_run
+    from curation.runs.execute import create_run, execute_run
     from curation.workspace import Workspace
     ws = Workspace(folder / "ws", store.url).ensure()
     cfg = ScoreConfig(method="random")
@@ -215,7 +215,7 @@ def manifest_disagreements(manifest: dict, lines: list[dict]) -> int:
 
 def export_race(folder: Path, exports: int, examples: int) -> dict:
     """Exports while another process keeps deciding: every manifest must match its file."""
-    from curation.export import export_selection
+    from curation.review.export import export_selection
     from curation.workspace import Workspace
     url = f"sqlite:///{folder / 'export.db'}"
     store = Store(url)
@@ -253,8 +253,8 @@ def _wait_ready(ready, proc, timeout: float = 120) -> None:
 
 def _writer(url: str, pool: str, ids: list[int], run_id: int, stop, ready, out: str) -> None:
     """Decides and progress writes in a loop; each one's duration, and any error, go to `out`."""
-    from curation import curate
-    from curation.jobs import Reporter
+    from curation.review import curate
+    from curation.runs.jobs import Reporter
     store = Store(url, run_migrations=False)
     reporter = Reporter(store, run_id)
     times, errors = [], []
@@ -277,8 +277,8 @@ def _writer(url: str, pool: str, ids: list[int], run_id: int, stop, ready, out: 
 def import_race(folder: Path, lines: int) -> dict:
     """A `lines`-line import while another process decides and reports progress."""
     from curation.config import ScoreConfig
-    from curation.imports import import_pool
-    from curation.runs import create_run
+    from curation.data.imports import import_pool
+    from curation.runs.execute import create_run
     from curation.workspace import Workspace
     url = f"sqlite:///{folder / 'import.db'}"
     store = Store(url)
@@ -312,8 +312,8 @@ def import_race(folder: Path, lines: int) -> dict:
 
 def kills(folder: Path, n: int, lines: int) -> dict:
     """SIGKILL a CLI import and a curator midway, `n` times each: nothing half-done shows."""
-    from curation import catalog
-    from curation.imports import import_pool
+    from curation.data import catalog
+    from curation.data.imports import import_pool
     home = folder / "killws"
     env = {**os.environ, "CURATION_HOME": str(home)}
     env.pop("CURATION_DB_URL", None)

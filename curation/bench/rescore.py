@@ -35,14 +35,14 @@ def plain_read(paths: list[Path], block: int = 1 << 24) -> tuple[float, int]:
 
 def fill_features(store, ws, run_id: int, log) -> list[Path]:
     """Warm up for real, then write synthetic train features into the run's feature set."""
-    from curation.features import FeatureWriter
-    from curation.featuresets import FeatureSet, content_keys
-    from curation.jobs import Reporter
+    from curation.data.store import Run
+    from curation.engine.features import FeatureWriter
+    from curation.engine.featuresets import FeatureSet, content_keys
+    from curation.engine.models import load_model
     from curation.methods import get_method
     from curation.methods.gradient import feature_key, make_projector
-    from curation.model import load_model
-    from curation.runs import _inputs
-    from curation.store import Run
+    from curation.runs.execute import _inputs
+    from curation.runs.jobs import Reporter
 
     with store.session() as s:
         run = s.get(Run, run_id)
@@ -68,16 +68,16 @@ def fill_features(store, ws, run_id: int, log) -> list[Path]:
 def run_rescore(n: int, model: str, k: int, repeats: int, threads: int | None, log=print) -> dict:
     import os
 
-    from curation import catalog
     from curation.bench.ui import write_pool
     from curation.config import FeatureConfig, ScoreConfig
-    from curation.demo import DEMO_PREFS
-    from curation.imports import import_pool, import_prefs
-    from curation.model import ModelConfig
-    from curation.rescore import rescore
-    from curation.runs import create_run, execute_run, show_run
-    from curation.store import Store
-    from curation.warmup import WarmupConfig
+    from curation.data import catalog
+    from curation.data.demo import DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Store
+    from curation.engine.model import ModelConfig
+    from curation.engine.warmup import WarmupConfig
+    from curation.runs.execute import create_run, execute_run, show_run
+    from curation.runs.rescore import rescore
     from curation.workspace import Workspace
 
     user_models = Workspace.from_env().models

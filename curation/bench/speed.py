@@ -5,13 +5,13 @@ All in one process, on one model, one data set, one ``k`` and one Adam transform
 * **Feature extraction.** The model is the default one (or ``--model``) with a fresh LoRA
   adapter as the warmup makes it (``WarmupConfig`` r, alpha, targets), eval mode, a seeded
   random ``lora_B`` (PEFT's zero init would make half the gradient zero); the data are the
-  first ``n`` demo-pool examples through :func:`curation.model.encode`; the objective is SFT
+  first ``n`` demo-pool examples through :func:`curation.engine.model.encode`; the objective is SFT
   with seeded random Adam moments (``v`` ~ g², ``m`` ~ 0.1·|g| per layer, so the Adam
   direction still depends on the example). Variants, each timed best-of-``repeats`` with
   the repeats interleaved (other processes share the cores):
 
   - ``engine``: the production path, ``methods.gradient.ordered_features`` (length-bucketed
-    batches, :class:`~curation.grads.PerSampleGradients`, :class:`SparseJLProjector`).
+    batches, :class:`~curation.engine.grads.PerSampleGradients`, :class:`SparseJLProjector`).
   - ``less_way`` (the reference): what LESS's ``collect_grads`` does, on CPU: batch size 1,
     one backward per example, Adam direction, the full gradients of every
     ``project_interval`` (16) examples stacked and projected by a dense Rademacher matrix
@@ -71,16 +71,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curation.engine.features import FeatureManifest, FeatureReader, FeatureWriter
+from curation.engine.grads import adam_direction, featurize, item_gradients, selected_params
+from curation.engine.influence import ScoringInputs, score
+from curation.engine.model import ModelConfig, encode, pad_token_id, resolve_device
+from curation.engine.models import load_model
+from curation.engine.objectives import Batch, SFTObjective, sft_item
+from curation.engine.projection import DenseRademacherProjector, Projector, SparseJLProjector
+from curation.engine.tiny import DEFAULT_CORPUS, read_conversations
+from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
-from curation.features import FeatureManifest, FeatureReader, FeatureWriter
-from curation.grads import adam_direction, featurize, item_gradients, selected_params
-from curation.influence import ScoringInputs, score
 from curation.methods.gradient import ordered_features, tensors
-from curation.model import ModelConfig, encode, load_model, pad_token_id, resolve_device
-from curation.objectives import Batch, SFTObjective, sft_item
-from curation.projection import DenseRademacherProjector, Projector, SparseJLProjector
-from curation.tiny import DEFAULT_CORPUS, read_conversations
-from curation.warmup import WarmupConfig
 
 Log = Callable[[str], None]
 MIN_COSINE = 0.9999  # engine vs reference with the same projector: the same work, or no bench

@@ -38,16 +38,16 @@ def write_pool(path: Path, n: int) -> None:
 def seed_run(store, pool: str, prefs: str, ws, k: int = 256, seed: int = 0) -> int:
     """A finished ROSE-like run: scores and components, train/val features, run metadata."""
     from curation.config import FeatureConfig, ScoreConfig
-    from curation.features import FeatureManifest, FeatureStore
+    from curation.data.store.models import utcnow
+    from curation.engine.features import FeatureManifest, FeatureStore
     from curation.methods import ScoreOutput
-    from curation.runs import _set, create_run, store_scores
-    from curation.store.models import utcnow
+    from curation.runs.execute import _set, create_run, store_scores
 
     run_id = create_run(store, pool, prefs, ScoreConfig(features=FeatureConfig(k=k)), ws)
     with store.session() as s:
         from sqlalchemy import select
 
-        from curation.store import Example, Pool
+        from curation.data.store import Example, Pool
         ids = list(s.scalars(select(Example.id).join(Pool).where(Pool.name == pool).order_by(Example.id)))
     rng = np.random.default_rng(seed)
     n, lrs = len(ids), [1e-3, 7e-4]
@@ -95,9 +95,9 @@ def time_pages(repeats: int) -> dict[str, dict[str, float]]:
 
 
 def run_ui(n: int, repeats: int = 2, log=print) -> dict:
-    from curation.demo import DEMO_PREFS
-    from curation.imports import import_pool, import_prefs
-    from curation.store import Store
+    from curation.data.demo import DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Store
     from curation.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +114,8 @@ def run_ui(n: int, repeats: int = 2, log=print) -> dict:
         t0 = time.perf_counter()
         run_id = seed_run(store, "big", "demo", ws)
         log(f"seeded run #{run_id} (scores, features) in {time.perf_counter() - t0:.1f} s")
-        from curation import catalog, curate
+        from curation.data import catalog
+        from curation.review import curate
         ids = catalog.matching_ids(store, "big", catalog.ExampleFilter())
         curate.decide(store, "big", ids[10: 10 + n // 50], "exclude", "bench: bulk exclude")
         curate.decide(store, "big", [ids[n // 2]], "pin", "bench: pin")

@@ -16,7 +16,7 @@ import numpy as np
 
 from curation.config import ScoreConfig
 from curation.errors import CurationError
-from curation.jobs import Reporter
+from curation.runs.jobs import Reporter
 from curation.workspace import Workspace
 
 Messages = list[dict[str, str]]

@@ -24,10 +24,18 @@ import bm25s
 import numpy as np
 from bm25s.tokenization import Tokenizer
 
+from curation.engine.influence import aggregate, subtask_index
 from curation.errors import CurationError
-from curation.influence import aggregate, subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages,
+    Method,
+    ScoreInputs,
+    ScoreLabels,
+    ScoreOutput,
+    ValPair,
+    method_options,
+    output_from_means,
+    register,
 )
 
 INDEX_DIR = "bm25"  # under the run's workdir: the bm25s index, its tokenizer vocab, example ids

@@ -31,10 +31,18 @@ import numpy as np
 from sklearn.feature_extraction import FeatureHasher
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from curation.engine.influence import subtask_index
 from curation.errors import CurationError
-from curation.influence import subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages,
+    Method,
+    ScoreInputs,
+    ScoreLabels,
+    ScoreOutput,
+    ValPair,
+    method_options,
+    output_from_means,
+    register,
 )
 from curation.methods.bm25 import example_text, pair_query
 

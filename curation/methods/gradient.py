@@ -16,20 +16,28 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from curation.distributed import file_lock
-from curation.features import FeatureManifest, FeatureStore, FeatureWriter
-from curation.featuresets import (FeatureSet, FeatureSetKey, content_keys, existing_shard_size, locked,
-                                  write_view)
-from curation.grads import iter_features
-from curation.influence import ScoringInputs, score
+from curation.engine.distributed import file_lock
+from curation.engine.features import FeatureManifest, FeatureStore, FeatureWriter
+from curation.engine.featuresets import FeatureSet, FeatureSetKey, content_keys, existing_shard_size, locked, write_view
+from curation.engine.grads import iter_features
+from curation.engine.influence import ScoringInputs, score
+from curation.engine.model import encode, fixed_length_buckets, length_buckets, pad_token_id, tokenizer_hash
+from curation.engine.models import load_model
+from curation.engine.objectives import Batch, Objective, SFTObjective, collate, sft_item
+from curation.engine.projection import DenseRademacherProjector, IdentityProjector, Projector, SparseJLProjector
+from curation.engine.warmup import (
+    Checkpoint,
+    complete_warmup,
+    list_checkpoints,
+    load_checkpoint,
+    load_moments,
+    record_warmup_origin,
+    reusable_warmup,
+    run_warmup,
+    sample_warmup_ids,
+)
 from curation.errors import CurationError
 from curation.methods.base import Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options
-from curation.model import (encode, fixed_length_buckets, length_buckets, load_model, pad_token_id,
-                            tokenizer_hash)
-from curation.objectives import Batch, Objective, SFTObjective, collate, sft_item
-from curation.projection import DenseRademacherProjector, IdentityProjector, Projector, SparseJLProjector
-from curation.warmup import (Checkpoint, complete_warmup, list_checkpoints, load_checkpoint, load_moments,
-                             record_warmup_origin, reusable_warmup, run_warmup, sample_warmup_ids)
 
 WARMUP_SUBDIR = "warmups"
 
@@ -166,7 +174,7 @@ class GradientMethod(Method):
     def score(self, inputs: ScoreInputs) -> ScoreOutput | None:
         """Scores, or None on a sharded rank (it only writes its train-feature shards).
 
-        Train features come from the workspace feature store (`curation.featuresets`): rows
+        Train features come from the workspace feature store (`curation.engine.featuresets`): rows
         any earlier run computed for the same key are reused, only the rest are extracted.
         """
         cfg, rep = inputs.config, inputs.reporter

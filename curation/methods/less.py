@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from curation.engine.model import encode_pair
+from curation.engine.objectives import Batch, Objective, SFTObjective, sft_item
 from curation.methods.base import ScoreInputs, ValPair, register
 from curation.methods.gradient import GradientMethod, gradient_labels, tensors
-from curation.model import encode_pair
-from curation.objectives import Batch, Objective, SFTObjective, sft_item
 
 
 @register

@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from curation.engine.features import atomic_write
+from curation.engine.generation import GenerationCache, SamplingConfig, cached_samples
+from curation.engine.influence import InfluenceResult
+from curation.engine.model import config_from_dict, encode_pair
+from curation.engine.objectives import Batch, Objective, PolicyGradientObjective, sampled_item
+from curation.engine.warmup import Checkpoint
 from curation.errors import CurationError
-from curation.features import atomic_write
-from curation.generation import GenerationCache, SamplingConfig, cached_samples
-from curation.influence import InfluenceResult
 from curation.methods.base import Messages, ScoreInputs, ScoreOutput, ValPair, register
 from curation.methods.gradient import GradientMethod, gradient_labels, tensors
-from curation.model import config_from_dict, encode_pair
-from curation.objectives import Batch, Objective, PolicyGradientObjective, sampled_item
-from curation.rewards import Reward, make_reward
-from curation.warmup import Checkpoint
+from curation.methods.rewards import Reward, make_reward
 
 RECORD_DIR = "nice"  # run folder: one JSON of samples and rewards per checkpoint
 CACHE_DIR = "generations"  # workspace folder: sample cache, one subfolder per warmup checkpoint
@@ -51,9 +51,9 @@ class NiceConfig:
     max_new_tokens: int = 64  # not published; the demo's answers take ~20 tokens
     variant: str = "sum"  # sum (the paper's formula) | rejection (r > 0) | topk
     top_k_rewards: int = 10  # samples kept by the topk variant (reference code: 10)
-    reward: str = "number"  # a `curation.rewards` spec; "number" checks the demo's final answers
+    reward: str = "number"  # a `curation.methods.rewards` spec; "number" checks the demo's final answers
     label_free: bool = False  # use only prompts: the pair's chosen is ignored, label rewards refused
-    seed: int = 0  # sampling seed (per prompt and checkpoint, see `curation.generation`)
+    seed: int = 0  # sampling seed (per prompt and checkpoint, see `curation.engine.generation`)
     checkpoint_weights: str = "lr"  # stage-4 weighting, as for every gradient method (lr | uniform | last)
 
     def __post_init__(self) -> None:

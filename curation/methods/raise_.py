@@ -4,14 +4,14 @@ Stages of a run, each resumable:
 
 1. ``state features``: the static state of every pool example with the base model (the
    helper): lengths, log P(y|x), log P(y), a 32-d embedding, and k-means clusters
-   (`curation.raise_.state`); stored once in ``workdir/raise/static.npz``.
+   (`curation.methods.ppo.state`); stored once in ``workdir/raise/static.npz``.
 2. ``selector episodes``: K episodes, each a short LoRA fine-tune from the initial model on a
-   seeded candidate subset, then one PPO update (`curation.raise_.train`); the selector, its
+   seeded candidate subset, then one PPO update (`curation.methods.ppo.train`); the selector, its
    optimizers and bookkeeping are saved atomically after every episode, so a killed run
    resumes at its last finished episode and ends as an uninterrupted one would (every episode's
    randomness is seeded by (seed, episode)).
 3. ``schedule``: one rollout of the trained selector over the whole pool: the batch of every
-   step (`curation.raise_.schedule`), exported in training order beside the selection.
+   step (`curation.methods.ppo.schedule`), exported in training order beside the selection.
 4. Static scores from the schedule (how often, then how early an example is picked), so the
    selection, Explore, Curate, compare and export work as for any method.
 """
@@ -25,13 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from curation.engine.model import pad_token_id
+from curation.engine.models import load_model
 from curation.methods.base import Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, register
-from curation.model import load_model, pad_token_id
-from curation.raise_.config import Plan, RaiseConfig, make_plan
-from curation.raise_.env import Examples, FineTuneEnv
-from curation.raise_.schedule import Schedule
-from curation.raise_.state import DIFFICULTY, StaticFeatures, compute_static
-from curation.raise_.train import Selector, episode_seed, ppo_update, rollout
+from curation.methods.ppo.config import Plan, RaiseConfig, make_plan
+from curation.methods.ppo.env import Examples, FineTuneEnv
+from curation.methods.ppo.schedule import Schedule
+from curation.methods.ppo.state import DIFFICULTY, StaticFeatures, compute_static
+from curation.methods.ppo.train import Selector, episode_seed, ppo_update, rollout
 
 RAISE_DIR = "raise"
 
@@ -210,7 +211,7 @@ def _percentile(scores: np.ndarray, i: int) -> float:
 
 
 def _train_note(folder: Path, i: int) -> str:
-    from curation.raise_.train import SELECTOR_FILE
+    from curation.methods.ppo.train import SELECTOR_FILE
 
     path = folder / SELECTOR_FILE
     if not path.is_file():

@@ -25,12 +25,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from curation.engine.influence import aggregate, normalise_rows, subtask_index
+from curation.engine.model import collate, encode, encode_pair, length_buckets, pad_token_id
+from curation.engine.models import load_model
 from curation.errors import CurationError
-from curation.influence import aggregate, normalise_rows, subtask_index
 from curation.methods.base import (
-    Messages, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options, output_from_means, register,
+    Messages,
+    Method,
+    ScoreInputs,
+    ScoreLabels,
+    ScoreOutput,
+    ValPair,
+    method_options,
+    output_from_means,
+    register,
 )
-from curation.model import collate, encode, encode_pair, length_buckets, load_model, pad_token_id
 
 FEATURE_DIR = "repsim"
 IDS_FILE = "example_ids.npy"

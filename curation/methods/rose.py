@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from curation.engine.model import encode_pair
+from curation.engine.objectives import Batch, DPOObjective, Objective, pair_item
 from curation.errors import CurationError
 from curation.methods.base import ScoreInputs, ValPair, register
 from curation.methods.gradient import GradientMethod, gradient_labels, tensors
-from curation.model import encode_pair
-from curation.objectives import Batch, DPOObjective, Objective, pair_item
 
 
 @register

@@ -8,8 +8,17 @@ Pure stdlib, seeded throughout: the same arguments always give the same records.
 """
 
 from curation.synthetic.base import extract_answer
-from curation.synthetic.build import (FAMILIES, TARGET_FAMILY, check_answer, make_heldout, make_pool,
-                                      make_prefs, split_of, subtasks, to_jsonl)
+from curation.synthetic.build import (
+                                      FAMILIES,
+                                      TARGET_FAMILY,
+                                      check_answer,
+                                      make_heldout,
+                                      make_pool,
+                                      make_prefs,
+                                      split_of,
+                                      subtasks,
+                                      to_jsonl,
+)
 
 __all__ = ["FAMILIES", "TARGET_FAMILY", "check_answer", "extract_answer", "make_heldout", "make_pool",
            "make_prefs", "split_of", "subtasks", "to_jsonl"]
