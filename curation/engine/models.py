@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from curation.engine.model import DTYPES, ModelConfig, resolve_device
-from curation.engine.tiny import DEFAULT_CORPUS, ensure_tiny_model
+from curation.engine import tiny
+from curation.engine.tiny import DEFAULT_CORPUS
 from curation.errors import CurationError
 
 Progress = Callable[[str, int, int], None]
@@ -324,7 +325,7 @@ def load_model(cfg: ModelConfig, workspace: Path, tiny_cfg: Any = None,
     `tiny_cfg` / `corpus_path` only matter for "tiny" (defaults: TinyConfig(), the demo pool).
     """
     if cfg.name_or_path == "tiny":
-        source, local_only = str(ensure_tiny_model(workspace, corpus_path, tiny_cfg, progress)), True
+        source, local_only = str(tiny.ensure_tiny_model(workspace, corpus_path, tiny_cfg, progress)), True
     elif cfg.name_or_path == "smollm2":
         source, local_only = resolve("smollm2", workspace), True
     else:
