@@ -5,6 +5,11 @@ file for any SQLAlchemy URL (e.g. PostgreSQL). Large arrays stay on disk under `
 `CURATION_DATA_ROOTS` (folders separated by ``os.pathsep``; default ``<home>/data``) lists
 where the app's "import from a server path" may read: a browser user must not be able to
 import, or probe for, any file the server process can read.
+
+The workspace is private to its owner: the SQLite file (and its WAL, which SQLite creates with
+the same mode) is 0600 and every folder 0700, except that the group may traverse the home
+(0710) and read ``exports/`` (0750), whose files are group-readable for a colleague's training
+job (`review.export`). Others get nothing. `ensure` also tightens a workspace made before.
 """
 
 from __future__ import annotations
@@ -14,6 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation.errors import CurationError
+
+
+HOME_MODE = 0o710  # the group may reach exports/ by name, nothing else
+FOLDER_MODES = {"exports": 0o750}  # every other folder 0700
+
+
+def _folder(path: Path, mode: int) -> None:
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    _tighten(path, mode)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Set an existing file or folder to ``mode``; one another user owns is left as it is
+    (chmod would fail, and its mode is theirs to set)."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o7777 != mode:
+            path.chmod(mode)
+    except FileNotFoundError:  # a WAL file SQLite has just removed
+        pass
 
 
 @dataclass(frozen=True)
@@ -28,9 +53,22 @@ class Workspace:
         return cls(home=root, db_url=url)
 
     def ensure(self) -> "Workspace":
+        _folder(self.home, HOME_MODE)
         for sub in ("models", "runs", "exports", "uploads", "logs", "data"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+            _folder(self.home / sub, FOLDER_MODES.get(sub, 0o700))
+        if (db := self.sqlite_file) is not None:
+            db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps an existing file's mode
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                _tighten(path, 0o600)
         return self
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database file when the store is SQLite on disk (None for other databases)."""
+        if not self.db_url.startswith("sqlite:///") or ":memory:" in self.db_url:
+            return None
+        return Path(self.db_url[len("sqlite:///"):].split("?", 1)[0])
 
     @property
     def models(self) -> Path:
@@ -54,9 +92,14 @@ class Workspace:
     def server_path(self, text: str) -> Path:
         """A path typed in the app, allowed only inside a data root. Refused before anything is
         looked up, with the same message whether or not it exists (no probing)."""
-        path = Path(text.strip()).expanduser()
-        resolved = (path if path.is_absolute() else self.data_roots[0] / path).resolve()
-        if not text.strip() or not any(resolved.is_relative_to(r) for r in self.data_roots):
+        if "\0" in text:  # the OS cannot name such a file: Path.resolve raised ValueError
+            raise CurationError("server path: contains a NUL character (\\0); type the file's path as text")
+        try:
+            path = Path(text.strip()).expanduser()
+            resolved = (path if path.is_absolute() else self.data_roots[0] / path).resolve()
+        except (OSError, RuntimeError):  # an unknown ~user, a symlink loop: refused like any path outside
+            resolved = None
+        if not text.strip() or resolved is None or not any(resolved.is_relative_to(r) for r in self.data_roots):
             roots = ", ".join(str(r) for r in self.data_roots)
             raise CurationError(f"server paths must be inside a data folder ({roots}); put the file "
                                 "there, upload it, or set CURATION_DATA_ROOTS")

@@ -321,3 +321,123 @@ def test_tmp_and_shm_do_not_outlive_the_call():
     assert not any(Path(p).exists() for p in places)
     again = run_python("import os\nseen = [p for p in %r if os.path.exists(p)]\n" % places, "assert seen == []\n")
     assert again.passed == 1, again.error
+
+
+# --- issue 22: IPC, user namespaces, /sys, the working folder, forged set-up errors -------------
+
+LIBC_CODE = "import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+IPC_CREAT, IPC_RMID = 0o1000, 0
+
+
+def _shm_id(key: int) -> int:
+    """The host's System V shared-memory segment of ``key`` (-1: none)."""
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True).shmget(key, 0, 0)
+
+
+def _shm_remove(key: int) -> None:
+    import ctypes
+    if (shm := _shm_id(key)) >= 0:
+        ctypes.CDLL(None).shmctl(shm, IPC_RMID, None)
+
+
+def _kernel_allows_ipc_namespaces() -> bool:
+    """Probed with util-linux `unshare --ipc`, independently of the sandbox."""
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return bool(shutil.which("unshare")) and subprocess.run(["unshare", *user, "--ipc", "true"],
+                                                            capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(not _kernel_allows_ipc_namespaces(), reason="this kernel or container forbids IPC "
+                    "namespaces (unshare --ipc failed)")
+def test_system_v_shared_memory_does_not_outlive_the_call():
+    """Mechanism: a new IPC namespace. Before: a segment made inside stayed pinned in the host's
+    memory until `ipcrm`, and the host's segments were visible (by key) from inside."""
+    import ctypes
+    import random
+    key, host_key = random.sample(range(1 << 20, 1 << 30), 2)
+    host_seg = ctypes.CDLL(None, use_errno=True).shmget(host_key, 4096, IPC_CREAT | 0o666)
+    assert host_seg >= 0
+    try:
+        code = LIBC_CODE + f"made = libc.shmget({key}, 1 << 20, {IPC_CREAT | 0o600})\nseen = libc.shmget({host_key}, 0, 0)\n"
+        res = run_python(code, "assert made >= 0\nassert seen == -1\n")
+        assert "ipcns" in res.isolation
+        assert (res.passed, res.total) == (2, 2), res.error
+        assert _shm_id(key) == -1  # gone with the namespace
+    finally:
+        _shm_remove(key)
+        _shm_remove(host_key)
+
+
+@pytest.mark.skipif(not HAS_SECCOMP, reason="libseccomp not installed")
+@pytest.mark.skipif(not os.access(FRESH, os.X_OK), reason=f"needs an interpreter the sandbox uid can run ({FRESH})")
+@pytest.mark.parametrize("block_sockets", [True, False], ids=["default", "without-socket-rules"])
+def test_the_code_cannot_make_a_user_namespace(block_sockets):
+    """Mechanism: seccomp refuses unshare/clone with CLONE_NEWUSER (EPERM), also in a fresh
+    interpreter started with fork + execv. Before: unshare(CLONE_NEWUSER) succeeded inside."""
+    code = LIBC_CODE + ("rc = libc.unshare(0x10000000)\nerr = errno.errorcode.get(ctypes.get_errno())\n"
+                        "import os\npid = os.fork()\nif pid == 0:\n"
+                        f"    os.execv({FRESH!r}, ['python3', '-I', '-S', '-c', 'import ctypes, os; "
+                        "os._exit(10 + (ctypes.CDLL(None).unshare(0x10000000) == 0))'])\n"
+                        "fresh = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n")
+    res = run_python(code, "assert (rc, err) == (-1, 'EPERM'), (rc, err)\nassert fresh == 10, fresh\n",
+                     limits=SandboxLimits(block_sockets=block_sockets))
+    assert "nouserns" in res.isolation
+    assert (res.passed, res.total) == (2, 2), res.error
+
+
+@needs_namespaces
+def test_sys_hides_the_host_network_interfaces():
+    """Mechanism: an empty read-only tmpfs on /sys. Before: /sys/class/net listed eth0 and the rest."""
+    code = "import os\nnets = os.listdir('/sys/class/net') if os.path.isdir('/sys/class/net') else []\n"
+    res = run_python(code, "assert set(nets) <= {'lo'}, nets\n")
+    assert (res.passed, res.total) == (1, 1), res.error
+    assert "sys" in res.isolation
+
+
+@needs_namespaces
+def test_working_folder_is_a_capped_tmpfs_whatever_tmpdir_says(monkeypatch):
+    """Mechanism: a tmpfs of `tmp_mb` mounted on the working folder. Before: with TMPDIR outside
+    /tmp the code wrote to the host's disk (4 x 4 MiB here, past an 8 MiB cap)."""
+    parent = _canary_parent()
+    if parent is None:
+        pytest.skip("no host folder outside the sandbox's private mounts")
+    tmpdir = Path(tempfile.mkdtemp(prefix=".tmpdir-", dir=parent))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    code = ("import errno, os\nerr = None\ntry:\n    for i in range(4):\n        with open(f'f{i}', 'wb') as f:\n"
+            "            for _ in range(4):\n                f.write(b'x' * (1 << 20))\n"
+            "except OSError as e:\n    err = errno.errorcode.get(e.errno)\n"
+            "mounts = {line.split()[4]: line.split(' - ')[1].split()[0] for line in open('/proc/self/mountinfo')}\n"
+            "here = os.getcwd()\n")
+    try:
+        res = run_python(code, "assert err == 'ENOSPC', err\nassert mounts.get(here) == 'tmpfs', here\n",
+                         limits=SandboxLimits(tmp_mb=8))
+        assert (res.passed, res.total) == (2, 2), res.error
+        assert list(tmpdir.iterdir()) == []  # the working folder itself is gone, nothing left
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+FORGED_SETUP = ("import os\nfor fd in range(3, 64):\n    try:\n"
+                "        os.write(fd, b'{\"setup_error\": \"a machine problem\"}\\n')\n"
+                "    except OSError:\n        pass\nos._exit(0)\n")
+
+
+def test_a_forged_setup_error_is_the_codes_own_failure():
+    """Mechanism: set-up failures travel on a pipe the runner closes before the code runs.
+    Before: the code printing or writing {"setup_error": ...} raised SandboxError (NICE stops
+    the run blaming the machine)."""
+    res = run_python(FORGED_SETUP, TESTS)
+    assert (res.passed, res.total, res.pass_rate) == (0, 3, 0.0)
+    assert "invalid result" in res.error
+    printed = run_python('print(\'{"setup_error": "a machine problem"}\')\n' + FORGED_SETUP, TESTS)
+    assert (printed.passed, printed.total) == (0, 3)
+
+
+@pytest.mark.skipif(not os.access(FRESH, os.X_OK), reason=f"needs an interpreter the sandbox uid can run ({FRESH})")
+def test_threads_and_subprocesses_still_work_under_the_filter():
+    """clone3 fails with ENOSYS in the sandbox; libc must fall back to clone for threads and spawns."""
+    code = ("import subprocess, threading\nout = []\nt = threading.Thread(target=lambda: out.append(1))\nt.start()\n"
+            f"t.join()\nproc = subprocess.run([{FRESH!r}, '-I', '-S', '-c', 'print(7)'], capture_output=True)\n")
+    res = run_python(code, "assert out == [1]\nassert proc.stdout == b'7\\n', proc\n")
+    assert (res.passed, res.total) == (2, 2), res.error

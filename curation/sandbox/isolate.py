@@ -10,15 +10,20 @@ call gets a separate interpreter and these layers, each enough for one threat:
 * **namespaces**: a new network namespace (only a down loopback: nothing is reachable, and
   abstract Unix sockets are per network namespace), a new pid namespace (when its init exits
   the kernel kills and reaps everything left inside: no zombie outlives the call even where the
-  host's pid 1 never reaps) and a new mount namespace with its own ``/proc`` (the code sees only
-  its own processes, not the host's command lines) and fresh size-capped tmpfs on ``/tmp``,
-  ``/var/tmp``, ``/dev/shm`` and ``/run`` (host sockets there are out of reach, and whatever the
-  code leaves there vanishes with the namespace). Without root, a user namespace is tried first
+  host's pid 1 never reaps), a new IPC namespace (System V shared memory, semaphores and queues
+  made inside vanish with it, and the host's are unseen) and a new mount namespace with its own
+  ``/proc`` (the code sees only its own processes, not the host's command lines), an empty
+  read-only ``/sys`` (the host's lists its network interfaces) and fresh size-capped tmpfs on
+  ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run`` and the working folder, wherever ``TMPDIR``
+  put it (host sockets there are out of reach, nothing lands on the host's disk, and whatever
+  the code leaves vanishes with the namespace). Without root, a user namespace is tried first
   so these still work where allowed.
-* **seccomp** (libseccomp, through ctypes): ``socket``, ``socketpair`` and ``io_uring_setup``
-  fail with EPERM for every process of the sandbox, including one started by ``fork`` +
-  ``execv`` of a fresh interpreter (a filter survives both); other architectures' syscall
-  entry points are killed (libseccomp's bad-arch action).
+* **seccomp** (libseccomp, through ctypes), for every process of the sandbox, including one
+  started by ``fork`` + ``execv`` of a fresh interpreter (a filter survives both): no new user
+  namespace (``unshare``/``clone`` with ``CLONE_NEWUSER`` fail with EPERM, ``clone3``, whose
+  flags a filter cannot read, with ENOSYS so libc falls back to ``clone``); ``socket``,
+  ``socketpair`` and ``io_uring_setup`` fail with EPERM; other architectures' syscall entry
+  points are killed (libseccomp's bad-arch action).
 * **resource limits**: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (files and the
   captured output), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``, ``RLIMIT_CORE`` = 0.
 * **wall clock**: the call's own process group is killed at the deadline, then any process of
@@ -27,7 +32,10 @@ call gets a separate interpreter and these layers, each enough for one threat:
   (no inherited secrets), stdin closed, ``python -I -S``, and ``socket`` creation disabled in the
   interpreter before the code runs (a third lock on the network door).
 * **validated results**: the parent counts the tests itself; a report whose counts are not
-  integers, whose total differs, or that claims more passes than tests, scores 0.
+  integers, whose total differs, or that claims more passes than tests, scores 0. A set-up
+  failure travels on its own pipe, which the runner closes before the code starts: a
+  ``setup_error`` the code prints or writes anywhere is its own failure (0), never a
+  :class:`SandboxError`.
 
 Why no ``preexec_fn``: the scoring process runs torch's thread pools, and Python documents
 ``preexec_fn`` as unsafe with threads (it may deadlock in the forked child). The set-up runs
@@ -83,8 +91,8 @@ class SandboxLimits:
     max_open_files: int = 64
     max_file_mb: int = 16  # largest file the code may write, its captured output included
     max_output_chars: int = 10_000  # how much output the result keeps (the tail)
-    block_sockets: bool = True  # False only to test the network namespace on its own (no seccomp either)
-    tmp_mb: int = 64  # size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run)
+    block_sockets: bool = True  # False only to test the network namespace on its own (no socket rules either)
+    tmp_mb: int = 64  # size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /run, the working folder)
     uid_range: tuple[int, int] = (2_000_000, 2_100_000)  # unused ids for the per-call uid/gid
 
     def __post_init__(self) -> None:
@@ -101,7 +109,7 @@ class SandboxResult:
     timed_out: bool
     error: str | None
     output: str = ""  # tail of stdout and stderr
-    isolation: tuple[str, ...] = ()  # mechanisms in force, e.g. ("netns", "pidns", "mntns", "proc", "seccomp")
+    isolation: tuple[str, ...] = ()  # mechanisms in force, e.g. ("netns", "ipcns", "proc", "sys", "nouserns")
     uid: int | None = None  # the per-call uid (None when the caller is not root)
 
     @property
@@ -132,24 +140,29 @@ def _run(code: str, tests: str, lim: SandboxLimits, uid: int | None, ctl: Path, 
     (ctl / "code.py").write_text(code)
     (ctl / "tests.py").write_text(tests)
     read_end, write_end = os.pipe()
+    setup_read, setup_write = os.pipe()  # set-up failures only: closed before the code runs
     cfg = {"code": str(ctl / "code.py"), "tests": str(ctl / "tests.py"), "result_fd": write_end, "uid": uid,
-           "preload": PRELOAD, "limits": asdict(lim), "work": str(work)}
+           "setup_fd": setup_write, "preload": PRELOAD, "limits": asdict(lim), "work": str(work)}
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
     try:
         with open(ctl / "output", "w+b") as log:
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", RUNNER, json.dumps(cfg)], cwd=work,
                                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        pass_fds=(write_end,), start_new_session=True)
+                                        pass_fds=(write_end, setup_write), start_new_session=True)
             finally:
                 os.close(write_end)
+                os.close(setup_write)
             timed_out = _wait(proc.pid, lim.timeout_s)
             _kill_all(proc, uid)
             log.seek(max(0, os.fstat(log.fileno()).st_size - 4 * lim.max_output_chars))  # tail only
             output = log.read().decode("utf-8", "replace")[-lim.max_output_chars:]
-        report = _read_report(read_end)
+        setup, report = _read_report(setup_read), _read_report(read_end)
     finally:
         os.close(read_end)
+        os.close(setup_read)
+    if isinstance(setup, dict) and setup.get("setup_error"):
+        raise SandboxError(str(setup["setup_error"])[:500])
     return _result(report, proc.returncode, timed_out, output, uid, count_tests(tests))
 
 
@@ -166,9 +179,7 @@ def count_tests(tests: str) -> int:
 
 def _result(report: dict | None, returncode: int, timed_out: bool, output: str, uid: int | None,
             expected: int) -> SandboxResult:
-    report = report if isinstance(report, dict) else {}
-    if report.get("setup_error"):
-        raise SandboxError(str(report["setup_error"])[:500])
+    report = report if isinstance(report, dict) else {}  # a "setup_error" here is the code's own: no count, 0
     isolation = tuple(str(i) for i in report.get("isolation", ()) if isinstance(i, str))
     finished = bool(report) and report.get("final", True) is not False
     if timed_out or not finished:  # killed, or the code ended the process before the report

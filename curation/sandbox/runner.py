@@ -2,9 +2,10 @@
 
 It starts privileged in a fresh interpreter: reads the code and tests, preloads stdlib
 modules, unshares namespaces, then forks. The child (pid 1 of the new pid namespace) mounts
-its private /proc and tmpfs, sets the limits, drops to the sandbox uid, loads the seccomp
-filter and forks the worker, which disables sockets in the interpreter, runs the code and the
-tests and writes JSON reports to the result fd. Never imported (`sandbox.RUNNER` is its text).
+its private /proc, /sys and tmpfs, sets the limits, drops to the sandbox uid, loads the seccomp
+filter, closes the setup fd (only it may report a set-up failure, and the code never holds it)
+and forks the worker, which disables sockets in the interpreter, runs the code and the tests
+and writes JSON reports to the result fd. Never imported (`sandbox.RUNNER` is its text).
 """
 
 import ast
@@ -27,10 +28,14 @@ def report(**values):
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
+CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWNS, CLONE_NEWIPC = 0x10000000, 0x40000000, 0x20000000, 0x20000, 0x8000000
+
 def unshare_namespaces():
-    if os.geteuid() != 0 and LIBC.unshare(0x10000000) == 0:  # CLONE_NEWUSER: caps in a new userns
+    if os.geteuid() != 0 and LIBC.unshare(CLONE_NEWUSER) == 0:  # caps in a new userns
         ISOLATION.append("userns")
-    for flag, name in ((0x40000000, "netns"), (0x20000000, "pidns"), (0x00020000, "mntns")):  # NEWNET, NEWPID, NEWNS
+    # ipcns: System V shared memory, semaphores and queues made inside die with the namespace
+    # (without it one call could pin host shared memory until `ipcrm`) and the host's are unseen.
+    for flag, name in ((CLONE_NEWNET, "netns"), (CLONE_NEWPID, "pidns"), (CLONE_NEWNS, "mntns"), (CLONE_NEWIPC, "ipcns")):
         if LIBC.unshare(flag) == 0:
             ISOLATION.append(name)
 
@@ -44,25 +49,45 @@ def private_mounts():
     # only, and empty capped tmpfs on the shared writable places (they die with the namespace).
     if "mntns" not in ISOLATION:
         return
-    MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 0x4000, 0x40000
     mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
     if "pidns" in ISOLATION:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         ISOLATION.append("proc")
-    opts = f"size={LIM['tmp_mb']}m,nr_inodes=4096,mode=1777"
+    # An empty read-only /sys: the host's sysfs lists its network interfaces (and hardware),
+    # whatever network namespace the reader is in.
+    mount("tmpfs", "/sys", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=16,mode=555")
+    ISOLATION.append("sys")
+    opts = f"size={LIM['tmp_mb']}m,nr_inodes=4096"
     for place in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
         if os.path.isdir(place) and not os.path.islink(place):
-            mount("tmpfs", place, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    ISOLATION.append("tmpfs")
-    work = CFG["work"]
-    os.makedirs(work, 0o700, exist_ok=True)  # under /tmp it is now the private tmpfs
-    if CFG["uid"] is not None and os.geteuid() == 0:
-        os.chown(work, CFG["uid"], CFG["uid"])
+            mount("tmpfs", place, "tmpfs", MS_NOSUID | MS_NODEV, opts + ",mode=1777")
+    # The working folder gets its own capped tmpfs too: the caller's TMPDIR may put it on the
+    # host's disk, which the code could otherwise fill.
+    work, uid = CFG["work"], CFG["uid"]
+    os.makedirs(work, 0o700, exist_ok=True)  # under /tmp it is now inside the private tmpfs
+    mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, opts + ",mode=700")
+    if uid is not None and os.geteuid() == 0:
+        os.chown(work, uid, uid)
     os.chdir(work)
+    ISOLATION.append("tmpfs")
 
-def seccomp_sockets():
-    # Every process of the sandbox, whatever it execs: socket(2), socketpair(2) and io_uring
-    # (which can open sockets too) fail with EPERM. Needs libseccomp; without it, skipped.
+class ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+def seccomp_rules():
+    # (syscall, errno, flag that arg 0 must hold for the rule to apply, or 0 for every call).
+    # No new user namespace: unshare(2) and clone(2) with CLONE_NEWUSER fail with EPERM (a user
+    # namespace would hand the code capabilities over fresh namespaces, a large kernel surface).
+    # clone3(2) keeps its flags in memory a filter cannot read: ENOSYS, and libc falls back to clone.
+    rules = [(b"unshare", errno.EPERM, CLONE_NEWUSER), (b"clone", errno.EPERM, CLONE_NEWUSER), (b"clone3", errno.ENOSYS, 0)]
+    if LIM["block_sockets"]:  # io_uring can open sockets too
+        rules += [(b"socket", errno.EPERM, 0), (b"socketpair", errno.EPERM, 0), (b"io_uring_setup", errno.EPERM, 0)]
+    return rules
+
+def load_seccomp():
+    # Every process of the sandbox, whatever it execs, gets this filter. Needs libseccomp;
+    # without it, skipped (the layer is then missing from the isolation list).
     try:
         lib = ctypes.CDLL("libseccomp.so.2")
     except OSError:
@@ -72,25 +97,30 @@ def seccomp_sockets():
         lib = ctypes.CDLL(name)
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
-    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(ArgCmp)]
     lib.seccomp_load.argtypes = lib.seccomp_release.argtypes = [ctypes.c_void_p]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW by default
     if not ctx:
         raise OSError("seccomp_init failed")
     try:
-        for name in (b"socket", b"socketpair", b"io_uring_setup"):
+        for name, err, flag in seccomp_rules():
             nr = lib.seccomp_syscall_resolve_name(name)
-            if nr >= 0:
-                rc = lib.seccomp_rule_add(ctx, 0x00050000 | errno.EPERM, nr, 0)  # SCMP_ACT_ERRNO(EPERM)
-                if rc < 0:
-                    raise OSError(-rc, f"seccomp rule for {name.decode()}")
+            if nr < 0:
+                continue
+            cmp = ArgCmp(0, 7, flag, flag)  # SCMP_CMP_MASKED_EQ: arg0 & flag == flag
+            rc = lib.seccomp_rule_add_array(ctx, 0x00050000 | err, nr, 1 if flag else 0, ctypes.byref(cmp) if flag else None)
+            if rc < 0:
+                raise OSError(-rc, f"seccomp rule for {name.decode()}")
         rc = lib.seccomp_load(ctx)  # also sets no_new_privs
         if rc < 0:
             raise OSError(-rc, "seccomp_load")
     finally:
         lib.seccomp_release(ctx)
-    ISOLATION.append("seccomp")
+    ISOLATION.append("nouserns")
+    if LIM["block_sockets"]:
+        ISOLATION.append("seccomp")
 
 def limit():
     mb = 1024 * 1024
@@ -204,19 +234,21 @@ if __name__ == "__main__":
             __import__(_name)
         except Exception:
             pass
+    SETUP = CFG["setup_fd"]  # the only channel for a set-up failure; the code never holds it
     unshare_namespaces()
     child = os.fork()
     if child:
+        os.close(SETUP)
         os._exit(exit_code(wait_for(child)))
     try:
         private_mounts()
         limit()
         drop_privileges()
-        if LIM["block_sockets"]:
-            seccomp_sockets()
+        load_seccomp()
     except BaseException as e:  # never run the code half-contained: tell the caller instead
-        report(setup_error=describe("sandbox setup", e))
+        os.write(SETUP, json.dumps({"setup_error": describe("sandbox setup", e)}).encode()[:30000] + b"\n")
         os._exit(1)
+    os.close(SETUP)
     worker = os.fork()
     if worker:
         os._exit(exit_code(wait_for(worker)))
