@@ -446,6 +446,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from curation.data.io import PREF_FORMATS
     from curation.review.trainers import FORMAT_LABELS, FORMATS
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -455,10 +456,10 @@ def make_parser() -> argparse.ArgumentParser:
     ip.add_argument("--format", help="alpaca|messages|sharegpt|tulu|prompt_completion|prompt_response (default: auto)")
     ip.add_argument("--strict", action="store_true", help="import nothing if any line is bad")
     ip.add_argument("--append", action="store_true", help="add to the existing pool --name (new content only)")
-    pp = sub.add_parser("import-prefs", help="import a preference set (trl, hh, rose)")
+    pp = sub.add_parser("import-prefs", help=f"import a preference set ({', '.join(PREF_FORMATS)})")
     pp.add_argument("path")
     pp.add_argument("--name")
-    pp.add_argument("--format", help="trl|hh|rose (default: auto)")
+    pp.add_argument("--format", help=f"{'|'.join(PREF_FORMATS)} (default: auto)")
     g = pp.add_mutually_exclusive_group()
     g.add_argument("--subtask-field", help="record field holding the subtask")
     g.add_argument("--subtasks", type=int, help="split the pairs into N contiguous equal subtasks")

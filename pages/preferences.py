@@ -5,6 +5,7 @@ import streamlit as st
 
 from curation.data import catalog
 from curation.data.imports import import_prefs
+from curation.data.io import PREF_FORMATS
 from curation.data.pairs import PairDraft, check_pair, errors, warnings
 from curation.errors import CurationError
 from curation.review.heldout import label_contrast
@@ -195,7 +196,7 @@ with st.expander("Import or create a preference set", expanded=not catalog.list_
         source = import_source("prefs.jsonl or a ROSE *_preference.json (in the data folder)", ["jsonl", "json"])
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Name (default: file name)")
-        fmt = c2.selectbox("Format", ["auto", "trl", "hh", "rose"])
+        fmt = c2.selectbox("Format", ["auto", *PREF_FORMATS])
         field = c3.text_input("Subtask field (optional)")
         n_sub = c4.number_input("…or N contiguous subtasks (0 = infer)", min_value=0, value=0)
         if st.form_submit_button("Import", type="primary"):

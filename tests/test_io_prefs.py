@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.data.io import PREF_FORMATS, detect_pref_format, read_pref_file
+from curation.data.io import PREF_FORMATS, detect_pref_format, read_pref_file, read_prefs
 from curation.data.io.prefs import ROSE_SUBTASKS, parse_transcript
 from curation.errors import CurationError, InputError
 
@@ -122,6 +122,14 @@ def test_parse_transcript():
     ("p.jsonl", rose_entry("a", "b", prompt="q"), "rose"),
     ("p.jsonl", {"text": "x"}, None),
     ("p.jsonl", [1, 2], None),
+    ("p.json", {"instruction": "q", "input": "", "chosen": "a", "rejected": "b"}, "alpaca"),
+    ("p.json", {"conversations": [], "chosen": {"from": "gpt", "value": "a"}, "rejected": {}}, "sharegpt"),
+    ("p.json", {"messages": [], "chosen": {"role": "assistant", "content": "a"}, "rejected": {}}, "sharegpt"),
+    ("p.jsonl", {"chosen_messages": [], "rejected_messages": []}, "chosen_messages"),
+    ("p.json", {"instruction": "q", "output_1": "a", "output_2": "b", "preference": 2}, "pairwise"),
+    # UltraFeedback-style: messages beside conversational chosen/rejected is trl, not sharegpt
+    ("p.jsonl", {"prompt": "q", "messages": [], "chosen": [], "rejected": []}, "trl"),
+    ("p.jsonl", {"prompt": "q", "instruction": "q", "chosen": "a", "rejected": "b"}, None),  # two fit
 ])
 def test_detect_pref_format(path, record, fmt):
     assert detect_pref_format(path, record) == fmt
@@ -139,6 +147,153 @@ def test_fmt_override_and_unknown_fmt(tmp_path):
 def test_undetectable_format_raises(tmp_path):
     with pytest.raises(InputError, match="cannot detect the preference format"):
         read_pref_file(write_jsonl(tmp_path / "p.jsonl", [{"question": "q", "answer": "a"}]))
+
+
+# --- LLaMA-Factory, chosen_messages and pairwise judgements (detected, no format given) -------
+
+def test_llamafactory_alpaca_with_system_history_and_input():
+    read = read_prefs(FIXTURES / "prefs_lf_alpaca.json")
+    assert read.problems == [] and read.ties == 0
+    assert triples(read.records)[0] == ("Name the largest planet.", "Jupiter.", "Mars.")
+    second = read.records[1]
+    assert second.prompt_messages == [
+        {"role": "system", "content": "You are a translator."},
+        {"role": "user", "content": "Translate to French: thank you"}, {"role": "assistant", "content": "merci"},
+        {"role": "user", "content": "Translate to French:\ngood morning"}]  # instruction\ninput, as LLaMA-Factory
+    assert (second.chosen, second.rejected) == ("bonjour", "bonsoir")
+
+
+def test_llamafactory_sharegpt_and_openai_tags():
+    records, problems = read_pref_file(FIXTURES / "prefs_lf_sharegpt.json")
+    assert problems == []
+    first, tool, openai = records
+    assert first.prompt_messages[0] == {"role": "system", "content": "Be concise."}  # the system column
+    assert first.prompt_messages[-1] == {"role": "user", "content": "Give me a fruit that is yellow."}
+    assert (first.chosen, first.rejected) == ("A banana.", "A cucumber.")
+    # function_call is the assistant's turn, observation the user side, so the prompt ends on it
+    assert [m["role"] for m in tool.prompt_messages] == ["user", "assistant", "user"]
+    assert tool.chosen == "It is -3 degrees C in Oslo."
+    assert openai.prompt == "System: Answer with a number.\n\nUser: How many legs does a spider have?"
+    assert (openai.chosen, openai.rejected) == ("8", "6")
+
+
+def test_chosen_messages_shared_prefix_is_the_prompt():
+    records, problems = read_pref_file(FIXTURES / "prefs_chosen_messages.jsonl")
+    assert problems == []
+    assert triples(records)[0] == ("Spell 'cat' backwards.", "tac", "act")  # v1 content parts joined
+    assert [m["role"] for m in records[1].prompt_messages] == ["system", "user", "assistant", "user"]
+    assert (records[1].chosen, records[1].rejected) == ("Yes, 7 is prime.", "No.")
+
+
+def test_pairwise_judgements_pick_the_preferred_output_and_count_ties():
+    read = read_prefs(FIXTURES / "prefs_pairwise.json")
+    assert read.problems == [] and read.ties == 3  # 1.5, null and 0
+    assert triples(read.records) == [
+        ("Add 2 and 3.", "5", "6"),
+        ("Summarise in one word:\n\nThe cat sat on the mat all afternoon.", "Cat.", "Dog."),  # with input
+        ("Capital of Italy?", "Rome.", "Milan."),  # a weighted annotator's 1.93: output_2
+    ]
+    assert [r.line for r in read.records] == [1, 2, 6]
+
+
+@pytest.mark.parametrize("preference, reason", [
+    (3, "expected 1 or 2 (1.5, 0 or null for a tie), got 3"),
+    (True, "expected 1 or 2"),
+    ("first", "expected 1 or 2"),
+])
+def test_bad_pairwise_preference(tmp_path, preference, reason):
+    rows = [{"instruction": "q", "output_1": "a", "output_2": "b", "preference": p} for p in (1, preference)]
+    read = read_prefs(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert len(read.records) == 1 and read.ties == 0
+    (problem,) = read.problems
+    assert (problem.line, problem.field) == (2, "preference") and problem.reason.startswith(reason)
+
+
+def test_import_counts_ties_in_the_report(ws):
+    from curation.data import catalog
+    from curation.data.imports import import_prefs
+    from curation.data.store import Store
+    store = Store.open(ws)
+    res = import_prefs(store, FIXTURES / "prefs_pairwise.json", name="judged")
+    assert (res.n_ok, res.n_bad, res.n_tie, res.level()) == (3, 0, 3, "success")
+    assert "3 ties skipped" in res.summary()
+    (report,) = catalog.import_reports(store)
+    assert (report["ok"], report["bad"], report["ties"]) == (3, 0, 3)
+
+
+def test_cli_import_prefs_reads_the_new_formats(ws, capsys):
+    from curation.cli import main
+    for name in ("prefs_lf_alpaca.json", "prefs_lf_sharegpt.json", "prefs_chosen_messages.jsonl"):
+        assert main(["import-prefs", str(FIXTURES / name)]) == 0
+    assert "'prefs_lf_sharegpt': imported; 3 ok, 0 bad" in capsys.readouterr().out
+
+
+# --- detection errors: the hint to pass the format only when some format reads the file --------
+
+def test_no_format_reads_the_file_names_the_record_and_each_near_miss(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "q", "output_1": "a", "output_2": "b"}])
+    with pytest.raises(InputError) as err:
+        read_pref_file(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}:1: cannot detect the preference format")
+    assert "fields ['instruction', 'output_1', 'output_2']" in text
+    assert "pairwise expects instruction, output_1, output_2, preference (1 or 2) (here: field 'preference' missing)" in text
+    assert "alpaca expects instruction, chosen, rejected" in text
+    assert "hh expects" not in text  # shares no field with the record
+    assert "pass the format" not in text
+
+
+def test_ambiguous_fields_ask_for_the_format_only_when_several_read(tmp_path):
+    both = write_jsonl(tmp_path / "both.jsonl", [{"prompt": "q", "instruction": "q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(InputError, match="fit alpaca and trl, and each of them reads the record; pass the format explicitly"):
+        read_pref_file(both)
+    assert triples(read_pref_file(both, "alpaca")[0]) == [("q", "a", "b")]
+    # both formats fit the fields, but only alpaca reads it (trl's prompt is no string): no question asked
+    one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": 5, "instruction": "q", "chosen": "a", "rejected": "b"}])
+    assert triples(read_pref_file(one)[0]) == [("q", "a", "b")]
+
+
+# --- duplicate keys and record wording ---------------------------------------------------------
+
+def test_duplicate_keys_are_rejected_where_they_are(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n'
+                     '{"prompt": "q", "chosen": "a", "chosen": "z", "rejected": "b"}\n')
+    records, (problem,) = read_pref_file(jsonl)
+    assert len(records) == 1
+    assert str(problem) == f"{jsonl}:2: field 'chosen': duplicate key 'chosen' (JSON would keep only its last value)"
+    array = tmp_path / "p.json"
+    array.write_text('[{"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},'
+                     ' "rejected": {"from": "gpt", "value": "b"}},'
+                     ' {"conversations": [{"from": "human", "from": "gpt", "value": "q"}],'
+                     ' "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}]')
+    records, (problem,) = read_pref_file(array)
+    assert len(records) == 1
+    assert (problem.line, problem.unit, problem.field) == (2, "record", "conversations[0].from")
+
+
+def test_duplicate_prompt_keys_in_a_rose_object(tmp_path):
+    path = tmp_path / "r.json"
+    entry = json.dumps(rose_entry("a", "b"))
+    path.write_text(f'{{"\\n\\nHuman: q\\n\\nAssistant:": {entry}, "\\n\\nHuman: p\\n\\nAssistant:": {entry}, '
+                    f'"\\n\\nHuman: q\\n\\nAssistant:": {entry}}}')
+    records, (problem,) = read_pref_file(path)
+    assert [r.prompt for r in records] == ["p"]
+    assert problem.line == 1 and problem.reason.startswith("duplicate key")
+
+
+def test_json_array_problems_say_record_not_line(tmp_path):
+    array = tmp_path / "p.json"
+    array.write_text(json.dumps([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a"}]))
+    _, (problem,) = read_pref_file(array)
+    assert str(problem) == f"{array}: record 2: field 'rejected': missing"
+    assert str(problem.to_error()).startswith(f"{array}: record 2:")
+    jsonl = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a"}])
+    _, (problem,) = read_pref_file(jsonl)
+    assert str(problem) == f"{jsonl}:2: field 'rejected': missing"
+    with pytest.raises(InputError, match=r"p\.json: record 1: cannot detect"):
+        array.write_text(json.dumps([{"question": "q"}]))
+        read_pref_file(array)
 
 
 # --- subtasks --------------------------------------------------------------------------------

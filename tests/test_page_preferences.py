@@ -182,3 +182,20 @@ def test_the_label_contrast_warning_stays(store):
     at = open_page()
     assert any("2 of 4 pairs have a chosen and a rejected answer that differ only in a detail" in w
                for w in shown(at.warning))
+
+
+def test_the_import_form_offers_every_format_and_reads_pairwise_judgements(ws):
+    import re
+    import shutil
+    from pathlib import Path
+
+    from curation.data.io import PREF_FORMATS
+    f = ws.home / "data" / "judged.json"  # server paths must be inside a data root
+    shutil.copy(Path(__file__).parent / "fixtures" / "io" / "prefs_pairwise.json", f)
+    at = open_page()
+    assert next(s for s in at.selectbox if s.label == "Format").options == ["auto", *PREF_FORMATS]
+    next(t for t in at.text_input if t.label == "Server path").set_value(str(f))
+    next(b for b in at.button if b.label == "Import").click().run()
+    ok(at)
+    assert any("'judged': imported; 3 ok, 0 bad, 0 duplicates skipped, 3 ties skipped"
+               in re.sub(r"\\(.)", r"\1", s.value) for s in at.success)

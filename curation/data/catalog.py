@@ -193,7 +193,7 @@ def import_reports(store: Store, limit: int = 20) -> list[dict]:
     with store.session() as s:
         q = select(ImportReport).order_by(ImportReport.id.desc()).limit(limit)
         return [dict(id=r.id, kind=r.kind, target=r.target, path=r.path, status=r.status, ok=r.n_ok, bad=r.n_bad,
-                     duplicates=r.n_duplicate, problems=r.problems, created=r.created_at) for r in s.scalars(q)]
+                     duplicates=r.n_duplicate, ties=r.n_tie, problems=r.problems, created=r.created_at) for r in s.scalars(q)]
 
 
 # --- preference sets -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Callable
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from curation.data.io import PoolRecord, Problem, count_records, iter_pool_file, read_pref_file
+from curation.data.io import PoolRecord, Problem, count_records, iter_pool_file, read_prefs
 from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Store
 from curation.data.store.db import retry_locked
 from curation.data.store.models import utcnow
@@ -45,11 +45,13 @@ class ImportResult:
     n_bad: int = 0
     report_id: int | None = None
     duplicate_lines: list[int] = field(default_factory=list)
+    n_tie: int = 0  # pairwise judgements preferring neither response: skipped, not bad
 
     def summary(self) -> str:
         verb = "imported" if self.status == "imported" else "rejected (strict: nothing imported)"
+        ties = f", {self.n_tie} ties skipped" if self.n_tie else ""
         return (f"{self.kind} '{self.name}': {verb}; {self.n_ok} ok, {self.n_bad} bad, "
-                f"{self.n_duplicate} duplicates skipped")
+                f"{self.n_duplicate} duplicates skipped{ties}")
 
     def level(self) -> str:
         """How loudly a UI should report it: "error" when nothing was imported, "warning" when any
@@ -62,7 +64,7 @@ class ImportResult:
         """The summary, and for a warning what share of the file was bad and where to read why."""
         if self.level() != "warning":
             return self.summary()
-        lines = self.n_ok + self.n_bad + self.n_duplicate
+        lines = self.n_ok + self.n_bad + self.n_duplicate + self.n_tie
         where = f" (import report #{self.report_id})" if self.report_id is not None else ""
         return (f"{self.summary()}. {self.n_bad:,} of {lines:,} lines ({self.n_bad / lines:.0%}) were bad and "
                 f"skipped; the table below lists why{where}.")
@@ -105,7 +107,7 @@ def _save_report(store: Store, res: ImportResult, path: Path, fmt: str, strict: 
         with store.session() as s:
             rep = ImportReport(
                 kind=res.kind, target=res.name, path=str(path), fmt=fmt, strict=strict, status=res.status,
-                n_ok=res.n_ok, n_bad=res.n_bad, n_duplicate=res.n_duplicate,
+                n_ok=res.n_ok, n_bad=res.n_bad, n_duplicate=res.n_duplicate, n_tie=res.n_tie,
                 problems=[p.__dict__ for p in res.problems[:MAX_STORED_PROBLEMS]],
             )
             s.add(rep)
@@ -332,13 +334,16 @@ def _dedupe_uids(s, pools: list[int], rows: list[dict]) -> None:
 
 def import_prefs(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
                  subtask_field: str | None = None, subtasks: int | None = None, strict: bool = False) -> ImportResult:
-    """Read a preference file and store it as a new preference set."""
+    """Read a preference file and store it as a new preference set; ties of pairwise
+    judgements are skipped and counted in the report."""
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
     name = name or path.stem
-    records, problems = read_pref_file(path, fmt, subtask_field=subtask_field, subtasks=subtasks)
-    res = ImportResult(name=name, kind="preference set", status="imported", problems=problems, n_bad=len(problems))
+    read = read_prefs(path, fmt, subtask_field=subtask_field, subtasks=subtasks)
+    records, problems = read.records, read.problems
+    res = ImportResult(name=name, kind="preference set", status="imported", problems=problems, n_bad=len(problems),
+                       n_tie=read.ties)
     if problems and strict:
         res.status = "rejected"
     elif not records:

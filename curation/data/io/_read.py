@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from curation.errors import CurationError, InputError
+from curation.errors import CurationError, InputError, location
 
 EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 PARQUET_BATCH_ROWS = 1024
@@ -33,14 +33,15 @@ class Problem:
     line: int
     field: str | None
     reason: str
+    unit: str = "line"  # "line" of the file, or "record" index (JSON array/object, parquet row)
 
     def __str__(self) -> str:
         what = f" field '{self.field}':" if self.field else ""
-        return f"{self.path}:{self.line}:{what} {self.reason}"
+        return f"{location(self.path, self.line, self.unit)}:{what} {self.reason}"
 
     def to_error(self) -> InputError:
         """The same problem as an exception, for callers that want to stop at the first one."""
-        return InputError(self.path, self.line, self.field, self.reason)
+        return InputError(self.path, self.line, self.field, self.reason, self.unit)
 
 
 class BadField(Exception):
@@ -59,10 +60,15 @@ class RawRecord:
     data: dict[str, Any]      # the record to parse (CSV: JSON-text list cells decoded)
     key: str | None = None    # its key when the file is one JSON object of records
     original: dict[str, Any] | None = None  # the record exactly as read, when it differs from `data`
+    unit: str = "line"        # what `line` counts: "line" of the file or "record" index
 
     @property
     def as_read(self) -> dict[str, Any]:
         return self.data if self.original is None else self.original
+
+    def problem(self, path: str | Path, field: str | None, reason: str) -> Problem:
+        """A problem with this record, located the way the record was."""
+        return Problem(str(path), self.line, field, reason, self.unit)
 
 
 def check_format(fmt: str | None, valid: tuple[str, ...], kind: str) -> None:
@@ -127,14 +133,62 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
                 yield number, raw.decode("utf-8", errors="replace"), f"invalid UTF-8 at byte {e.start + 1}"
 
 
-def _as_record(path: Path, line: int, value: Any, key: str | None = None) -> RawRecord | Problem:
+def _as_record(path: Path, line: int, value: Any, key: str | None = None, unit: str = "line") -> RawRecord | Problem:
     if isinstance(value, dict):
-        return RawRecord(line, value, key)
-    return Problem(str(path), line, None, f"record is not a JSON object (got {json_type(value)})")
+        return RawRecord(line, value, key, unit=unit)
+    return Problem(str(path), line, None, f"record is not a JSON object (got {json_type(value)})", unit)
 
 
-def parse_json(text: str) -> tuple[Any, int | None, str | None]:
+class _Repeated(dict):
+    """A JSON object in which `key` appeared more than once (plain `json` keeps the last, silently)."""
+
+    key: str = ""
+
+
+class _Objects:
+    """`object_pairs_hook` that builds dicts, marking those with a repeated key, and remembers
+    whether it met any (so that clean documents, nearly all of them, are never walked again)."""
+
+    def __init__(self) -> None:
+        self.repeated = False
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        self.repeated = True
+        out = _Repeated(obj)
+        seen: set[str] = set()
+        out.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        return out
+
+
+def repeated_key(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(field path, key) of the first object holding a repeated key, else None."""
+    stack = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, _Repeated):
+            return (f"{at}.{v.key}" if at else v.key), v.key
+        if isinstance(v, dict):
+            stack.extend((x, f"{at}.{k}" if at else str(k)) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _repeated_problem(path: Path, line: int, value: Any, unit: str = "line", where: str = "") -> Problem | None:
+    found = repeated_key(value, where)
+    if found is None:
+        return None
+    return Problem(str(path), line, found[0], f"duplicate key '{found[1]}' (JSON would keep only its last value)", unit)
+
+
+def parse_json(text: str, objects: _Objects | None = None) -> tuple[Any, int | None, str | None]:
     """(value, None, None), or (None, line, reason) for text that is no usable JSON.
+
+    With `objects` (an `_Objects` hook) every object with a repeated key is marked, for the
+    caller to report where it wants (per record of a document).
 
     Beyond syntax errors this catches what `json.loads` raises on hostile input (a number of
     more than 4300 digits, nesting deeper than the recursion limit), and a lone UTF-16
@@ -142,7 +196,7 @@ def parse_json(text: str) -> tuple[Any, int | None, str | None]:
     exported), which is located by field.
     """
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=objects)
     except json.JSONDecodeError as e:
         return None, e.lineno, f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}"
     except RecursionError:
@@ -194,9 +248,12 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord | Problem]:
         if error:
             yield Problem(str(path), line, None, error)
         elif text.strip():
-            value, _, reason = parse_json(text)
+            objects = _Objects()
+            value, _, reason = parse_json(text, objects)
             if reason:
                 yield Problem(str(path), line, None, reason)
+            elif objects.repeated:
+                yield _repeated_problem(path, line, value)
             else:
                 yield _surrogate_problem(path, line, text, value) or _as_record(path, line, value)
 
@@ -205,7 +262,8 @@ def _iter_json(path: Path) -> Iterator[RawRecord | Problem]:
     """A JSON array of records, an object of records (its first value is an object) or one record.
 
     The whole document is parsed at once (JSON has no record boundaries to stream on); an
-    unparsable document is one `Problem` at the line where parsing failed.
+    unparsable document is one `Problem` at the line where parsing failed. Records are located
+    by their 1-based index ("record N"), not by a line of the file.
     """
     data = path.read_bytes()
     try:
@@ -216,7 +274,8 @@ def _iter_json(path: Path) -> Iterator[RawRecord | Problem]:
                       f"invalid UTF-8 at byte {e.start - line_start + 1}")
         return
     del data
-    value, line, reason = parse_json(text)
+    objects = _Objects()
+    value, line, reason = parse_json(text, objects)
     if reason:
         yield Problem(str(path), line or 1, None, reason)
         return
@@ -229,11 +288,19 @@ def _iter_json(path: Path) -> Iterator[RawRecord | Problem]:
     else:
         items = iter([(1, value, None)])
     for i, v, k in items:
-        field = lone_surrogate(v) if check else None
-        if field is not None:
-            yield Problem(str(path), i, field, SURROGATE)
-        else:
-            yield _as_record(path, i, v, k)
+        yield _json_item(path, i, v, k, check, value if objects.repeated else None)
+
+
+def _json_item(path: Path, i: int, v: Any, k: str | None, check: bool, repeated: Any) -> RawRecord | Problem:
+    """Record `i` of a JSON document; `repeated` is the document when it had a repeated key."""
+    if isinstance(repeated, _Repeated) and k == repeated.key:  # two records under one key
+        return Problem(str(path), i, None, f"duplicate key {k[:80]!r} (JSON would keep only its last record)", "record")
+    if repeated is not None and (problem := _repeated_problem(path, i, v, "record")):
+        return problem
+    field = lone_surrogate(v) if check else None
+    if field is not None:
+        return Problem(str(path), i, field, SURROGATE, "record")
+    return _as_record(path, i, v, k, "record")
 
 
 def _iter_csv(path: Path) -> Iterator[RawRecord | Problem]:
@@ -289,22 +356,28 @@ def _csv_record(path: Path, line: int, span: range, header: list[str], row: list
     if len(row) != len(header):
         return Problem(str(path), line, None, f"expected {len(header)} columns, got {len(row)}")
     original = dict(zip(header, row))
-    data = _decode_csv_cells(original)
+    data, repeated = _decode_csv_cells(original)
     for name in _CSV_JSON_COLUMNS & data.keys():
+        if name in repeated:
+            return _repeated_problem(path, line, data[name], where=name)
         if data[name] is not original[name] and (field := lone_surrogate(data[name], name)):
             return Problem(str(path), line, field, SURROGATE)
     return RawRecord(line, data, original=original)
 
 
-def _decode_csv_cells(record: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a CSV row with JSON-text list columns decoded (left as text when not JSON)."""
-    out = dict(record)
+def _decode_csv_cells(record: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """A copy of a CSV row with JSON-text list columns decoded (left as text when not JSON), and
+    the names of the decoded cells that hold a repeated key."""
+    out, repeated = dict(record), set()
     for name in _CSV_JSON_COLUMNS & out.keys():
         if isinstance(out[name], str):
-            value, _, reason = parse_json(out[name])
+            objects = _Objects()
+            value, _, reason = parse_json(out[name], objects)
             if reason is None:
                 out[name] = value
-    return out
+                if objects.repeated:
+                    repeated.add(name)
+    return out, repeated
 
 
 def _iter_parquet(path: Path) -> Iterator[RawRecord | Problem]:
@@ -324,7 +397,7 @@ def _iter_parquet(path: Path) -> Iterator[RawRecord | Problem]:
                 index += 1
                 yield _parquet_record(path, index, row)
     except (OSError, ValueError, TypeError, MemoryError, pa.ArrowException) as e:  # a corrupt or non-parquet file
-        yield Problem(str(path), index + 1, None, f"not a readable parquet file ({str(e)[:300]})")
+        yield Problem(str(path), index + 1, None, f"not a readable parquet file ({str(e)[:300]})", "record")
 
 
 def _parquet_record(path: Path, index: int, row: dict[str, Any]) -> RawRecord | Problem:
@@ -332,7 +405,7 @@ def _parquet_record(path: Path, index: int, row: dict[str, Any]) -> RawRecord | 
         text = json.dumps(row, ensure_ascii=False, default=str)
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return Problem(str(path), index, lone_surrogate(row), SURROGATE)
+        return Problem(str(path), index, lone_surrogate(row), SURROGATE, "record")
     except (TypeError, ValueError, RecursionError) as e:
-        return Problem(str(path), index, None, f"value not representable as JSON ({str(e)[:200]})")
-    return RawRecord(index, json.loads(text))
+        return Problem(str(path), index, None, f"value not representable as JSON ({str(e)[:200]})", "record")
+    return RawRecord(index, json.loads(text), unit="record")

@@ -76,9 +76,9 @@ def _iter_pool(path: Path, raws: Iterator[RawRecord | Problem], fmt: str | None)
         if fmt is None:
             fmt = detect_pool_format(raw.data)
             if fmt is None:
-                yield Problem(str(path), raw.line, None,
-                              f"cannot detect the pool format from fields {sorted(map(str, raw.data))[:20]}; "
-                              f"expected one of: {_FIELDS_HINT}")
+                yield raw.problem(path, None,
+                                  f"cannot detect the pool format from fields {sorted(map(str, raw.data))[:20]}; "
+                                  f"expected one of: {_FIELDS_HINT}")
                 continue
         yield _parse(path, raw, fmt)
 
@@ -87,7 +87,7 @@ def _parse(path: Path, raw: RawRecord, fmt: str) -> PoolRecord | Problem:
     try:
         messages = _PARSERS[fmt](raw.data)
     except BadField as e:
-        return Problem(str(path), raw.line, e.field, e.reason)
+        return raw.problem(path, e.field, e.reason)
     return PoolRecord(raw.line, messages, _source(raw.data, path.stem), raw.as_read, _orig_id(raw), fmt)
 
 
@@ -122,9 +122,10 @@ def text_field(record: dict[str, Any], key: str, where: str = "", *, optional: b
     return value
 
 
-def normalise_turns(turns: Any, field: str, role_key: str = "role",
-                    content_key: str = "content") -> list[dict[str, str]]:
-    """A list of chat turns -> [{"role", "content"}] with canonical roles and stripped content.
+def normalise_turns(turns: Any, field: str, role_key: str = "role", content_key: str = "content",
+                    roles: dict[str, str] = ROLES) -> list[dict[str, str]]:
+    """A list of chat turns -> [{"role", "content"}] with canonical roles (`roles` maps the
+    file's role names to them) and stripped content.
 
     Empty system turns are dropped (they carry nothing); empty user/assistant turns are errors.
     """
@@ -137,7 +138,7 @@ def normalise_turns(turns: Any, field: str, role_key: str = "role",
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
             raise BadField(where, f"expected a message object, got {json_type(turn)}")
-        role = _role(turn, where, role_key)
+        role = _role(turn, where, role_key, roles)
         content = text_field(turn, content_key, where)
         if content:
             out.append({"role": role, "content": content})
@@ -146,13 +147,13 @@ def normalise_turns(turns: Any, field: str, role_key: str = "role",
     return out
 
 
-def _role(turn: dict[str, Any], where: str, role_key: str) -> str:
+def _role(turn: dict[str, Any], where: str, role_key: str, roles: dict[str, str]) -> str:
     role = turn.get(role_key)
     if role is None:
         raise BadField(f"{where}.{role_key}", "missing")
-    if not isinstance(role, str) or role.strip().lower() not in ROLES:
-        raise BadField(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    return ROLES[role.strip().lower()]
+    if not isinstance(role, str) or role.strip().lower() not in roles:
+        raise BadField(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(roles)}")
+    return roles[role.strip().lower()]
 
 
 def _conversation(turns: Any, field: str, role_key: str = "role", content_key: str = "content",

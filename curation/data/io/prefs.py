@@ -1,8 +1,14 @@
 """Preference-set readers: few-shot (prompt, chosen, rejected) pairs for a target task.
 
-Three formats: `trl` (prompt/chosen/rejected as strings or message lists, or chosen/rejected
-conversations with an implicit shared prompt), `hh` (Anthropic HH-RLHF full transcripts) and
-`rose` (ROSE's validation files: one JSON object mapping prompt -> responses/pairs/targets).
+Formats: `trl` (prompt/chosen/rejected as strings or message lists, or chosen/rejected
+conversations with an implicit shared prompt), `hh` (Anthropic HH-RLHF full transcripts),
+`rose` (ROSE's validation files: one JSON object mapping prompt -> responses/pairs/targets),
+LLaMA-Factory's preference datasets as its data/README.md defines them (`alpaca`: instruction,
+input, chosen, rejected, optional system and history; `sharegpt`: a `conversations` list of
+{from, value}, or OpenAI-style `messages` of {role, content}, with `chosen` and `rejected` one
+message each), `chosen_messages` (LLaMA-Factory v1: two full conversations, the shared turns
+are the prompt) and `pairwise` judgements (AlpacaEval: instruction, output_1, output_2,
+preference 1 or 2; ties are skipped and counted, not errors).
 
 ROSE file facts this module relies on, checked on all 12 files in ROSE's `data/validation`:
 
@@ -24,19 +30,41 @@ ROSE file facts this module relies on, checked on all 12 files in ROSE's `data/v
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from curation.data.io._read import BadField, Problem, RawRecord, check_format, iter_raw, json_type
-from curation.data.io.pool import normalise_turns, text_field
+from curation.data.io.pool import ROLES, normalise_turns, text_field
 from curation.errors import CurationError, InputError
 
-__all__ = ["PREF_FORMATS", "PrefRecord", "ROSE_SUBTASKS", "detect_pref_format", "parse_transcript",
-           "read_pref_file"]
+__all__ = ["PREF_FORMATS", "PrefRead", "PrefRecord", "ROSE_SUBTASKS", "detect_pref_format", "parse_transcript",
+           "read_pref_file", "read_prefs"]
 
-PREF_FORMATS = ("trl", "hh", "rose")
+PREF_FORMATS = ("trl", "hh", "rose", "alpaca", "sharegpt", "chosen_messages", "pairwise")
+# What each format needs, for the error on a file no format reads (fields, then in words).
+_FIELDS: dict[str, frozenset[str]] = {
+    "trl": frozenset({"prompt", "chosen", "rejected"}),
+    "hh": frozenset({"chosen", "rejected"}),
+    "rose": frozenset({"prompt", "responses", "pairs"}),
+    "alpaca": frozenset({"instruction", "input", "chosen", "rejected"}),
+    "sharegpt": frozenset({"conversations", "messages", "chosen", "rejected"}),
+    "chosen_messages": frozenset({"chosen_messages", "rejected_messages"}),
+    "pairwise": frozenset({"instruction", "output_1", "output_2", "preference"}),
+}
+_EXPECTS = {
+    "trl": "prompt, chosen, rejected (or chosen and rejected conversations sharing their first turns)",
+    "hh": "chosen and rejected transcripts with '\\n\\nHuman:'/'\\n\\nAssistant:' turns",
+    "rose": "prompt -> responses, pairs",
+    "alpaca": "instruction, chosen, rejected (input, system, history optional)",
+    "sharegpt": "conversations [{from, value}] or messages [{role, content}], chosen and rejected one message each",
+    "chosen_messages": "chosen_messages and rejected_messages, two conversations",
+    "pairwise": "instruction, output_1, output_2, preference (1 or 2)",
+}
+# LLaMA-Factory's role tags; tool results count as the user side, tool calls as the assistant's.
+_LF_ROLES = {**ROLES, "observation": "user", "tool": "user", "function_call": "assistant", "function": "assistant"}
 ASSISTANT_MARK = "\n\nAssistant:"
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -67,28 +95,59 @@ class PrefRecord:
     original: dict                         # the file's entry as read ({key: value} for a JSON object entry)
 
 
+@dataclass
+class PrefRead:
+    """A preference file as read: its pairs, its bad records, and how many ties were skipped."""
+
+    records: list[PrefRecord]
+    problems: list[Problem]
+    ties: int = 0
+
+
+class _Tie(Exception):
+    """Raised by a parser for a judgement that prefers neither response: skipped, not an error."""
+
+
 Pair = tuple[list[dict[str, str]], str, str]  # prompt messages, chosen, rejected
 
 
 def detect_pref_format(path: str | Path, first_record: Any) -> str | None:
-    """`trl`, `hh` or `rose` from the first record (or a whole ROSE object), else None.
+    """The one format whose distinctive fields the record (or a whole ROSE object) has, else None
+    (none, or several: `read_prefs` then asks which of them can read it).
 
     A rose entry read from a JSON object has its prompt as the key, so without a "prompt"
     field it is only recognised in a `.json` file.
     """
-    if not isinstance(first_record, dict):
-        return None
-    values = list(first_record.values())
-    if values and _is_rose_entry(values[0]) and not _is_rose_entry(first_record):
-        first_record = values[0]  # the whole ROSE object was passed
-    if _is_rose_entry(first_record):
-        return "rose" if "prompt" in first_record or Path(path).suffix.lower() == ".json" else None
-    if "chosen" not in first_record or "rejected" not in first_record:
-        return None
-    chosen = first_record["chosen"]
-    if "prompt" in first_record or isinstance(chosen, list):
-        return "trl"
-    return "hh" if isinstance(chosen, str) and ASSISTANT_MARK in chosen else None
+    found = _candidates(path, first_record)
+    return found[0] if len(found) == 1 else None
+
+
+def _candidates(path: str | Path, r: Any) -> list[str]:
+    """Every format whose distinctive fields the record has."""
+    if not isinstance(r, dict):
+        return []
+    values = list(r.values())
+    if values and _is_rose_entry(values[0]) and not _is_rose_entry(r):
+        r = values[0]  # the whole ROSE object was passed
+    if _is_rose_entry(r):
+        return ["rose"] if "prompt" in r or Path(path).suffix.lower() == ".json" else []
+    found = [f for f, fits in _SIGNS.items() if fits(r)]
+    return found
+
+
+def _has_pair(r: dict[str, Any]) -> bool:
+    return "chosen" in r and "rejected" in r
+
+
+_SIGNS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "chosen_messages": lambda r: "chosen_messages" in r and "rejected_messages" in r,
+    "pairwise": lambda r: {"output_1", "output_2", "preference"} <= r.keys(),
+    "sharegpt": lambda r: _has_pair(r) and ("conversations" in r or "messages" in r) and isinstance(r["chosen"], dict),
+    "alpaca": lambda r: _has_pair(r) and "instruction" in r,
+    "trl": lambda r: _has_pair(r) and ("prompt" in r or isinstance(r["chosen"], list)),
+    "hh": lambda r: (_has_pair(r) and "prompt" not in r and isinstance(r["chosen"], str)
+                     and ASSISTANT_MARK in r["chosen"]),
+}
 
 
 def _is_rose_entry(value: Any) -> bool:
@@ -97,7 +156,20 @@ def _is_rose_entry(value: Any) -> bool:
 
 def read_pref_file(path: str | Path, fmt: str | None = None, subtask_field: str | None = None,
                    subtasks: int | None = None) -> tuple[list[PrefRecord], list[Problem]]:
-    """All pairs of a preference file with their subtasks, and the problems of the bad ones.
+    """All pairs of a preference file with their subtasks, and the problems of the bad ones
+    (`read_prefs` also counts the skipped ties)."""
+    read = read_prefs(path, fmt, subtask_field, subtasks)
+    return read.records, read.problems
+
+
+def read_prefs(path: str | Path, fmt: str | None = None, subtask_field: str | None = None,
+               subtasks: int | None = None) -> PrefRead:
+    """All pairs of a preference file with their subtasks, the problems of the bad ones and
+    the number of ties skipped.
+
+    The format is that of the first record whose fields name one; when they fit several, the
+    one that reads it. A file no format reads is an `InputError` saying what each near miss
+    expected; only when some format does read it does the error ask to pass the format.
 
     Subtasks: `subtask_field` -> that field of each record; `subtasks=N` -> N contiguous equal
     groups in file order; a ROSE file named se_*/shp_*/hh_* -> its 10/18/2 sites; else a
@@ -111,38 +183,93 @@ def read_pref_file(path: str | Path, fmt: str | None = None, subtask_field: str 
     raws = list(iter_raw(path))
     first = next((r for r in raws if isinstance(r, RawRecord)), None)
     if first is None:
-        return [], [r for r in raws if isinstance(r, Problem)]
+        return PrefRead([], [r for r in raws if isinstance(r, Problem)])
     if fmt is None:  # the first record that names a format; unclear ones before it are problems
-        first = next((r for r in raws if isinstance(r, RawRecord) and detect_pref_format(path, r.data)), first)
-        fmt = _detect(path, first)
+        fmt, first = _detect(path, raws, first)
         raws = [_unclear(path, r) if isinstance(r, RawRecord) and r.line < first.line else r for r in raws]
     subtask_of = _subtask_rule(path, fmt, raws, first, subtask_field, subtasks)
-    records: list[PrefRecord] = []
-    problems: list[Problem] = []
+    read = PrefRead([], [])
     for position, raw in enumerate(raws):
         if isinstance(raw, Problem):
-            problems.append(raw)
+            read.problems.append(raw)
             continue
         try:
-            records.append(_record(raw, _PARSERS[fmt](raw), subtask_of(position, raw.data)))
+            read.records.append(_record(raw, _PARSERS[fmt](raw), subtask_of(position, raw.data)))
+        except _Tie:
+            read.ties += 1
         except BadField as e:
-            problems.append(Problem(str(path), raw.line, e.field, e.reason))
-    return records, problems
+            read.problems.append(raw.problem(path, e.field, e.reason))
+    return read
 
 
 def _unclear(path: Path, raw: RawRecord) -> Problem:
-    return Problem(str(path), raw.line, None,
-                   f"cannot detect the preference format from fields {sorted(map(str, raw.data))[:20]}")
+    return raw.problem(path, None, f"cannot detect the preference format from fields {sorted(map(str, raw.data))[:20]}")
 
 
-def _detect(path: Path, first: RawRecord) -> str:
-    fmt = detect_pref_format(path, first.data)
-    if fmt is None:
-        raise InputError(str(path), first.line, None,
-                         f"cannot detect the preference format from fields {sorted(first.data)}; expected "
-                         "trl (prompt, chosen, rejected), hh (chosen, rejected transcripts) or rose "
-                         "(prompt -> responses, pairs); pass the format explicitly")
-    return fmt
+def _detect(path: Path, raws: list, first: RawRecord) -> tuple[str, RawRecord]:
+    """The format and the record that names it; raises when no record names one."""
+    for raw in raws:
+        if isinstance(raw, RawRecord) and (found := _candidates(path, raw.data)):
+            return _resolve(path, raw, found), raw
+    readers = _readers(first, PREF_FORMATS)
+    if readers:
+        raise _error(path, first, f"cannot detect the preference format from fields {_fields(first)}, but "
+                                  f"{' and '.join(readers)} can read it; pass the format explicitly")
+    raise _near_miss(path, first, PREF_FORMATS)
+
+
+def _resolve(path: Path, raw: RawRecord, found: list[str]) -> str:
+    """One fitting format, or the only one of several that reads the record."""
+    if len(found) == 1:
+        return found[0]
+    readers = _readers(raw, found)
+    if len(readers) == 1:
+        return readers[0]
+    if readers:
+        raise _error(path, raw, f"the preference format is ambiguous: fields {_fields(raw)} fit "
+                                f"{' and '.join(readers)}, and each of them reads the record; pass the format explicitly")
+    raise _near_miss(path, raw, found)
+
+
+def _readers(raw: RawRecord, formats: tuple[str, ...] | list[str]) -> list[str]:
+    """The formats whose parser reads the record (a tie counts: it was understood)."""
+    out = []
+    for fmt in formats:
+        try:
+            _PARSERS[fmt](raw)
+        except _Tie:
+            pass
+        except BadField:
+            continue
+        out.append(fmt)
+    return out
+
+
+def _near_miss(path: Path, raw: RawRecord, formats: tuple[str, ...] | list[str]) -> InputError:
+    """No format reads the record: what each format sharing a field with it expected, and why
+    it failed on this record."""
+    keys = set(map(str, raw.data))
+    near = [f for f in formats if _FIELDS[f] & keys] or list(formats)
+    parts = []
+    for fmt in near:
+        try:
+            _PARSERS[fmt](raw)
+            why = ""
+        except BadField as e:
+            why = f" (here: {f'field {e.field!r} ' if e.field else ''}{e.reason})"
+        except _Tie:
+            why = ""
+        parts.append(f"{fmt} expects {_EXPECTS[fmt]}{why}")
+    return _error(path, raw, f"cannot detect the preference format: no format reads the first record "
+                             f"(fields {_fields(raw)}); " + "; ".join(parts))
+
+
+def _fields(raw: RawRecord) -> list[str]:
+    return sorted(map(str, raw.data))[:20]
+
+
+def _error(path: Path, raw: RawRecord, reason: str) -> InputError:
+    return InputError(str(path), raw.line, None, reason, raw.unit)
 
 
 def _record(raw: RawRecord, pair: Pair, subtask: str) -> PrefRecord:
@@ -270,17 +397,20 @@ def _trl(raw: RawRecord) -> Pair:
 
 
 def _trl_implicit(r: dict[str, Any]) -> Pair:
+    return _implicit(normalise_turns(r["chosen"], "chosen"), normalise_turns(r["rejected"], "rejected"),
+                     "chosen", "rejected")
+
+
+def _implicit(chosen: list[dict[str, str]], rejected: list[dict[str, str]], cf: str, rf: str) -> Pair:
     """Conversational pair without a prompt: the shared turns up to the last shared user turn."""
-    chosen, rejected = normalise_turns(r["chosen"], "chosen"), normalise_turns(r["rejected"], "rejected")
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
     users = [i for i in range(shared) if chosen[i]["role"] == "user"]
     if not users:
-        raise BadField("chosen", "no prompt: chosen and rejected share no user turn")
+        raise BadField(cf, f"no prompt: {cf} and {rf} share no user turn")
     cut = users[-1] + 1
-    return _distinct(_prompt(chosen[:cut], "chosen"), _response(chosen[cut:], "chosen"),
-                     _response(rejected[cut:], "rejected"), "rejected")
+    return _distinct(_prompt(chosen[:cut], cf), _response(chosen[cut:], cf), _response(rejected[cut:], rf), rf)
 
 
 def _hh(raw: RawRecord) -> Pair:
@@ -337,4 +467,127 @@ def _pairs(value: Any, n: int) -> list[tuple[int, int]]:
     return out
 
 
-_PARSERS: dict[str, Callable[[RawRecord], Pair]] = {"trl": _trl, "hh": _hh, "rose": _rose}
+# --- LLaMA-Factory and pairwise judgements --------------------------------------------------------
+
+def _user_turn(r: dict[str, Any], joiner: str) -> dict[str, str]:
+    """instruction, then the optional input after `joiner`, as one user turn."""
+    instruction = text_field(r, "instruction", empty="empty prompt")
+    extra = text_field(r, "input", optional=True)
+    return {"role": "user", "content": f"{instruction}{joiner}{extra}" if extra else instruction}
+
+
+def _lf_alpaca(raw: RawRecord) -> Pair:
+    """LLaMA-Factory's alpaca preference record; its prompt is `instruction\\ninput` as there."""
+    r = raw.data
+    system = text_field(r, "system", optional=True)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += _history(r.get("history")) + [_user_turn(r, "\n")]
+    chosen, rejected = _response(r.get("chosen"), "chosen"), _response(r.get("rejected"), "rejected")
+    return _distinct(messages, chosen, rejected, "rejected")
+
+
+def _history(value: Any) -> list[dict[str, str]]:
+    """[[user, assistant], ...] earlier rounds -> turns."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadField("history", f"expected an array of [instruction, response] pairs, got {json_type(value)}")
+    turns = []
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+            raise BadField(f"history[{i}]", "expected [instruction, response], two non-empty strings")
+        turns += [{"role": "user", "content": pair[0].strip()}, {"role": "assistant", "content": pair[1].strip()}]
+    return turns
+
+
+def _lf_sharegpt(raw: RawRecord) -> Pair:
+    """LLaMA-Factory's sharegpt preference record: the conversation is the prompt, `chosen`
+    and `rejected` one message each; {from, value} or OpenAI-style {role, content} tags."""
+    r = raw.data
+    field = "conversations" if "conversations" in r else "messages"
+    turns = r.get(field)
+    keys = ("from", "value") if isinstance(turns, list) and turns and isinstance(turns[0], dict) \
+        and "from" in turns[0] else ("role", "content")
+    messages = normalise_turns(turns, field, *keys, roles=_LF_ROLES)
+    system = text_field(r, "system", optional=True)
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    chosen, rejected = (_lf_message(r.get(k), k) for k in ("chosen", "rejected"))
+    return _distinct(_prompt(messages, field), chosen, rejected, "rejected")
+
+
+def _lf_message(value: Any, field: str) -> str:
+    """One assistant message, {from, value} or {role, content} -> its text."""
+    if not isinstance(value, dict):
+        raise BadField(field, "missing" if value is None else f"expected one message object, got {json_type(value)}")
+    role_key, content_key = ("from", "value") if "from" in value else ("role", "content")
+    role = value.get(role_key)
+    if not isinstance(role, str) or _LF_ROLES.get(role.strip().lower()) != "assistant":
+        raise BadField(f"{field}.{role_key}", f"expected an assistant message, got role {role!r}")
+    return text_field(value, content_key, field, empty="empty response")
+
+
+def _chosen_messages(raw: RawRecord) -> Pair:
+    """Two full conversations (LLaMA-Factory v1); the turns they share are the prompt."""
+    chosen, rejected = (normalise_turns(_flat(raw.data.get(k), k), k, roles=_LF_ROLES)
+                        for k in ("chosen_messages", "rejected_messages"))
+    return _implicit(chosen, rejected, "chosen_messages", "rejected_messages")
+
+
+def _flat(turns: Any, field: str) -> Any:
+    """Messages whose content is a list of parts ({type, value} as LLaMA-Factory v1 writes them,
+    or OpenAI's {type, text}) with that content joined into text; other values as they are."""
+    if not isinstance(turns, list):
+        return turns
+    out = []
+    for i, turn in enumerate(turns):
+        if isinstance(turn, dict) and isinstance(turn.get("content"), list):
+            turn = {**turn, "content": "\n".join(_part(p, f"{field}[{i}].content[{j}]")
+                                                  for j, p in enumerate(turn["content"]))}
+        out.append(turn)
+    return out
+
+
+def _part(part: Any, where: str) -> str:
+    text = part.get("value", part.get("text")) if isinstance(part, dict) else None
+    if not isinstance(text, str) or part.get("type", "text") not in ("text", "tool_call"):
+        raise BadField(where, "expected a text part {type: text, value}")
+    return text
+
+
+def _pairwise(raw: RawRecord) -> Pair:
+    """A judgement between output_1 and output_2 (AlpacaEval); a tie raises `_Tie`."""
+    r = raw.data
+    winner = _winner(r.get("preference", _MISSING))
+    messages = [_user_turn(r, "\n\n")]
+    outputs = [text_field(r, k, empty="empty response") for k in ("output_1", "output_2")]
+    loser = 2 if winner == 1 else 1
+    return _distinct(messages, outputs[winner - 1], outputs[loser - 1], f"output_{loser}")
+
+
+_MISSING = object()
+
+
+def _winner(value: Any) -> int:
+    """1 or 2 from AlpacaEval's preference: 1 or 2, or a weighted annotator's value between them
+    (the nearer wins); 1.5, 0 and null (NaN or an empty CSV cell too) are ties."""
+    if value is _MISSING:
+        raise BadField("preference", "missing")
+    if isinstance(value, str) and value.strip():
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        raise _Tie()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or 1 <= value <= 2):
+        raise BadField("preference", f"expected 1 or 2 (1.5, 0 or null for a tie), got {value!r}")
+    if value == 0 or value == 1.5:
+        raise _Tie()
+    return 1 if value < 1.5 else 2
+
+
+_PARSERS: dict[str, Callable[[RawRecord], Pair]] = {
+    "trl": _trl, "hh": _hh, "rose": _rose, "alpaca": _lf_alpaca, "sharegpt": _lf_sharegpt,
+    "chosen_messages": _chosen_messages, "pairwise": _pairwise,
+}

@@ -111,6 +111,7 @@ class ImportReport(Base):
     n_ok: Mapped[int] = mapped_column(Integer, default=0)
     n_bad: Mapped[int] = mapped_column(Integer, default=0)
     n_duplicate: Mapped[int] = mapped_column(Integer, default=0)
+    n_tie: Mapped[int] = mapped_column(Integer, default=0)  # pairwise ties skipped (prefs)
     problems: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
