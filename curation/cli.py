@@ -80,6 +80,7 @@ def cmd_import_prefs(a: argparse.Namespace) -> int:
 @command("list")
 def cmd_list(a: argparse.Namespace) -> int:
     from curation.data import catalog
+    from curation.runs.jobs import list_runs
     store = _store()
     print("pools:")
     for p in catalog.list_pools(store):
@@ -91,7 +92,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     if hidden := len(catalog.list_prefsets(store, archived=True)) - len(sets):
         print(f"  ({hidden} archived: `python -m curation prefs list --all`)")
     print("runs:")
-    for r in catalog.list_runs(store):
+    for r in list_runs(store):  # effective status: a run whose worker was killed reads 'dead'
         print(f"  #{r['id']:<5} {r['method']:<6} pool={r['pool']} prefs={r['prefs']} {r['status']}"
               f" ({r['stage'] or '-'}, {100 * r['progress']:.0f}%) selected={r['selected']}")
     return 0

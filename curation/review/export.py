@@ -281,10 +281,10 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
     """
     with store.session() as s:
         run = s.get(Run, sel.run_id)
-        pool = s.get(Pool, run.pool_id)
         prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
-        cfg, meta, method, pool_size = run.config or {}, run.meta or {}, run.method, pool.n_examples
+        cfg, meta, method = run.config or {}, run.meta or {}, run.method
         pairs_state = pairs_version(s, run)
+    pool_size = len(sel.ids)  # what the run scored: an append to the pool since must not change it
     return {
         "tool_version": curation.__version__,
         "created": utcnow().isoformat(),
