@@ -322,3 +322,18 @@ def test_cli_offers_every_format():
     for fmt in export.FORMATS:
         assert make_parser().parse_args(["export", "1", "--format", fmt]).format == fmt
     assert set(export.FORMAT_LABELS) == set(export.FORMATS) == set(export.RENDER)
+
+
+def test_cli_export_needs_overwrite_to_replace(store, ws, tmp_path, monkeypatch, capsys):
+    from curation.cli import main
+
+    monkeypatch.setenv("CURATION_HOME", str(ws.home))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    run, _ = seed_run(store, tmp_path, [conv(i) for i in range(4)], select_n=2)
+    assert main(["export", str(run), "--name", "cli"]) == 0
+    before = (ws.exports / "cli" / "cli.jsonl").read_bytes()
+    assert main(["export", str(run), "--name", "cli", "--format", "messages"]) == 2
+    assert "export named 'cli' already exists" in capsys.readouterr().err
+    assert (ws.exports / "cli" / "cli.jsonl").read_bytes() == before
+    assert main(["export", str(run), "--name", "cli", "--format", "messages", "--overwrite"]) == 0
+    assert json.loads((ws.exports / "cli" / "cli.manifest.json").read_text())["format"] == "messages"
