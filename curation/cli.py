@@ -80,6 +80,7 @@ def cmd_import_prefs(a: argparse.Namespace) -> int:
 @command("list")
 def cmd_list(a: argparse.Namespace) -> int:
     from curation.data import catalog
+    from curation.runs.jobs import list_runs
     store = _store()
     print("pools:")
     for p in catalog.list_pools(store):
@@ -91,7 +92,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     if hidden := len(catalog.list_prefsets(store, archived=True)) - len(sets):
         print(f"  ({hidden} archived: `python -m curation prefs list --all`)")
     print("runs:")
-    for r in catalog.list_runs(store):
+    for r in list_runs(store):  # effective status: a run whose worker was killed reads 'dead'
         print(f"  #{r['id']:<5} {r['method']:<6} pool={r['pool']} prefs={r['prefs']} {r['status']}"
               f" ({r['stage'] or '-'}, {100 * r['progress']:.0f}%) selected={r['selected']}")
     return 0
@@ -435,7 +436,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from curation.review.export import export_selection
     from curation.workspace import Workspace
     res = export_selection(_store(), a.run_id, a.format, Workspace.from_env().ensure(), percent=a.percent, n=a.n,
-                           name=a.name)
+                           name=a.name, overwrite=a.overwrite)
     print(f"{res.n} examples, sha256 {res.sha256[:12]}, manifest {res.manifest_path}", file=sys.stderr)
     if res.schedule_path:  # a dynamic method (raise): the batch of every training step
         print(f"training schedule (step order) {res.schedule_path}", file=sys.stderr)
@@ -533,7 +534,8 @@ def make_parser() -> argparse.ArgumentParser:
     eb = ep.add_mutually_exclusive_group()
     eb.add_argument("--percent", type=float, help="budget (default: the run's saved selection)")
     eb.add_argument("--n", type=int)
-    ep.add_argument("--name", help="file name stem (default: run, format and time)")
+    ep.add_argument("--name", help="the export's folder and file name stem (default: run, format and time)")
+    ep.add_argument("--overwrite", action="store_true", help="replace an existing export of that name")
     wk = sub.add_parser("worker", help="internal: execute one run in this process (the app launches it)")
     wk.add_argument("run_id", type=int)
     from curation.bench import BENCHES

@@ -15,6 +15,8 @@ job (`review.export`). Others get nothing. `ensure` also tightens a workspace ma
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,26 @@ class Workspace:
             raise CurationError(f"server paths must be inside a data folder ({roots}); put the file "
                                 "there, upload it, or set CURATION_DATA_ROOTS")
         return resolved
+
+    def save_upload(self, file_name: str, data: bytes) -> Path:
+        """Keep an uploaded file so imports read it like any server path. Each upload gets its own
+        folder (two curators uploading ``pool.jsonl`` at once never share a file, and an import
+        still reading one never sees the other's bytes) and keeps its base name (the default pool
+        or set name); it is written to a temp file and renamed, so it is never seen half-written."""
+        base = Path(file_name.replace("\\", "/")).name.strip()
+        base = "upload" if base in ("", ".", "..") else base
+        folder = self.uploads / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            dest = folder / base
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
 
     def run_dir(self, run_id: int) -> Path:
         return self.home / "runs" / f"run_{run_id:05d}"

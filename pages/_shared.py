@@ -59,10 +59,8 @@ def render_messages(messages: list[dict]) -> None:
 
 
 def save_upload(upload) -> Path:
-    """Keep an uploaded file in the workspace so imports read it like any server path."""
-    dest = workspace().uploads / Path(upload.name).name
-    dest.write_bytes(upload.getvalue())
-    return dest
+    """Keep an uploaded file in the workspace (its own folder) so imports read it like any server path."""
+    return workspace().save_upload(upload.name, upload.getvalue())
 
 
 def import_source(placeholder: str, types: list[str]):

@@ -9,7 +9,7 @@ import streamlit as st
 from curation.data import catalog
 from curation.errors import CurationError
 from curation.review import curate
-from curation.review.export import FORMAT_LABELS, FORMATS, export_selection
+from curation.review.export import FORMAT_LABELS, FORMATS, existing_export, export_selection
 from pages._shared import check_panel, md_text, selection_editor, store, user_errors, workspace
 
 
@@ -101,21 +101,32 @@ with st.expander("Audit trail"):
     st.dataframe(pd.DataFrame(curate.audit(store(), pool)), hide_index=True)
 
 st.subheader("Export")
+# Widgets and the last result are keyed by run: after switching run the panel shows this run's
+# export (or none) and an empty name, never the previous run's file, card or name.
 c1, c2, c3 = st.columns([1, 2, 2])
-fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_LABELS.get)
-name = c2.text_input("File name (default: run, format and time)")
-exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection")
-anyway = True
+fmt = c1.selectbox("Format", FORMATS, format_func=FORMAT_LABELS.get, key=f"export_fmt_{run_id}")
+name = c2.text_input("Name (default: run, format and time)", key=f"export_name_{run_id}").strip()
+exact = c3.checkbox("Export exactly what the current filter shows", help="all pages of the table, not the selection",
+                    key=f"export_exact_{run_id}")
+anyway, overwrite, existing = True, False, None
+if name:
+    with user_errors():
+        existing = existing_export(workspace(), name)
+if existing:
+    overwrite = st.checkbox(md_text(f"Overwrite the existing export {name}"), key=f"export_overwrite_{run_id}_{name}",
+                            help=md_text(f"{existing} already exists; ticking replaces it as a whole"))
 if check.warns_export:
     anyway = st.checkbox("Export anyway: this run's held-out check did not find it better than random",
                          key=f"export_anyway_{run_id}")
-if st.button("Export", type="primary", disabled=not anyway):
+if st.button("Export", type="primary", disabled=not anyway or (existing is not None and not overwrite)):
     with user_errors(), st.spinner("Exporting…"):
-        res = export_selection(store(), run_id, fmt, workspace(),
-                               example_ids=ids if exact else None, name=name.strip() or None)
-        st.session_state.curate_export = (str(res.path), str(res.manifest_path))
-if (last := st.session_state.get("curate_export")) and Path(last[0]).exists():
-    path, manifest = Path(last[0]), json.loads(Path(last[1]).read_text())
+        res = export_selection(store(), run_id, fmt, workspace(), example_ids=ids if exact else None,
+                               name=name or None, overwrite=overwrite)
+        st.session_state.setdefault("curate_exports", {})[run_id] = (str(res.path), str(res.manifest_path))
+last = st.session_state.get("curate_exports", {}).get(run_id)
+manifest = json.loads(Path(last[1]).read_text()) if last and Path(last[1]).exists() else None
+if manifest and manifest["run"]["id"] == run_id:  # not when another run's export has replaced it since
+    path = Path(last[0])
     st.success(md_text(f"Exported {manifest['counts']['exported']:,} examples to {path}"))
     st.download_button("Download the file", path.read_bytes(), file_name=path.name, mime="application/jsonl")
     if trainer := manifest.get("trainer"):

@@ -197,10 +197,10 @@ def test_whole_loop_in_the_browser(app_url, page, micro_model, tmp_path):
     page.get_by_role("button", name="Download the file").wait_for()
     shot(page, "10_exported", page.get_by_role("button", name="Download the file"))
 
-    files = sorted((ws / "exports").glob("*.jsonl"))
+    files = sorted((ws / "exports").glob("*/*.jsonl"))  # one folder per export
     assert len(files) == 1
     rows = [json.loads(line) for line in files[0].read_text().splitlines()]
-    manifest = json.loads(next((ws / "exports").glob("*.manifest.json")).read_text())
+    manifest = json.loads(next((ws / "exports").glob("*/*.manifest.json")).read_text())
     import hashlib
     assert manifest["file_sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
     actions = {o["action"]: o["reason"] for o in manifest["overrides"]}

@@ -37,6 +37,11 @@ def store(ws) -> Store:
     return Store(ws.db_url)
 
 
+def listing(folder) -> list[str]:
+    """Every path under `folder`, hidden ones too, relative to it."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -45,7 +50,7 @@ def test_original_format_is_the_imported_records(store, ws, tmp_path):
     run, ids = seed_run(store, tmp_path, ALPACA, select_n=3)
     res = export_selection(store, run, "original", ws)
     assert res.n == 3 and read_jsonl(res.path) == ALPACA  # rank order = import order here
-    assert res.path.parent == ws.exports and res.path.name.endswith(".jsonl")
+    assert res.path.parent.parent == ws.exports and res.path.name == f"{res.path.parent.name}.jsonl"  # its own folder
 
 
 def test_messages_and_alpaca_formats(store, ws, tmp_path):
@@ -120,18 +125,96 @@ def test_failure_midway_leaves_the_previous_export_untouched(store, ws, tmp_path
 
     monkeypatch.setitem(export.RENDER, "messages", exploding)
     with pytest.raises(OSError, match="disk full"):
-        export_selection(store, run, "messages", ws, name="same")
+        export_selection(store, run, "messages", ws, name="same", overwrite=True)
     assert (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes()) == before
-    files = ["same.card.md", "same.jsonl", "same.manifest.json"]
-    assert sorted(p.name for p in ws.exports.iterdir()) == files  # no temp left
+    files = ["same", "same/same.card.md", "same/same.jsonl", "same/same.manifest.json"]
+    assert listing(ws.exports) == files  # no temp left
     monkeypatch.setitem(export.RENDER, "messages", lambda e: {"messages": e.messages})
     monkeypatch.setattr("curation.review.export.build_manifest", lambda *a, **k: 1 / 0)  # fails after the rows
     with pytest.raises(ZeroDivisionError):
-        export_selection(store, run, "messages", ws, name="same")
+        export_selection(store, run, "messages", ws, name="same", overwrite=True)
     assert (first.path.read_bytes(), first.manifest_path.read_bytes(), first.card_path.read_bytes()) == before
-    assert sorted(p.name for p in ws.exports.iterdir()) == files
+    assert listing(ws.exports) == files
     with store.session() as s:
         assert len(s.scalars(select(Export)).all()) == 1
+
+
+def test_an_existing_export_is_replaced_only_when_asked(store, ws, tmp_path):
+    run, _ = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
+    first = export_selection(store, run, "messages", ws, name="same")
+    before = first.path.read_bytes()
+    with pytest.raises(CurationError, match=r"export named 'same' already exists .*exports/same.*--overwrite"):
+        export_selection(store, run, "original", ws, name="same")
+    assert first.path.read_bytes() == before and export.existing_export(ws, "same") == ws.exports / "same"
+    second = export_selection(store, run, "alpaca", ws, name=" same ", overwrite=True)  # trimmed: the same name
+    assert second.path == first.path and second.path.read_bytes() != before
+    assert json.loads(second.manifest_path.read_text())["format"] == "alpaca"
+    assert listing(ws.exports) == ["same", "same/dataset_info.json", "same/same.card.md", "same/same.jsonl",
+                                   "same/same.manifest.json"]  # nothing left of the first
+
+
+def consistent(res) -> bool:
+    """The manifest describes the data file beside it: its sha256 and its row count."""
+    manifest, data = json.loads(res.manifest_path.read_text()), res.path.read_bytes()
+    return (manifest["file_sha256"] == hashlib.sha256(data).hexdigest()
+            and manifest["counts"]["exported"] == len(data.splitlines()) == len(manifest["examples"]))
+
+
+@pytest.mark.parametrize("step", ["card", "manifest", "swap"])
+def test_a_kill_while_publishing_keeps_the_previous_export_whole(store, ws, tmp_path, monkeypatch, step):
+    """Before: files were renamed one by one, so a failure between renames left the new data
+    beside the old manifest. Now the export is one folder renamed into place."""
+    run, ids = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
+    first = export_selection(store, run, "alpaca", ws, name="same")
+    before = {p: p.read_bytes() for p in (ws.exports / "same").iterdir()}
+    curate.decide(store, "p", ids[:2], "exclude", "changes the data")
+    real_write, real_rename = export._write_file, os.rename
+
+    def write(path, data):
+        if path.name.endswith({"card": ".card.md", "manifest": ".manifest.json"}.get(step, "-")):
+            raise KeyboardInterrupt("killed")
+        return real_write(path, data)
+
+    def rename(src, dst):
+        if step == "swap" and str(src).endswith(".tmp"):  # the old export is already aside
+            raise KeyboardInterrupt("killed")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export, "_write_file", write)
+    monkeypatch.setattr(export.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        export_selection(store, run, "alpaca", ws, name="same", overwrite=True)
+    assert {p: p.read_bytes() for p in (ws.exports / "same").iterdir()} == before and consistent(first)
+    assert listing(ws.exports) == sorted(["same", *(f"same/{p.name}" for p in before)])  # no temp left
+
+
+def test_the_next_export_cleans_up_after_a_real_kill(store, ws, tmp_path):
+    """A kill leaves what no `finally` removes: a half-written hidden folder, an old-style temp
+    file, and (killed between the swap's two renames) the previous export moved aside."""
+    run, _ = seed_run(store, tmp_path, [conv(i) for i in range(10)], select_n=6)
+    first = export_selection(store, run, "messages", ws, name="kept")
+    export_selection(store, run, "messages", ws, name="done")
+    before = first.path.read_bytes()
+    os.rename(ws.exports / "kept", ws.exports / ".kept.0123abcd.old")  # killed mid-swap: no 'kept' now
+    (ws.exports / ".kept.x1y2.tmp").mkdir()
+    (ws.exports / ".kept.x1y2.tmp" / "kept.jsonl").write_text("half")
+    (ws.exports / ".old.jsonl.abc.tmp").write_text("half")
+    os.rename(ws.exports / "done", ws.exports / ".done.4567.old")  # killed after the swap: a new 'done' is in place
+    export_selection(store, run, "messages", ws, name="done", overwrite=True)
+    export_selection(store, run, "original", ws, name="other")
+    assert first.path.read_bytes() == before and consistent(first)
+    assert sorted(p.name for p in ws.exports.iterdir()) == ["done", "kept", "other"]
+
+
+@pytest.mark.parametrize("bad, rule", [("../escape", "'/'"), ("a" * 10_000, "at most 100"),
+                                       ("x\u202ey", "U\\+202E"), ("a\nb", "newline"),
+                                       (".x.tmp", "may not start with '.'")])
+def test_bad_export_names_fail_before_anything_is_written(store, ws, tmp_path, bad, rule):
+    """Before: a 10,000-character name crashed with ENAMETOOLONG after the rows were written."""
+    run, _ = seed_run(store, tmp_path, [conv(i) for i in range(4)], select_n=2)
+    with pytest.raises(CurationError, match=f"export name .*{rule}"):
+        export_selection(store, run, "original", ws, name=bad)
+    assert listing(ws.exports) == []
 
 
 def test_export_errors(store, ws, tmp_path):
@@ -179,37 +262,27 @@ def test_llamafactory_sharegpt_with_dataset_info(store, ws, tmp_path):
     assert all(set(r) == {"conversations", "system"} for r in rows)
     assert [t["from"] for t in rows[0]["conversations"]] == ["human", "gpt"] * 3  # strictly alternating
     assert [sharegpt_to_messages(r) for r in rows] == [MULTI[0]["messages"], conv(1)["messages"]]
-    info = json.loads((ws.exports / "dataset_info.json").read_text())
+    info = json.loads((ws.exports / "lf" / "dataset_info.json").read_text())
     entry = info["lf"]
-    assert (ws.exports / entry["file_name"]) == res.path and entry["formatting"] == "sharegpt"
+    assert (ws.exports / "lf" / entry["file_name"]) == res.path and entry["formatting"] == "sharegpt"
     assert set(entry["columns"].values()) <= set(rows[0])
     assert entry["tags"]["user_tag"] == "human" and entry["tags"]["assistant_tag"] == "gpt"
-    assert json.loads((ws.exports / "lf.dataset_info.json").read_text()) == {"lf": entry}
-    assert sorted(p.name for p in res.side_paths) == ["dataset_info.json", "lf.dataset_info.json"]
+    assert res.side_paths == [ws.exports / "lf" / "dataset_info.json"]
     manifest = json.loads(res.manifest_path.read_text())
-    assert manifest["trainer"]["dataset"] == "lf" and manifest["trainer"]["dataset_dir"] == str(ws.exports.resolve())
+    assert manifest["trainer"]["dataset"] == "lf" and manifest["trainer"]["dataset_dir"] == str((ws.exports / "lf").resolve())
 
 
-def test_llamafactory_alpaca_entry_names_only_present_columns_and_merges(store, ws, tmp_path):
+def test_llamafactory_alpaca_entry_names_only_present_columns(store, ws, tmp_path):
     run, _ = seed_run(store, tmp_path, ALPACA, select_n=3)
     export_selection(store, run, "alpaca", ws, name="one")
     other, _ = seed_run(store, tmp_path, MULTI, select_n=2, name="q")
     export_selection(store, other, "alpaca", ws, name="two")
-    info = json.loads((ws.exports / "dataset_info.json").read_text())
-    assert set(info) == {"one", "two"}  # the second export added its entry, kept the first
+    info = {n: json.loads((ws.exports / n / "dataset_info.json").read_text())[n] for n in ("one", "two")}
     assert info["one"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output",
                                       "system": "system"}  # no row has history: naming it would fail
     assert info["two"]["columns"]["history"] == "history" and info["two"]["file_name"] == "two.jsonl"
-    (row,) = [r for r in read_jsonl(ws.exports / "one.jsonl") if r["input"]]
+    (row,) = [r for r in read_jsonl(ws.exports / "one" / "one.jsonl") if r["input"]]
     assert (row["instruction"], row["input"], row["output"]) == ("Translate to French", "good morning", "bonjour")
-
-
-def test_broken_dataset_info_is_named_and_nothing_is_published(store, ws, tmp_path):
-    run, _ = seed_run(store, tmp_path, ALPACA, select_n=3)
-    (ws.exports / "dataset_info.json").write_text("{oops")
-    with pytest.raises(CurationError, match="dataset_info.json: not readable JSON"):
-        export_selection(store, run, "alpaca", ws, name="x")
-    assert sorted(p.name for p in ws.exports.iterdir()) == ["dataset_info.json"]
 
 
 def test_axolotl_chat_template_and_its_datasets_entry(store, ws, tmp_path):
@@ -223,7 +296,7 @@ def test_axolotl_chat_template_and_its_datasets_entry(store, ws, tmp_path):
     assert [r[entry["field_messages"]] for r in rows] == [MULTI[0]["messages"], conv(1)["messages"]]
     maps = entry["message_property_mappings"]
     assert all(set(maps.values()) <= set(m) for r in rows for m in r["messages"])
-    assert yaml.safe_load((ws.exports / "ax.axolotl.yml").read_text()) == {"datasets": [entry]}
+    assert yaml.safe_load((ws.exports / "ax" / "ax.axolotl.yml").read_text()) == {"datasets": [entry]}
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o640)])
@@ -235,10 +308,12 @@ def test_exported_files_are_group_readable(store, ws, tmp_path, umask, mode):
         export_selection(store, run, "axolotl", ws, name="h")
     finally:
         os.umask(old)
-    files = sorted(ws.exports.iterdir())
-    assert {p.name for p in files} == {"g.jsonl", "g.manifest.json", "g.dataset_info.json", "dataset_info.json",
-                                       "g.card.md", "h.jsonl", "h.manifest.json", "h.axolotl.yml", "h.card.md"}
+    files = sorted(p for p in ws.exports.rglob("*") if p.is_file())
+    assert {p.name for p in files} == {"g.jsonl", "g.manifest.json", "dataset_info.json", "g.card.md",
+                                       "h.jsonl", "h.manifest.json", "h.axolotl.yml", "h.card.md"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
+    folder_mode = mode | (mode & 0o444) >> 2  # searchable wherever readable
+    assert {stat.S_IMODE((ws.exports / n).stat().st_mode) for n in "gh"} == {folder_mode}
 
 
 def test_cli_offers_every_format():
@@ -247,3 +322,18 @@ def test_cli_offers_every_format():
     for fmt in export.FORMATS:
         assert make_parser().parse_args(["export", "1", "--format", fmt]).format == fmt
     assert set(export.FORMAT_LABELS) == set(export.FORMATS) == set(export.RENDER)
+
+
+def test_cli_export_needs_overwrite_to_replace(store, ws, tmp_path, monkeypatch, capsys):
+    from curation.cli import main
+
+    monkeypatch.setenv("CURATION_HOME", str(ws.home))
+    monkeypatch.delenv("CURATION_DB_URL", raising=False)
+    run, _ = seed_run(store, tmp_path, [conv(i) for i in range(4)], select_n=2)
+    assert main(["export", str(run), "--name", "cli"]) == 0
+    before = (ws.exports / "cli" / "cli.jsonl").read_bytes()
+    assert main(["export", str(run), "--name", "cli", "--format", "messages"]) == 2
+    assert "export named 'cli' already exists" in capsys.readouterr().err
+    assert (ws.exports / "cli" / "cli.jsonl").read_bytes() == before
+    assert main(["export", str(run), "--name", "cli", "--format", "messages", "--overwrite"]) == 0
+    assert json.loads((ws.exports / "cli" / "cli.manifest.json").read_text())["format"] == "messages"

@@ -97,7 +97,7 @@ def test_bulk_action_on_all_matches_then_export(seeded):
     search(at).set_value("").run()
     ok(next(b for b in at.button if b.label == "Export").click().run())
     assert at.get("download_button") and "Exported 4 examples" in at.success[0].value
-    (path,) = ws_exports(store).glob("*.jsonl")
+    (path,) = ws_exports(store).glob("*/*.jsonl")  # one folder per export
     assert [json.loads(line)["messages"][1]["content"] for line in path.read_text().splitlines()] == [
         "Answer 1.", "Answer 2.", "Answer 4.", "Answer 5."]
 
@@ -108,6 +108,37 @@ def search(at: AppTest):
 
 def ws_exports(store: Store) -> Path:
     return Path(store.url.removeprefix("sqlite:///")).parent / "exports"
+
+
+def export_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Export")
+
+
+def test_the_export_panel_follows_the_run_and_asks_before_overwriting(seeded, tmp_path):
+    """Before: after switching run the panel still showed the previous run's result, card and
+    download and kept its name, and exporting under an existing name replaced it silently."""
+    store, run, _ = seeded
+    other, _ = seed_run(store, tmp_path, [conv(i) for i in range(20, 26)], name="q", select_n=2)
+    at = open_page()
+    ok(at.selectbox[0].set_value(run).run())
+    ok(next(t for t in at.text_input if t.label.startswith("Name")).set_value("mine").run())
+    assert not any(c.label.startswith("Overwrite") for c in at.checkbox)
+    ok(export_button(at).click().run())
+    assert at.get("download_button") and "mine\\.jsonl" in at.success[0].value  # escaped Markdown
+    first = (ws_exports(store) / "mine" / "mine.jsonl").read_bytes()
+    ok(at.selectbox[0].set_value(other).run())  # another run: nothing of run 1's export shows
+    assert not at.get("download_button") and not any("Exported" in s.value for s in at.success)
+    assert next(t for t in at.text_input if t.label.startswith("Name")).value == ""
+    ok(next(t for t in at.text_input if t.label.startswith("Name")).set_value("mine").run())
+    overwrite = next(c for c in at.checkbox if c.label.startswith("Overwrite"))
+    assert "mine" in overwrite.label and export_button(at).disabled  # asked before replacing
+    assert (ws_exports(store) / "mine" / "mine.jsonl").read_bytes() == first
+    ok(overwrite.check().run())
+    ok(export_button(at).click().run())
+    assert "Exported 2 examples" in next(s.value for s in at.success if "Exported" in s.value)
+    assert (ws_exports(store) / "mine" / "mine.jsonl").read_bytes() != first
+    ok(at.selectbox[0].set_value(run).run())  # back on run 1: its export was replaced by run 2's: not shown
+    assert not at.get("download_button") and not any("Exported" in s.value for s in at.success)
 
 
 def test_a_check_that_found_no_gain_warns_and_gates_the_export(seeded):

@@ -26,6 +26,7 @@ from curation.workspace import Workspace
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 IMG = "![x](http://127.0.0.1:9/leak.png)"
+NAME_IMG = "![x](leak.png) [y](javascript:alert(1))"  # names may hold no '/' (`names.check_name`)
 PAYLOADS = [IMG, "[click](javascript:alert(1))", "**bold** _it_ `code`", "<img src=x onerror=alert(1)>",
             ":red[red] :material/home: $x^2$", "# heading\n- item", "a\\*b <b>", "http://127.0.0.1:9/auto"]
 
@@ -241,12 +242,12 @@ def hostile(ws, tmp_path):
     pool = tmp_path / "p.jsonl"
     pool.write_text("".join(json.dumps({"id": f"{IMG} {i}", "source": PAYLOADS[i % len(PAYLOADS)],
                                         "instruction": f"Q{i}", "output": f"A{i}"}) + "\n" for i in range(12)))
-    import_pool(store, pool, name=IMG)
+    import_pool(store, pool, name=NAME_IMG)
     prefs = tmp_path / "q.jsonl"
     prefs.write_text("".join(json.dumps({"prompt": f"P{i}", "chosen": "good", "rejected": "bad",
                                          "subtask": PAYLOADS[i % 3]}) + "\n" for i in range(4)))
-    import_prefs(store, prefs, name=f"prefs {IMG}", subtask_field="subtask")
-    make_done_run(store, IMG, 4, tmp_path)
+    import_prefs(store, prefs, name=f"prefs {NAME_IMG}", subtask_field="subtask")
+    make_done_run(store, NAME_IMG, 4, tmp_path)
     return store
 
 

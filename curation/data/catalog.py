@@ -15,6 +15,7 @@ from typing import Sequence
 from sqlalchemy import String, cast, func, select, text
 from sqlalchemy.orm import Session
 
+from curation.data.names import check_name
 from curation.data.pairs import FIELDS, LengthLimits, PairDraft, check_pair, errors, required, warnings
 from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
 from curation.errors import CurationError
@@ -62,7 +63,7 @@ def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> 
             q = q.where(Pool.name == pool)
         hashes: dict[int, str] = {}
         return [dict(id=r.id, method=r.method, pool=p, prefs=ps, status=r.status, stage=r.stage,
-                     progress=_fraction(r), selected=r.n_selected, created=r.created_at,
+                     progress=_fraction(r), selected=r.n_selected, created=r.created_at, heartbeat=r.heartbeat,
                      pairs_version=pairs_version(s, r, hashes),
                      features=run_feature_set(r.meta))
                 for r, p, ps in s.execute(q) if internal or not (r.meta or {}).get("internal")]
@@ -199,8 +200,7 @@ def import_reports(store: Store, limit: int = 20) -> list[dict]:
 # --- preference sets -------------------------------------------------------------------------
 
 def create_prefset(store: Store, name: str) -> None:
-    if not name.strip():
-        raise CurationError("a preference set needs a name")
+    name = check_name("preference set", name)
     with store.session() as s:
         if (archived := s.scalar(select(PreferenceSet.archived).where(PreferenceSet.name == name))) is not None:
             hint = " (archived: unarchive it to use it again)" if archived else ""

@@ -24,6 +24,7 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from curation.data.io import PoolRecord, Problem, count_records, iter_pool_file, read_prefs
+from curation.data.names import check_name
 from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Store
 from curation.data.store.db import retry_locked
 from curation.data.store.models import utcnow
@@ -134,7 +135,7 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
-    name = name or path.stem
+    name = (name or path.stem).strip() if append else check_name("pool", name or path.stem)
     res = ImportResult(name=name, kind="pool", status="imported")
     with store.session() as s:
         target = s.scalar(select(Pool.id).where(Pool.name == name)) if append else None
@@ -339,7 +340,7 @@ def import_prefs(store: Store, path: str | Path, name: str | None = None, fmt: s
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
-    name = name or path.stem
+    name = check_name("preference set", name or path.stem)
     read = read_prefs(path, fmt, subtask_field=subtask_field, subtasks=subtasks)
     records, problems = read.records, read.problems
     res = ImportResult(name=name, kind="preference set", status="imported", problems=problems, n_bad=len(problems),

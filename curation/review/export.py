@@ -1,7 +1,9 @@
 """Write a curated selection as training data, with a manifest that says how it was chosen.
 
-Files are written atomically (temp file in the same folder, fsync, `os.replace`), so a crash
-midway never leaves a half-written export or damages the previous one of the same name; they are
+Each export is one folder, ``<exports>/<name>/``, holding the data, its manifest, its dataset card
+and what its trainer reads. The folder is written hidden, fsynced and renamed into place, so a
+crash midway never leaves a half-written export, a manifest that disagrees with its data, or a
+damaged previous export of the same name (which is replaced only when asked). Files are
 group-readable (0644 under the usual umask, at least 0640), as a shared training box needs. Formats
 for trainers (TRL, LLaMA-Factory, axolotl) get what the trainer reads beside them (`trainers`). Rows
 stream from the database in id batches: a 100k-example export never sits in memory at once.
@@ -13,8 +15,9 @@ import fcntl
 import hashlib
 import json
 import os
-import re
+import shutil
 import tempfile
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +29,8 @@ from sqlalchemy import select
 
 import curation
 from curation.data.catalog import pairs_version
-from curation.data.store import Example, Export, Pool, PreferenceSet, Run, Store
+from curation.data.names import check_name
+from curation.data.store import Example, Export, PreferenceSet, Run, Store
 from curation.data.store.models import utcnow
 from curation.errors import CurationError
 from curation.review.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
@@ -116,7 +120,10 @@ RENDER: dict[str, Callable[[Example], dict]] = {
     "sharegpt": _sharegpt, "axolotl": _messages}  # axolotl's chat_template reads the messages list as is
 
 
-# --- atomic writing --------------------------------------------------------------------------
+# --- one export, published as one unit ------------------------------------------------------
+
+TMP, OLD = ".tmp", ".old"  # suffixes of a hidden export being written, and of the one it replaces
+
 
 def _umask() -> int:
     """The process umask, read without `os.umask` (setting it to read it races other threads)."""
@@ -135,36 +142,84 @@ def file_mode() -> int:
     return (0o644 & ~_umask()) | 0o640
 
 
+def dir_mode() -> int:
+    """Mode of an export's folder: `file_mode` plus search wherever it grants read."""
+    mode = file_mode()
+    return mode | ((mode & 0o444) >> 2)
+
+
 @contextmanager
-def _atomic_temp(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
-    """A temp file beside the target, group-readable, fsynced on success and removed on any failure."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            yield f, Path(tmp)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _new_file(path: Path) -> Iterator[IO[bytes]]:
+    """A new group-readable file in the (hidden) folder being written, fsynced when complete."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
+    os.fchmod(fd, file_mode())  # the umask may have narrowed the mode `open` set
+    with os.fdopen(fd, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def _publish(pairs: Sequence[tuple[Path, Path]]) -> None:
-    """Rename temps onto their targets, then fsync the folder so the renames survive a crash."""
-    for tmp, final in pairs:
-        os.replace(tmp, final)
+def _write_file(path: Path, data: bytes) -> Path:
+    with _new_file(path) as f:
+        f.write(data)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
     if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(pairs[0][1].parent, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
 
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Publish the complete folder `tmp` as `final` by renames: readers see the whole previous
+    export or the whole new one, never a mix. A previous export is first moved aside (and moved
+    back if the second rename fails); a kill between the two renames leaves it aside, and the
+    next export's `drop_stale_exports` moves it back."""
+    _fsync_dir(tmp)
+    old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}{OLD}") if final.exists() else None
+    if old:
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old:
+            os.rename(old, final)
+        raise
+    _fsync_dir(final.parent)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def drop_stale_exports(folder: Path) -> list[str]:
+    """Clean up after exports that were killed (call under `_folder_lock`): a half-written hidden
+    folder (or a temp file of an older version) is removed; a previous export left aside by a kill
+    mid-swap is moved back, or removed when the new one made it into place. Returns what it did."""
+    done = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.name.startswith("."):
+            continue
+        if entry.name.endswith(TMP):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            done.append(f"removed {entry.name}")
+        elif entry.name.endswith(OLD) and entry.is_dir():
+            final = folder / entry.name[1:-len(OLD)].rsplit(".", 1)[0]
+            if final.exists():
+                shutil.rmtree(entry)
+                done.append(f"removed {entry.name}")
+            else:
+                os.rename(entry, final)
+                done.append(f"restored {final.name}")
+    return done
+
+
 @contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
-    """Serialise exports into one folder while they read-merge-write its shared `dataset_info.json`."""
+    """Serialise exports into one folder: the existence check, the clean-up of killed exports
+    (which must not take a running export's hidden folder for a stale one) and the swap."""
     fd = os.open(folder, os.O_RDONLY)  # a lock on the folder itself: no lock file left beside the exports
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -198,70 +253,81 @@ def _write_rows(store: Store, ids: Sequence[int], render: Callable[[Example], di
 
 def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent: float | None = None,
                      n: int | None = None, example_ids: Iterable[int] | None = None,
-                     name: str | None = None) -> ExportResult:
+                     name: str | None = None, overwrite: bool = False) -> ExportResult:
     """Write the curated selection of a finished run (or exactly `example_ids`) in rank order.
 
-    Writes ``<name>.jsonl`` and ``<name>.manifest.json`` into ``ws.exports`` and records an
-    `Export` row. Re-using a name replaces the earlier export only once the new one is complete.
+    Writes the folder ``<exports>/<name>/``: ``<name>.jsonl``, ``<name>.manifest.json``,
+    ``<name>.card.md`` and what the format's trainer reads (`trainers.side_files`), and records
+    an `Export` row. The folder is written hidden and renamed into place (`_swap_in`), so its
+    files always agree. An existing export of that name is replaced only with ``overwrite``.
     """
     if fmt not in FORMATS:
         raise CurationError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    name = export_name(name) if name is not None else f"run{run_id:05d}_{fmt}_{utcnow():%Y%m%d-%H%M%S-%f}"
     with store.session(snapshot=True) as s:  # the file and its manifest's overrides: one state
         sel = curated_selection_in(s, run_id, percent=percent, n=n)
         overrides = override_details_in(s, sel.pool)
     ids = sel.selected_ids if example_ids is None else _given(sel, example_ids)
     if not ids:
         raise CurationError("nothing to export: the selection is empty")
-    name = _check_name(name or f"run{run_id:05d}_{fmt}_{utcnow():%Y%m%d-%H%M%S-%f}")
     folder = ws.ensure().exports
-    path, manifest_path = folder / f"{name}.jsonl", folder / f"{name}.manifest.json"
-    card_path = folder / f"{name}.card.md"
-    temps: list[Path] = []
-    try:
-        keys: set[str] = set()
-        with _atomic_temp(folder, path.name) as (f, tmp):
-            temps.append(tmp)
-            sha, uids = _write_rows(store, ids, RENDER[fmt], f, keys)
-        manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=example_ids is not None,
-                                  overrides=overrides)
-        manifest.update(file=path.name, card=card_path.name)
-        schedule = _schedule_temp(store, sel, fmt, folder, f"{name}.schedule.jsonl", temps)
-        if schedule:
-            manifest["schedule"] = schedule[1]
-        if trainer := trainer_info(fmt, path, keys):
-            manifest["trainer"] = trainer
-        body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
-        with _atomic_temp(folder, manifest_path.name) as (m, mtmp):
-            temps.append(mtmp)
-            m.write(body)
-        card = _temp_with(folder, card_path.name, dataset_card(manifest).encode(), temps)
-        with _folder_lock(folder):  # the shared dataset_info.json is read, merged and replaced under it
-            sides = [(_temp_with(folder, fname, data, temps), folder / fname)
-                     for fname, data in side_files(trainer, folder).items()]
-            _publish([(tmp, path), *([schedule[0]] if schedule else []), *sides, (card, card_path), (mtmp, manifest_path)])
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
+    final = folder / name
+    with _folder_lock(folder):
+        drop_stale_exports(folder)
+        if existing_export(ws, name) and not overwrite:
+            raise CurationError(f"an export named '{name}' already exists ({final}); choose another name, or "
+                                "overwrite it (--overwrite; on the Curate page, tick 'Overwrite')")
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=TMP))
+        try:
+            os.chmod(tmp, dir_mode())
+            res, body = _write_export(store, sel, fmt, ids, overrides, example_ids is not None, tmp, final)
+            _swap_in(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
     with store.session() as s:
-        s.add(Export(run_id=run_id, path=str(path), fmt=fmt, n_examples=len(ids), file_sha256=sha,
+        s.add(Export(run_id=run_id, path=str(res.path), fmt=fmt, n_examples=len(ids), file_sha256=res.sha256,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
-    return ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha,
-                        schedule_path=schedule[0][1] if schedule else None, side_paths=[p for _, p in sides],
-                        card_path=card_path)
+    return res
 
 
-def _temp_with(folder: Path, name: str, data: bytes, temps: list[Path]) -> Path:
-    """A fsynced temp file holding `data`, to be published beside the export."""
-    with _atomic_temp(folder, name) as (f, tmp):
-        temps.append(tmp)
-        f.write(data)
-    return tmp
+def existing_export(ws: Workspace, name: str) -> Path | None:
+    """The folder of the export called `name` if there is one (what an export of that name would
+    replace, given ``overwrite``); a CurationError if `name` is no valid export name."""
+    final = ws.exports / export_name(name)
+    return final if final.exists() or final.is_symlink() else None
 
 
-def _check_name(name: str) -> str:
-    if not re.fullmatch(r"[\w][\w.\-]*", name) or name.endswith(".jsonl"):
-        raise CurationError(f"export name {name!r}: use letters, digits, '.', '-' and '_' (no folders, no extension)")
+def export_name(name: str) -> str:
+    """`names.check_name`, and no leading '.': hidden folders are exports being written (or moved
+    aside), which `drop_stale_exports` removes."""
+    name = check_name("export", name)
+    if name.startswith("."):
+        raise CurationError(f"export name {name!r}: may not start with '.' (reserved for exports being written)")
     return name
+
+
+def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], overrides: list[dict],
+                  by_filter: bool, tmp: Path, final: Path) -> tuple[ExportResult, bytes]:
+    """Every file of the export into the hidden folder `tmp`; paths in the result and the
+    manifest name `final`, where `_swap_in` puts them. Returns it and the manifest's bytes."""
+    name = final.name
+    path, manifest_path, card_path = final / f"{name}.jsonl", final / f"{name}.manifest.json", final / f"{name}.card.md"
+    keys: set[str] = set()
+    with _new_file(tmp / path.name) as f:
+        sha, uids = _write_rows(store, ids, RENDER[fmt], f, keys)
+    manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=by_filter, overrides=overrides)
+    manifest.update(file=path.name, card=card_path.name)
+    if schedule := _write_schedule(store, sel, fmt, tmp, f"{name}.schedule.jsonl"):
+        manifest["schedule"] = schedule
+    if trainer := trainer_info(fmt, path, keys):
+        manifest["trainer"] = trainer
+    sides = [final / _write_file(tmp / fname, data).name for fname, data in side_files(trainer).items()]
+    _write_file(tmp / card_path.name, dataset_card(manifest).encode())
+    body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
+    _write_file(tmp / manifest_path.name, body)
+    res = ExportResult(path=path, manifest_path=manifest_path, n=len(ids), sha256=sha, side_paths=sides,
+                       schedule_path=final / schedule["file"] if schedule else None, card_path=card_path)
+    return res, body
 
 
 def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:
@@ -281,10 +347,10 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
     """
     with store.session() as s:
         run = s.get(Run, sel.run_id)
-        pool = s.get(Pool, run.pool_id)
         prefs = s.get(PreferenceSet, run.prefs_id).name if run.prefs_id else None
-        cfg, meta, method, pool_size = run.config or {}, run.meta or {}, run.method, pool.n_examples
+        cfg, meta, method = run.config or {}, run.meta or {}, run.method
         pairs_state = pairs_version(s, run)
+    pool_size = len(sel.ids)  # what the run scored: an append to the pool since must not change it
     return {
         "tool_version": curation.__version__,
         "created": utcnow().isoformat(),
@@ -410,12 +476,11 @@ def _override_table(overrides: list[dict]) -> list[str]:
 
 # --- a dynamic method's training schedule ----------------------------------------------------
 
-def _schedule_temp(store: Store, sel: CuratedSelection, fmt: str, folder: Path, file_name: str,
-                   temps: list[Path]) -> tuple[tuple[Path, Path], dict] | None:
-    """Write the run's training schedule (RAISE) to a temp file: one line per (step, slot),
+def _write_schedule(store: Store, sel: CuratedSelection, fmt: str, folder: Path, file_name: str) -> dict | None:
+    """Write the run's training schedule (RAISE) into `folder`: one line per (step, slot),
     ``{"step", "slot", "uid", "example"}`` in training order, excluded examples left out.
 
-    Returns ((temp, final path), manifest entry), or None for a static method.
+    Returns the manifest entry, or None for a static method (nothing written).
     """
     from curation.methods import get_method  # lazily: importing the methods loads torch
 
@@ -429,8 +494,7 @@ def _schedule_temp(store: Store, sel: CuratedSelection, fmt: str, folder: Path, 
     slots = [(t + 1, j + 1, int(e)) for t, row in enumerate(steps.tolist()) for j, e in enumerate(row)
              if e >= 0 and int(e) not in excluded]
     digest, render = hashlib.sha256(), RENDER[fmt]
-    with _atomic_temp(folder, file_name) as (f, tmp):
-        temps.append(tmp)
+    with _new_file(folder / file_name) as f:
         for lo in range(0, len(slots), BATCH):
             chunk = slots[lo: lo + BATCH]
             with store.session() as s:
@@ -444,4 +508,4 @@ def _schedule_temp(store: Store, sel: CuratedSelection, fmt: str, folder: Path, 
              "excluded_dropped": int(sum(1 for row in steps.tolist() for e in row if e >= 0 and e in excluded)),
              "format": "one line per (step, slot) in training order: step and slot 1-based, example in "
                        f"the export format {fmt!r}; pins are not added (they have no step)"}
-    return (tmp, folder / file_name), entry
+    return entry

@@ -1,10 +1,10 @@
 """What a trainer needs beside an exported file, so an export is ready to train on as written.
 
 * TRL (``messages``, ``prompt_completion``): nothing beside the file; the manifest says how to load it.
-* LLaMA-Factory (``alpaca``, ``sharegpt``): a ``dataset_info.json`` entry naming the file and its
-  columns. LLaMA-Factory reads one ``dataset_info.json`` per ``dataset_dir``, so the entry is also
-  merged into the exports folder's ``dataset_info.json`` (``dataset_dir`` = that folder,
-  ``dataset`` = the export's name).
+* LLaMA-Factory (``alpaca``, ``sharegpt``): a ``dataset_info.json`` naming the file and its
+  columns, in the export's own folder (``dataset_dir`` = that folder, ``dataset`` = the export's
+  name). It is not merged into a file shared by all exports: that file would change outside the
+  export's one atomic rename.
 * axolotl (``axolotl``): the ``datasets:`` entry of its YAML config (``type: chat_template``).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curation.errors import CurationError
 
 # Export formats, and how the Curate page and the CLI name them.
 FORMATS = ("original", "messages", "prompt_completion", "alpaca", "sharegpt", "axolotl")
@@ -59,7 +58,7 @@ def trainer_info(fmt: str, path: Path, keys: set[str]) -> dict | None:
         return {"trainer": "trl", "dataset_type": kind,
                 "load": f"datasets.load_dataset('json', data_files={str(path.resolve())!r}, split='train')"}
     if trainer == "llamafactory":
-        return {"trainer": "llamafactory", "dataset_info_file": f"{name}.{DATASET_INFO}",
+        return {"trainer": "llamafactory", "dataset_info_file": DATASET_INFO,
                 "dataset_dir": str(path.parent.resolve()), "dataset": name,
                 "dataset_info": {name: llamafactory_entry(fmt, path.name, keys)}}
     if trainer == "axolotl":
@@ -67,28 +66,12 @@ def trainer_info(fmt: str, path: Path, keys: set[str]) -> dict | None:
     return None
 
 
-def merged_dataset_info(folder: Path, entry: dict) -> bytes:
-    """The folder's ``dataset_info.json`` with `entry` ({name: value}) added or replaced."""
-    current = folder / DATASET_INFO
-    info = {}
-    if current.exists():
-        try:
-            info = json.loads(current.read_text())
-        except (OSError, ValueError) as e:
-            raise CurationError(f"{current}: not readable JSON ({e}); fix or remove it, then export again") from None
-        if not isinstance(info, dict):
-            raise CurationError(f"{current}: expected a JSON object of datasets; fix or remove it, then export again")
-    return json.dumps({**info, **entry}, indent=2, ensure_ascii=False).encode()
-
-
-def side_files(info: dict | None, folder: Path) -> dict[str, bytes]:
+def side_files(info: dict | None) -> dict[str, bytes]:
     """File name -> contents of what goes beside the export for its trainer."""
     import yaml  # pyyaml: axolotl's own config format
 
     if not info or info["trainer"] == "trl":
         return {}
     if info["trainer"] == "llamafactory":
-        entry = info["dataset_info"]
-        return {info["dataset_info_file"]: json.dumps(entry, indent=2, ensure_ascii=False).encode(),
-                DATASET_INFO: merged_dataset_info(folder, entry)}
+        return {info["dataset_info_file"]: json.dumps(info["dataset_info"], indent=2, ensure_ascii=False).encode()}
     return {info["config_file"]: yaml.safe_dump({"datasets": info["datasets"]}, sort_keys=False).encode()}

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from curation.data.catalog import run_feature_set
+from curation.data.catalog import list_runs as stored_runs, run_feature_set
 from curation.data.store import Run, Store
 from curation.data.store.db import is_locked_error, retry_locked
 from curation.data.store.models import utcnow
@@ -273,10 +273,23 @@ def request_cancel(store: Store, run_id: int) -> None:
 
 def effective_status(run: Run, now=None) -> str:
     """What to show: a running run without a recent heartbeat is 'dead', not 'running'."""
+    return status_from(run.status, run.heartbeat, now)
+
+
+def status_from(status: str, heartbeat: datetime | None, now=None) -> str:
+    """`effective_status` from a run's stored status and last heartbeat."""
     now = now or utcnow()
-    if run.status in ("queued", "running") and run.heartbeat and now - run.heartbeat > STALE_AFTER:
+    if status in ("queued", "running") and heartbeat and now - heartbeat > STALE_AFTER:
         return "dead"
-    return run.status
+    return status
+
+
+def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> list[dict]:
+    """`catalog.list_runs` with each run's effective status: a killed worker's run reads 'dead',
+    not 'running' forever."""
+    now = utcnow()
+    return [{**r, "status": status_from(r["status"], r["heartbeat"], now)}
+            for r in stored_runs(store, pool=pool, internal=internal)]
 
 
 def tail(path: Path, lines: int = 30) -> str:
