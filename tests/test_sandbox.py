@@ -429,7 +429,9 @@ def test_a_forged_setup_error_is_the_codes_own_failure():
     the run blaming the machine)."""
     res = run_python(FORGED_SETUP, TESTS)
     assert (res.passed, res.total, res.pass_rate) == (0, 3, 0.0)
-    assert "invalid result" in res.error
+    # the code's own failure either way: which fds it scribbled on depends on what the host
+    # process has open (the result pipe: "invalid result"; its own stdout closed: "no result")
+    assert "invalid result" in res.error or "no result" in res.error, res.error
     printed = run_python('print(\'{"setup_error": "a machine problem"}\')\n' + FORGED_SETUP, TESTS)
     assert (printed.passed, printed.total) == (0, 3)
 
