@@ -43,6 +43,18 @@ def _tighten(path: Path, mode: int) -> None:
         pass
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists. Never opens an existing file:
+    closing any descriptor of a database file drops every POSIX lock SQLite holds on it in this
+    process, so a connection already open here would lose its WAL read lock (stale reads)."""
+    if path.exists():
+        return
+    try:  # O_EXCL: another process may create it first, then it is theirs
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
 @dataclass(frozen=True)
 class Workspace:
     home: Path
@@ -60,7 +72,7 @@ class Workspace:
             _folder(self.home / sub, FOLDER_MODES.get(sub, 0o700))
         if (db := self.sqlite_file) is not None:
             db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps an existing file's mode
+            _create_private(db)  # SQLite keeps an existing file's mode
             for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
                 _tighten(path, 0o600)
         return self

@@ -83,3 +83,22 @@ def test_workspace_from_env(tmp_path, monkeypatch):
     assert ws.db_url == f"sqlite:///{tmp_path / 'ws' / 'curation.db'}"
     monkeypatch.setenv("CURATION_DB_URL", "postgresql://u@localhost/db")
     assert Workspace.from_env().db_url == "postgresql://u@localhost/db"
+
+
+def test_ensure_never_opens_an_existing_database_file(ws, monkeypatch):
+    """Closing any descriptor of an SQLite file drops every POSIX lock the process holds on it,
+    so a connection open here would lose its WAL read lock. `ensure` (called by every CLI
+    command and page) may create the file 0600 but must not touch an existing one: before,
+    `score --resume` after manual shards left the test's own connection reading 'queued'."""
+    import os
+
+    store = Store.open(ws)
+    db = ws.sqlite_file
+    assert db is not None and db.exists()
+    real_open, opened = os.open, []
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
+    ws.ensure()
+    assert str(db) not in opened
+    with store.session() as s:  # the store still works
+        assert s.execute(__import__("sqlalchemy").text("select 1")).scalar() == 1
+    assert (db.stat().st_mode & 0o777) == 0o600
