@@ -116,6 +116,14 @@ def reference_run(tmp_path: Path, cfg: ScoreConfig) -> tuple[Workspace, Store, i
     return ws, store, run_id
 
 
+@pytest.fixture(scope="session")
+def reference(micro_model, tmp_path_factory) -> tuple[Workspace, Store, int]:
+    """One uninterrupted micro run (shard size 512) for the kill and torchrun tests. Features do
+    not depend on the shard size (rows are batched by length alone, `model.padded_length`); the
+    tests compare their 128- and 256-row shards against it byte for byte, which checks that too."""
+    return reference_run(tmp_path_factory.mktemp("reference"), micro_config(micro_model, shard_size=512))
+
+
 def segment_dir(ws: Workspace, ckpt: int = 0) -> Path:
     """The train-feature directory of the workspace's one feature-store segment."""
     found = sorted((ws.home / "features").glob(f"fs_*/seg_*/ckpt_{ckpt}"))
@@ -130,7 +138,7 @@ def same_scores(store_a: Store, run_a: int, store_b: Store, run_b: int) -> tuple
     return a, b
 
 
-def test_killed_run_resumes_to_identical_features(ws, micro_model, tmp_path):
+def test_killed_run_resumes_to_identical_features(ws, micro_model, reference):
     """SIGKILL the worker mid-features; `--resume` finishes with the uninterrupted run's features."""
     store = Store.open(ws)
     ensure_demo(store)
@@ -149,12 +157,12 @@ def test_killed_run_resumes_to_identical_features(ws, micro_model, tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "curation", "score", "--resume", str(victim)], cwd=REPO,
                              env=env_for(ws), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ref_ws, ref_store, reference = reference_run(tmp_path, cfg)
-    for a, b in zip(_train_features(ref_ws.run_dir(reference), 2), _train_features(ws.run_dir(victim), 2)):
+    ref_ws, ref_store, ref_id = reference
+    for a, b in zip(_train_features(ref_ws.run_dir(ref_id), 2), _train_features(ws.run_dir(victim), 2)):
         np.testing.assert_array_equal(a, b)
     with store.session() as s:
         assert s.get(Run, victim).status == "done"
-    ref, got = same_scores(ref_store, reference, store, victim)
+    ref, got = same_scores(ref_store, ref_id, store, victim)
     assert ref == got
 
 
@@ -181,7 +189,7 @@ def test_less_and_rose_share_the_warmup(ws, micro_model):
     assert infos[0]["top"] != infos[1]["top"]  # different objectives rank differently
 
 
-def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model, tmp_path):
+def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model, tmp_path, reference):
     """2 CPU ranks (gloo) each write half the shards; rank 0 merges by manifest and scores."""
     store = Store.open(ws)
     ensure_demo(store)
@@ -195,7 +203,7 @@ def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model
     sharded = int(out.stdout.strip().splitlines()[-1])
     names = {p.name for p in segment_dir(ws).glob("manifest*.json")}
     assert names >= {"manifest.rank0of2.json", "manifest.rank1of2.json"}
-    ref_ws, ref_store, single = reference_run(tmp_path, cfg)
+    ref_ws, ref_store, single = reference
     for a, b in zip(_train_features(ref_ws.run_dir(single), 2), _train_features(ws.run_dir(sharded), 2)):
         np.testing.assert_array_equal(a, b)
     assert show_run(store, sharded)["status"] == "done"
@@ -217,4 +225,4 @@ def test_manual_shards_then_resume(ws, micro_model, tmp_path):
     out = subprocess.run([sys.executable, "-m", "curation", "score", "--resume", str(run_id)], cwd=REPO,
                          env=env_for(ws), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert show_run(store, run_id)["status"] == "done"
+    assert show_run(store, run_id)["status"] == "done", (out.stdout[-2000:], out.stderr[-4000:])
