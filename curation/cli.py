@@ -161,6 +161,9 @@ def _score_config(a: argparse.Namespace):
     if a.percent is not None or a.n is not None:
         from curation.config import SelectConfig
         cfg.select = SelectConfig(percent=a.percent, n=a.n)
+    if a.option:
+        from curation.methods.base import parse_options
+        cfg.options = {**cfg.options, **parse_options(cfg.method, a.option)}
     return cfg
 
 
@@ -212,8 +215,11 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 @command("show")
 def cmd_show(a: argparse.Namespace) -> int:
+    from curation.review.compare import length_spearman
     from curation.runs.execute import show_run
     info = show_run(_store(), a.run_id, top=a.top)
+    rho = length_spearman(_store(), a.run_id) if info["status"] == "done" else None
+    rho = info["length_spearman"] = None if rho is None or rho != rho else rho  # NaN (constant side): null
     if a.json:
         import json
         print(json.dumps(info, default=str))
@@ -222,6 +228,8 @@ def cmd_show(a: argparse.Namespace) -> int:
           f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
     for stage, secs in (info["stage_times"] or {}).items():
         print(f"  {stage:<32} {secs:8.1f} s")
+    if rho is not None:
+        print(f"  Spearman of score with response length (characters): {rho:+.3f}")
     for t in info["top"]:
         print(f"  #{t['rank']:<5} {t['score']:+.4f} {t['source']:<18} {t['subtask'] or '':<22} {t['prompt']!r}")
     return 0
@@ -301,6 +309,15 @@ def cmd_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def _options(a: argparse.Namespace) -> dict | None:
+    """``--option KEY=VALUE`` of `rescore`, typed for its method (the base run's unless --method)."""
+    if not a.option:
+        return None
+    from curation.methods.base import parse_options
+    from curation.runs.execute import show_run
+    return parse_options(a.method or show_run(_store(), a.run_id, top=0)["method"], a.option)
+
+
 @command("rescore")
 def cmd_rescore(a: argparse.Namespace) -> int:
     """Re-score a finished run's pool with its stored features (no background job)."""
@@ -309,7 +326,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     from curation.runs.rescore import rescore
     bars = StageBars()
     try:
-        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars)
+        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars, options=_options(a))
     finally:
         bars.close()
     if a.json:
@@ -479,6 +496,8 @@ def make_parser() -> argparse.ArgumentParser:
     budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")
     budget.add_argument("--n", type=int, help="select the top N")
     sp.add_argument("--config", help="JSON or TOML file with a ScoreConfig")
+    sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="set a method option (repeatable), "
+                    "typed by the method's options, e.g. --method contrast --option alpha=0.5")
     sp.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a crashed or killed run")
     sp.add_argument("--shard", metavar="i/N", help="only write train-feature shard i of N (0-based); "
                     "`score --resume RUN_ID` then merges and scores. Under torchrun this is automatic")
@@ -499,6 +518,8 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_id", type=int)
     rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")
     rp.add_argument("--method", help="rose, less or nice (default: the run's)")
+    rp.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="set a method option (repeatable); the base run's other options are kept")
     rp.add_argument("--json", action="store_true")
     ck = sub.add_parser("check", help="held-out test of a run: fine-tune on its selection vs random, verdict")
     ck.add_argument("run_id", type=int)

@@ -155,6 +155,11 @@ class GradientMethod(Method):
     shards_features = True
     option_defaults: dict = {"checkpoint_weights": "lr"}
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_spec" not in cls.__dict__:  # a subclass's defaults are its options
+            cls.option_spec = cls.option_defaults
+
     def options(self, inputs: ScoreInputs) -> dict:
         """This method's options over its defaults; unknown keys are refused (`method_options`)."""
         return method_options(self.name, inputs.config, self.option_defaults)

@@ -58,12 +58,14 @@ def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> F
 
 
 def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | None = None,
-            ws: Workspace | None = None, echo=None, overrides: dict | None = None) -> Rescored:
+            ws: Workspace | None = None, echo=None, overrides: dict | None = None,
+            options: dict | None = None) -> Rescored:
     """Score ``prefs`` (default: the base run's preference set as it is now) with the base
     run's settings and stored features, in this process; returns the new run and the diff.
 
     ``overrides`` replaces top-level config keys that only touch the validation side or the
     scoring (``beta``, ``options``); train-feature settings would not find stored features.
+    ``options`` are set over the run's method options (``--option alpha=0.5``).
     """
     from curation.methods import get_method
     from curation.methods.gradient import GradientMethod
@@ -83,6 +85,8 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     if method and "options" not in (overrides or {}):
         cfg = cfg.for_method(method)
     cfg.method = method or cfg.method
+    if options:
+        cfg.options = {**cfg.options, **options}
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "
                             f"launch a {cfg.method} run instead")
@@ -117,7 +121,7 @@ def latest_rescorable(store: Store, prefs: str, ws: Workspace | None = None) -> 
         if ps is None:
             return None
         runs = s.scalars(select(Run).where(Run.prefs_id == ps.id, Run.status == "done",
-                                           Run.method.in_(("rose", "less", "nice")))
+                                           Run.method.in_(("rose", "less", "nice", "contrast")))
                          .order_by(Run.id.desc()).limit(20)).all()
         ids = [r.id for r in runs if not (r.meta or {}).get("internal")][:5]  # never a check's sub-run
     return next((i for i in ids if stored_features(store, i, ws) is not None), None)
