@@ -331,10 +331,32 @@ def cmd_rescore(a: argparse.Namespace) -> int:
         bars.close()
     if a.json:
         print(json.dumps({"run_id": res.run_id, "base_run_id": res.base_run_id, "seconds": res.seconds,
-                          "added": res.added, "removed": res.removed}))
+                          "added": res.added, "removed": res.removed, "refused": res.refused}))
     else:
         print(res.summary(), file=sys.stderr)
+        for fused in res.refused:
+            print(f"fusion run #{fused} re-fused with run #{res.run_id} in place of #{res.base_run_id}",
+                  file=sys.stderr)
         print(res.run_id)
+    return 0
+
+
+@command("fuse")
+def cmd_fuse(a: argparse.Namespace) -> int:
+    """Weighted reciprocal-rank fusion of finished runs on one pool: a new run (prints its id last)."""
+    from curation.runs.fuse import fuse
+    weights = None
+    if a.weights:
+        try:
+            weights = [float(w) for w in a.weights.split(",")]
+        except ValueError:
+            raise CurationError(f"--weights {a.weights!r}: expected numbers separated by commas, e.g. 1,0.5") from None
+    bars = StageBars()
+    try:
+        run_id = fuse(_store(), a.run_ids, weights, echo=bars)
+    finally:
+        bars.close()
+    print(run_id)
     return 0
 
 
@@ -521,6 +543,9 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="set a method option (repeatable); the base run's other options are kept")
     rp.add_argument("--json", action="store_true")
+    fu = sub.add_parser("fuse", help="weighted reciprocal-rank fusion of finished runs on one pool (a new run)")
+    fu.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
+    fu.add_argument("--weights", help="one weight per run, comma-separated (default: all 1)")
     ck = sub.add_parser("check", help="held-out test of a run: fine-tune on its selection vs random, verdict")
     ck.add_argument("run_id", type=int)
     ck.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")

@@ -48,6 +48,8 @@ class ScoreInputs:
     content_hashes: list[str] = field(default_factory=list)  # aligned with example_ids
     # messages by content hash, from this pool first, then any pool (feature-store segments)
     fetch_hashes: Callable[[Sequence[str]], list[Messages]] | None = None
+    # (example ids, scores) of another finished run, in id order (fusion reads its inputs)
+    scores_of: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -104,6 +106,11 @@ class Method(ABC):
         e.g. BM25's matching terms or NICE's sampled responses with their rewards.
         """
         return {}
+
+    def reason(self, workdir: Path, example_id: int) -> str | None:
+        """One sentence for the why-selected text beyond the shared ones (subtask, checkpoint,
+        pair), e.g. how much of a contrast score its rejected answers give; None: nothing more."""
+        return None
 
     def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
                     pairs: Sequence[ValPair]) -> np.ndarray | None:
