@@ -162,6 +162,9 @@ def _score_config(a: argparse.Namespace):
     if a.percent is not None or a.n is not None:
         from curation.config import SelectConfig
         cfg.select = SelectConfig(percent=a.percent, n=a.n)
+    if a.option:
+        from curation.methods.base import parse_options
+        cfg.options = {**cfg.options, **parse_options(cfg.method, a.option)}
     return cfg
 
 
@@ -213,8 +216,11 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 @command("show")
 def cmd_show(a: argparse.Namespace) -> int:
+    from curation.review.compare import length_spearman
     from curation.runs.execute import show_run
     info = show_run(_store(), a.run_id, top=a.top)
+    rho = length_spearman(_store(), a.run_id) if info["status"] == "done" else None
+    rho = info["length_spearman"] = None if rho is None or rho != rho else rho  # NaN (constant side): null
     if a.json:
         import json
         print(json.dumps(info, default=str))
@@ -223,6 +229,8 @@ def cmd_show(a: argparse.Namespace) -> int:
           f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
     for stage, secs in (info["stage_times"] or {}).items():
         print(f"  {stage:<32} {secs:8.1f} s")
+    if rho is not None:
+        print(f"  Spearman of score with response length (characters): {rho:+.3f}")
     for t in info["top"]:
         print(f"  #{t['rank']:<5} {t['score']:+.4f} {t['source']:<18} {t['subtask'] or '':<22} {t['prompt']!r}")
     return 0
@@ -302,6 +310,15 @@ def cmd_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def _options(a: argparse.Namespace) -> dict | None:
+    """``--option KEY=VALUE`` of `rescore`, typed for its method (the base run's unless --method)."""
+    if not a.option:
+        return None
+    from curation.methods.base import parse_options
+    from curation.runs.execute import show_run
+    return parse_options(a.method or show_run(_store(), a.run_id, top=0)["method"], a.option)
+
+
 @command("rescore")
 def cmd_rescore(a: argparse.Namespace) -> int:
     """Re-score a finished run's pool with its stored features (no background job)."""
@@ -310,15 +327,37 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     from curation.runs.rescore import rescore
     bars = StageBars()
     try:
-        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars)
+        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars, options=_options(a))
     finally:
         bars.close()
     if a.json:
         print(json.dumps({"run_id": res.run_id, "base_run_id": res.base_run_id, "seconds": res.seconds,
-                          "added": res.added, "removed": res.removed}))
+                          "added": res.added, "removed": res.removed, "refused": res.refused}))
     else:
         print(res.summary(), file=sys.stderr)
+        for fused in res.refused:
+            print(f"fusion run #{fused} re-fused with run #{res.run_id} in place of #{res.base_run_id}",
+                  file=sys.stderr)
         print(res.run_id)
+    return 0
+
+
+@command("fuse")
+def cmd_fuse(a: argparse.Namespace) -> int:
+    """Weighted reciprocal-rank fusion of finished runs on one pool: a new run (prints its id last)."""
+    from curation.runs.fuse import fuse
+    weights = None
+    if a.weights:
+        try:
+            weights = [float(w) for w in a.weights.split(",")]
+        except ValueError:
+            raise CurationError(f"--weights {a.weights!r}: expected numbers separated by commas, e.g. 1,0.5") from None
+    bars = StageBars()
+    try:
+        run_id = fuse(_store(), a.run_ids, weights, echo=bars)
+    finally:
+        bars.close()
+    print(run_id)
     return 0
 
 
@@ -481,6 +520,8 @@ def make_parser() -> argparse.ArgumentParser:
     budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")
     budget.add_argument("--n", type=int, help="select the top N")
     sp.add_argument("--config", help="JSON or TOML file with a ScoreConfig")
+    sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="set a method option (repeatable), "
+                    "typed by the method's options, e.g. --method contrast --option alpha=0.5")
     sp.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a crashed or killed run")
     sp.add_argument("--shard", metavar="i/N", help="only write train-feature shard i of N (0-based); "
                     "`score --resume RUN_ID` then merges and scores. Under torchrun this is automatic")
@@ -501,7 +542,12 @@ def make_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_id", type=int)
     rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")
     rp.add_argument("--method", help="rose, less or nice (default: the run's)")
+    rp.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="set a method option (repeatable); the base run's other options are kept")
     rp.add_argument("--json", action="store_true")
+    fu = sub.add_parser("fuse", help="weighted reciprocal-rank fusion of finished runs on one pool (a new run)")
+    fu.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
+    fu.add_argument("--weights", help="one weight per run, comma-separated (default: all 1)")
     ck = sub.add_parser("check", help="held-out test of a run: fine-tune on its selection vs random, verdict")
     ck.add_argument("run_id", type=int)
     ck.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")

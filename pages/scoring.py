@@ -109,6 +109,9 @@ with st.container(border=True):
                                      help="0: 2 for budgets up to 1%, else 4 (the paper's best)")
         r_batch = c3.number_input("Batch B per step", 1, 256, r.batch_size, help="b = B // C per cluster")
         r_reward = c4.selectbox("Validation loss", ["dpo", "sft"], help="dpo: the pairs' DPO loss; sft: chosen CE")
+    with st.expander("Contrast (method contrast: from LESS at alpha 0 to ROSE at alpha 1)", expanded=method == "contrast"):
+        alpha = st.slider("alpha: weight of the rejected answers", 0.0, 1.0, 1.0, step=0.05,
+                          help="direction ∇log p(chosen) − alpha·∇log p(rejected): 1 ranks as ROSE, 0 as LESS")
 
     cfg, estimate = None, None
     with user_errors():
@@ -121,6 +124,8 @@ with st.container(border=True):
         if method == "raise":
             cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
                                       batch_size=int(r_batch), reward=r_reward).to_dict()
+        if method == "contrast":
+            cfg.options = {"alpha": float(alpha)}
     prefs_name = None if prefs == "(none)" else prefs
     if cfg is not None and checked is not None:
         try:

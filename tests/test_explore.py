@@ -147,7 +147,14 @@ def build_method_run(store: Store, base: SyntheticRun, method: str, ws) -> int:
         inputs = ScoreInputs(example_ids=ids, fetch=lambda some: [messages[i] for i in some], pairs=pairs, config=cfg,
                              workdir=workdir, workspace=ws, reporter=Reporter(None, None))
         out = get_method(method).score(inputs)
-    elif method in ("less", "nice"):
+    elif method == "fusion":  # of the ROSE run with itself: the files its explain() reads
+        from curation.runs.execute import load_scores
+        cfg.options = {"runs": [base.run_id, base.run_id], "weights": [1.0, 2.0]}
+        inputs = ScoreInputs(example_ids=ids, fetch=lambda some: [messages[i] for i in some], pairs=pairs, config=cfg,
+                             workdir=workdir, workspace=ws, reporter=Reporter(None, None),
+                             scores_of=lambda other: load_scores(store, other))
+        out = get_method(method).score(inputs)
+    elif method in ("less", "nice", "contrast"):
         shutil.copytree(base.workdir / "features", workdir / "features")
         with store.session() as s:
             comps = {sc.example_id: sc for sc in s.scalars(select(Score).where(Score.run_id == base.run_id))}
@@ -378,7 +385,7 @@ EVIDENCE = {"rose": [], "less": [], "nice": ["Sampled responses (last checkpoint
             "bm25": ["best-matching validation pair", "matching terms"],
             "dsir": ["target subtask", "n-grams by contribution"], "random": [],
             "raise": ["State features", "Selection history", "Steps that train on it"],
-            "repsim": ["most similar validation pairs"]}
+            "repsim": ["most similar validation pairs"], "contrast": [], "fusion": ["Ranks in the input runs"]}
 
 
 def test_every_registered_method_declares_its_labels():
@@ -412,13 +419,13 @@ def test_inspector_shows_each_methods_own_evidence(store, run, method, tmp_path)
     if labels.per_subtask:
         assert any(labels.per_subtask in r and "Driven mostly by subtask" in r for r in exp.reasons)
         assert explore.subtask_frame(exp).columns.tolist() == ["subtask", labels.per_subtask, "driver"]
-    else:
-        assert len(exp.reasons) == 1
+    else:  # a fusion says which input run ranked it where (`Method.reason`)
+        assert len(exp.reasons) == 1 + (method == "fusion")
     if labels.per_pair:
         pid = {p.val_row: p.pair_id for p in exp.val_pairs}
         assert f"pair id {pid[exp.val_pairs[0].val_row]}" in exp.reasons[-1] and labels.per_pair in exp.reasons[-1]
     text = " ".join(exp.reasons)
-    assert ("cosine" in text) == (method in ("rose", "less", "nice", "repsim"))  # BM25 is never a cosine
+    assert ("cosine" in text) == (method in ("rose", "less", "nice", "repsim", "contrast"))  # BM25 is never a cosine
     assert not exp.notes
 
 

@@ -36,7 +36,7 @@ from curation.errors import CurationError
 
 FORMAT_VERSION = 2  # bump when the same manifest would describe different bytes
 IDS_FILE = "example_ids.npy"  # the split's row order, written once beside its manifests
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "val_chosen", "val_rejected")  # the last two: the contrast method's sides
 DTYPES = ("float16", "float32")  # float16 halves disk and page cache; cosines need no more
 MANIFEST = "manifest.json"
 VIEW_FILE = "view.json"  # a run's split that points into the workspace feature store (`featuresets`)

@@ -222,11 +222,11 @@ class _FeatureSum:
             self.total = grads.new_zeros(grads.shape[0], self.projector.k)
         self.projector.accumulate(name, grads, self.total)
 
-    def features(self, n_items: int) -> _HostCopy:
-        """The batch's normalised features, on their way to the host (see `_HostCopy`)."""
+    def features(self, n_items: int, normalize: bool = True) -> _HostCopy:
+        """The batch's (normalised) features, on their way to the host (see `_HostCopy`)."""
         if self.total is None:
             return _HostCopy(torch.zeros(n_items, self.projector.k))
-        return _HostCopy(F.normalize(self.total, dim=1).float())
+        return _HostCopy((F.normalize(self.total, dim=1) if normalize else self.total).float())
 
 
 class _HostCopy:
@@ -253,12 +253,15 @@ class _HostCopy:
 def iter_features(model: nn.Module, batches: Iterable[Batch], objective: Objective, projector: Projector,
                   optimizer_state: AdamState | None = None, *, betas: tuple[float, float] = (0.9, 0.999),
                   eps: float = 1e-8, param_filter: ParamFilter = is_lora_param,
-                  loop: bool = False, autocast: torch.dtype | None = None) -> Iterator[np.ndarray]:
+                  loop: bool = False, autocast: torch.dtype | None = None,
+                  normalize: bool = True) -> Iterator[np.ndarray]:
     """Yield ``[n_items, k]`` float32 features per batch (so callers can save and resume per batch).
 
     Per item: per-layer gradient -> Adam direction if ``optimizer_state`` (train side) ->
     projection -> sum over layers (exact, see :mod:`curation.engine.projection`) -> L2 normalisation.
     ``loop=True`` gets the gradients the reference way (one backward per item) instead.
+    ``normalize=False`` keeps the projected gradients' lengths (the contrast method mixes the
+    chosen and rejected gradients of a pair before normalising).
     ``autocast``: the forward's precision (`PerSampleGradients.compute`). Each batch's
     features are yielded once the next batch is queued, so a GPU never idles on the copy.
     """
@@ -270,12 +273,12 @@ def iter_features(model: nn.Module, batches: Iterable[Batch], objective: Objecti
         for batch in batches:
             batch = batch.to(device)
             if loop:
-                yield np.concatenate([_loop_item(model, item, objective, params, projector, state, betas, eps)
-                                      for item in batch.split()])
+                yield np.concatenate([_loop_item(model, item, objective, params, projector, state, betas, eps,
+                                                 normalize) for item in batch.split()])
                 continue
             acc = _FeatureSum(projector, state, betas, eps)
             psg.compute(objective, batch, acc, autocast=autocast)
-            ready = acc.features(batch.n_items)
+            ready = acc.features(batch.n_items, normalize)
             if pending is not None:
                 yield pending.result()
             pending = ready
@@ -283,11 +286,11 @@ def iter_features(model: nn.Module, batches: Iterable[Batch], objective: Objecti
         yield pending.result()
 
 
-def _loop_item(model, item, objective, params, projector, state, betas, eps) -> np.ndarray:
+def _loop_item(model, item, objective, params, projector, state, betas, eps, normalize=True) -> np.ndarray:
     acc = _FeatureSum(projector, state, betas, eps)
     for name, grads in item_gradients(model, item, objective, params).items():
         acc(name, grads.to(torch.promote_types(grads.dtype, torch.float32)))
-    return acc.features(1).result()
+    return acc.features(1, normalize).result()
 
 
 def featurize(model: nn.Module, batches: Iterable[Batch], objective: Objective, projector: Projector,

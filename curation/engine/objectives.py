@@ -223,6 +223,17 @@ class SFTObjective(Objective):
         return sum_per_item(-sum_logp / n_tokens.clamp(min=1), batch)
 
 
+class LogProbObjective(Objective):
+    """Minus the summed log-probability of each item's response tokens: ``∇`` of it is
+    ``-∇log πθ(y|x)``, the part of ROSE's DPO gradient that one side of a pair gives (§2)."""
+
+    name = "logp"
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        sum_logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)
+        return sum_per_item(-sum_logp, batch)
+
+
 class DPOObjective(Objective):
     """Pairwise preference loss (METHODS.md §2): ``L = -log σ(β (h(y_w) - h(y_l)))``.
 

@@ -13,6 +13,8 @@ from curation.methods import dsir  # noqa: F401  # isort: skip
 from curation.methods import random_  # noqa: F401  # isort: skip
 from curation.methods import raise_  # noqa: F401  # isort: skip
 from curation.methods import repsim  # noqa: F401  # isort: skip
+from curation.methods import contrast  # noqa: F401  # isort: skip
+from curation.methods import fusion  # noqa: F401  # isort: skip
 from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, get_method
 
 __all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreLabels", "ScoreOutput", "ValPair", "get_method"]

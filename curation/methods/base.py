@@ -8,6 +8,7 @@ A method turns `ScoreInputs` (the pool, the validation pairs, the run config) in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -47,6 +48,8 @@ class ScoreInputs:
     content_hashes: list[str] = field(default_factory=list)  # aligned with example_ids
     # messages by content hash, from this pool first, then any pool (feature-store segments)
     fetch_hashes: Callable[[Sequence[str]], list[Messages]] | None = None
+    # (example ids, scores) of another finished run, in id order (fusion reads its inputs)
+    scores_of: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -88,6 +91,9 @@ class Method(ABC):
     needs_pairs: ClassVar[bool] = True
     shards_features: ClassVar[bool] = False  # True: `--shard i/N` ranks split its train features
     description: ClassVar[str] = ""
+    # the options ``ScoreConfig.options`` may set: a dict of defaults, or an options dataclass
+    # (NICE, RAISE); `parse_options` converts ``--option KEY=VALUE`` text by it
+    option_spec: ClassVar[Any] = {}
 
     @abstractmethod
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
@@ -100,6 +106,11 @@ class Method(ABC):
         e.g. BM25's matching terms or NICE's sampled responses with their rewards.
         """
         return {}
+
+    def reason(self, workdir: Path, example_id: int) -> str | None:
+        """One sentence for the why-selected text beyond the shared ones (subtask, checkpoint,
+        pair), e.g. how much of a contrast score its rejected answers give; None: nothing more."""
+        return None
 
     def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
                     pairs: Sequence[ValPair]) -> np.ndarray | None:
@@ -122,6 +133,58 @@ def method_options(method: str, config: ScoreConfig, defaults: dict[str, Any]) -
         raise CurationError(f"method {method!r}: unknown option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(defaults)) or 'none'}")
     return {**defaults, **config.options}
+
+
+def option_types(method: Method) -> dict[str, str]:
+    """``{option: type}`` of a method's options, the type as written (``"int | None"``); an
+    option whose default is None has type ``"None"`` (any number or text)."""
+    spec = method.option_spec
+    if dataclasses.is_dataclass(spec):
+        return {f.name: str(f.type) for f in dataclasses.fields(spec)}
+    return {k: "None" if v is None else type(v).__name__ for k, v in spec.items()}
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _convert(text: str, kind: str) -> Any:
+    """``text`` as the first of ``kind``'s types it parses as (bool, int, float, str)."""
+    kinds = [k.strip() for k in kind.split("|")]
+    if text.lower() in ("none", "null") and "None" in kinds:
+        return None
+    if kinds == ["None"]:
+        kinds = ["int", "float", "str"]
+    for k in kinds:
+        if k == "bool" and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        if k in ("int", "float"):
+            try:
+                return int(text) if k == "int" else float(text)
+            except ValueError:
+                continue
+        if k == "str":
+            return text
+    raise ValueError(f"expected {kind}")
+
+
+def parse_options(method_name: str, items: Sequence[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` (the CLI's ``--option``) as typed method options; an unknown key
+    or a value of the wrong type is refused, naming the method and its options."""
+    method = get_method(method_name)
+    types, out = option_types(method), {}
+    known = ", ".join(f"{k} ({t})" for k, t in sorted(types.items())) or "none"
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CurationError(f"--option {item!r}: expected KEY=VALUE")
+        if key not in types:
+            raise CurationError(f"method {method_name!r} has no option {key!r}; its options: {known}")
+        try:
+            out[key] = _convert(text.strip(), types[key])
+        except ValueError as e:
+            raise CurationError(f"method {method_name!r}, option {key}={text!r}: {e}") from None
+    return out
 
 
 def output_from_means(means: np.ndarray, subtasks: list[str], meta: dict[str, Any]) -> ScoreOutput:

@@ -100,6 +100,7 @@ class BM25Method(Method):
     """Examples that share the validation pairs' rarer words score high."""
 
     name = "bm25"
+    option_spec = DEFAULTS
     labels = ScoreLabels("BM25", "BM25 lexical match of the example's text with each pair's prompt + chosen, "
                                  "averaged per subtask; the best subtask is the score",
                          per_subtask="mean BM25 score", per_pair="BM25 score")

@@ -83,6 +83,7 @@ class DSIR(Method):
     """Examples whose n-grams are likelier under the target task than under the pool."""
 
     name = "dsir"
+    option_spec = DEFAULTS
     labels = ScoreLabels("DSIR", "log importance weight of the example's hashed n-grams, likelier under a subtask's "
                                  "pairs than under the pool; the best subtask is the score (plus seeded Gumbel "
                                  "noise when resampling)", per_subtask="log importance weight")

@@ -8,6 +8,7 @@ subtasks. A method only says which validation items and objective it uses.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from abc import abstractmethod
@@ -20,10 +21,10 @@ from curation.engine.distributed import file_lock
 from curation.engine.features import FeatureManifest, FeatureStore, FeatureWriter
 from curation.engine.featuresets import FeatureSet, FeatureSetKey, content_keys, existing_shard_size, locked, write_view
 from curation.engine.grads import iter_features
-from curation.engine.influence import ScoringInputs, score
-from curation.engine.model import encode, fixed_length_buckets, length_buckets, pad_token_id, tokenizer_hash
+from curation.engine.influence import ScoringInputs, normalise_rows, score
+from curation.engine.model import encode, encode_pair, fixed_length_buckets, length_buckets, pad_token_id, tokenizer_hash
 from curation.engine.models import load_model
-from curation.engine.objectives import Batch, Objective, SFTObjective, collate, sft_item
+from curation.engine.objectives import Batch, LogProbObjective, Objective, SFTObjective, collate, sft_item
 from curation.engine.projection import DenseRademacherProjector, IdentityProjector, Projector, SparseJLProjector
 from curation.engine.warmup import (
     Checkpoint,
@@ -40,6 +41,22 @@ from curation.errors import CurationError
 from curation.methods.base import Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, method_options
 
 WARMUP_SUBDIR = "warmups"
+SIDES = ("val_chosen", "val_rejected")  # every pair's ∇(−log p) of each answer (float32, unnormalised)
+SIDES_FILE = "sides.json"  # beside a run's features: the alpha it mixed the sides with, pair subtasks
+
+
+def side_items(pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
+    """Every pair's chosen answer, then every pair's rejected answer: ``2 n`` one-answer items."""
+    sides = [(p, p.chosen) for p in pairs] + [(p, p.rejected) for p in pairs]
+    return [sft_item(*tensors(encode_pair(tokenizer, p.prompt_messages, answer, max_length))) for p, answer in sides]
+
+
+def mix_sides(chosen: np.ndarray, rejected: np.ndarray, alpha: float, dtype: str) -> np.ndarray:
+    """``normalise(c − a·r)``, rounded through the stored feature dtype like every validation
+    feature. With ``c = ∇(−log p(chosen))``: a = 1 is ROSE's direction (the DPO gradient is a
+    positive multiple of it, METHODS.md §2) and a = 0 LESS's (the mean CE's gradient, §1)."""
+    g = normalise_rows(np.asarray(chosen, np.float32) - np.float32(alpha) * np.asarray(rejected, np.float32))
+    return g.astype(dtype).astype(np.float32)
 
 
 def gradient_labels(name: str, objective: str) -> ScoreLabels:
@@ -78,7 +95,7 @@ def tensors(enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def ordered_features(model, items: Sequence[Batch], objective: Objective, projector: Projector,
                      moments, batch_size: int, pad_id: int, max_length: int = 1 << 30,
                      fixed_length: bool = True, on_batch: Callable[[int], None] | None = None,
-                     autocast: str | None = None) -> np.ndarray:
+                     autocast: str | None = None, normalize: bool = True) -> np.ndarray:
     """Features of `items` in their given order, in batches of one padded length each.
 
     Every item is padded to `model.padded_length` of its own length, so its features do not
@@ -98,7 +115,8 @@ def ordered_features(model, items: Sequence[Batch], objective: Objective, projec
     batches = (collate([items[i] for i in bucket], pad_id, length) for length, bucket in buckets)
     done = 0
     amp = getattr(torch, autocast) if autocast else None
-    for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments, autocast=amp)):
+    for (_, bucket), feats in zip(buckets, iter_features(model, batches, objective, projector, moments, autocast=amp,
+                                                         normalize=normalize)):
         out[bucket] = feats
         done += len(bucket)
         if on_batch:
@@ -155,6 +173,11 @@ class GradientMethod(Method):
     shards_features = True
     option_defaults: dict = {"checkpoint_weights": "lr"}
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_spec" not in cls.__dict__:  # a subclass's defaults are its options
+            cls.option_spec = cls.option_defaults
+
     def options(self, inputs: ScoreInputs) -> dict:
         """This method's options over its defaults; unknown keys are refused (`method_options`)."""
         return method_options(self.name, inputs.config, self.option_defaults)
@@ -166,6 +189,13 @@ class GradientMethod(Method):
     @abstractmethod
     def val_items(self, pairs: Sequence[ValPair], tokenizer, max_length: int) -> list[Batch]:
         """One item per validation pair, formatted exactly like the train side."""
+
+    def side_alpha(self, inputs: ScoreInputs) -> float | None:
+        """When the validation direction is ``∇log p(chosen) − a·∇log p(rejected)``, its ``a``:
+        the run then keeps both sides (`SIDES`), so another ``a`` re-scores from them
+        (`contrast.score_alpha`), and ROSE (1), LESS (0) and contrast share one computation.
+        None: the method's own objective (NICE's policy gradient, ROSE's per-token variant)."""
+        return None
 
     def checkpoint_val_items(self, model, tokenizer, ckpt: Checkpoint, inputs: ScoreInputs) -> list[Batch]:
         """The items at one checkpoint; NICE overrides it to sample from that checkpoint's model (§3)."""
@@ -209,6 +239,9 @@ class GradientMethod(Method):
             weights=checkpoint_weighting(self._weights_rule(inputs), [c.lr for c in ckpts]),
             val_subtasks=[p.subtask for p in inputs.pairs]))
         result.save(inputs.workdir)
+        if (alpha := self.side_alpha(inputs)) is not None:
+            (inputs.workdir / SIDES_FILE).write_text(json.dumps(
+                {"alpha": alpha, "pair_subtasks": [p.subtask for p in inputs.pairs]}))
         rep.update(len(inputs.example_ids))
         features = {"id": fset.id, "reused": extracted == 0, "extracted": extracted,
                     "rows": len(inputs.example_ids), "new_rows": plan.new_rows}
@@ -295,6 +328,14 @@ class GradientMethod(Method):
     def _val_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
         cfg = inputs.config
         ids = list(range(len(inputs.pairs)))
+        if (alpha := self.side_alpha(inputs)) is not None:
+            self._side_features(model, tok, projector, fstore, i, ckpt, inputs)
+            val = fstore.writer("val", i, self._manifest(tok, ckpt, projector, ids, inputs))
+            if pending := val.pending_shards():
+                mixed = mix_sides(*(fstore.reader(s, i).load_all() for s in SIDES), alpha, cfg.features.dtype)
+                for index, start, end in pending:
+                    val.write_shard(index, mixed[start:end])
+            return
         writer = fstore.writer("val", i, self._manifest(tok, ckpt, projector, ids, inputs))
         pending = writer.pending_shards()
         if not pending:
@@ -306,3 +347,19 @@ class GradientMethod(Method):
                                  autocast=extraction_precision(cfg, model))
         for index, start, end in pending:
             writer.write_shard(index, feats[start:end])
+
+    def _side_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
+        """Both answers' gradients of every pair at checkpoint ``i``: projected, not normalised,
+        float32 (their lengths decide the mix)."""
+        cfg, n = inputs.config, len(inputs.pairs)
+        manifest = dataclasses.replace(self._manifest(tok, ckpt, projector, list(range(n)), inputs), dtype="float32")
+        writers = [fstore.writer(s, i, manifest) for s in SIDES]
+        if not any(w.pending_shards() for w in writers):
+            return
+        inputs.reporter.stage(f"validation features {ckpt.path.name}", 2 * n)
+        feats = ordered_features(model, side_items(inputs.pairs, tok, cfg.model.max_length), LogProbObjective(),
+                                 projector, None, cfg.features.batch_size, pad_token_id(tok), fixed_length=False,
+                                 autocast=extraction_precision(cfg, model), normalize=False)
+        for writer, part in zip(writers, (feats[:n], feats[n:])):
+            for index, start, end in writer.pending_shards():
+                writer.write_shard(index, part[start:end])

@@ -17,6 +17,10 @@ class Less(GradientMethod):
     name = "less"
     labels = gradient_labels("LESS", "the gradient of the SFT loss of the pairs' chosen answers")
 
+    def side_alpha(self, inputs: ScoreInputs) -> float | None:
+        """0: ∇log p(chosen), the direction of the chosen answer's mean token cross-entropy."""
+        return 0.0
+
     def val_objective(self, inputs: ScoreInputs) -> Objective:
         return SFTObjective()
 

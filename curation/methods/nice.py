@@ -114,6 +114,7 @@ class Nice(GradientMethod):
     name = "nice"
     labels = gradient_labels("NICE", "the reward's policy gradient on answers sampled for "
                                      "the pairs' prompts")
+    option_spec = NiceConfig
     needs_pairs = True  # the prompts come from the validation pairs (label_free ignores their chosen)
     description = "policy gradient of a reward on sampled responses (NICE)"
     _reward: Reward | None = None

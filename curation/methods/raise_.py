@@ -48,6 +48,7 @@ class Raise(Method):
     """Examples score high when the trained selector trains on them often and early."""
 
     name = "raise"
+    option_spec = RaiseConfig
     labels = ScoreLabels("RAISE", "how often and how early the PPO-trained selector picks the example in its "
                                   "training schedule (never picked: the selector's own score, below 1)")
     description = "PPO-trained dynamic selector; a training schedule plus a static selection (RAISE)"

@@ -15,6 +15,7 @@ class RandomMethod(Method):
     labels = ScoreLabels("Random", "a seeded uniform random number (the random baseline), so it says nothing "
                                    "about the example")
     needs_pairs = False
+    option_spec = {"seed": 0}  # default: the run's warmup seed
     description = "seeded uniform scores (option seed, default: the warmup seed)"
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:

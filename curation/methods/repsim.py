@@ -81,6 +81,7 @@ class RepSim(Method):
     """Pool examples whose base-model representation points where the target task's does."""
 
     name = "repsim"
+    option_spec = DEFAULTS
     labels = ScoreLabels("RepSim", "cosine of the base model's last-token hidden state with each pair's, averaged "
                                    "per subtask; the best subtask is the score",
                          per_subtask="mean hidden-state cosine", per_pair="hidden-state cosine")

@@ -20,6 +20,11 @@ class Rose(GradientMethod):
 
     option_defaults = {"logp": "sum", "checkpoint_weights": "lr"}
 
+    def side_alpha(self, inputs: ScoreInputs) -> float | None:
+        """1: ∇log p(chosen) − ∇log p(rejected), the DPO gradient's direction (summed log-probs);
+        the per-token variant keeps the DPO objective (its sides are weighted by their lengths)."""
+        return 1.0 if self.options(inputs)["logp"] == "sum" else None
+
     def val_objective(self, inputs: ScoreInputs) -> Objective:
         logp = self.options(inputs)["logp"]
         if logp not in ("sum", "mean"):

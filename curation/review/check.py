@@ -113,10 +113,27 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     from curation.config import ScoreConfig
     from curation.runs.execute import create_run, execute_run, load_scores
 
+    if method == "fusion":  # each input re-scored with ``pairs`` only, then fused the same way
+        return _fused_sub_run(store, ws, run, pool, pairs, base_id)
     cfg = ScoreConfig.from_dict(run.config).for_method(method)
     sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True})
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)
+
+
+def _fused_sub_run(store: Store, ws: Workspace, run: Run, pool: str, pairs: list[dict],
+                   base_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fusion run's scores with ``pairs``: its inputs' sub-runs, fused with its weights."""
+    from curation.methods.fusion import ranks_of, rrf
+
+    options = run.config.get("options") or {}
+    parts = []
+    for input_id in options.get("runs") or []:
+        inner, _, inner_prefs = _base_run(store, input_id)
+        parts.append(_sub_run(store, ws, inner, pool, inner_prefs, inner.method, pairs, base_id))
+    ids = parts[0][0]
+    ranks = np.stack([ranks_of(scores, ids) for _, scores in parts], axis=1)
+    return ids, rrf(ranks, options["weights"]).astype(np.float32)
 
 
 def _budget(store: Store, n_pool: int, run_id: int, cfg: CheckConfig) -> int:

@@ -233,3 +233,24 @@ def report(cmp: Comparison) -> str:
         lines += [f"  rank {d.rank_a:>6} vs {d.rank_b:<6} score {d.score_a:+.4f} vs {d.score_b:+.4f}"
                   f"  {d.source:<14} {d.uid:<20} {d.prompt!r}" for d in p.disagreements]
     return "\n".join(lines)
+
+
+def response_length(messages: list[dict]) -> int:
+    """Characters of the example's output: every assistant message's content."""
+    return sum(len(m.get("content") or "") for m in messages if m.get("role") == "assistant")
+
+
+def length_spearman(store: Store, run_id: int, batch: int = 20_000) -> float | None:
+    """Spearman correlation of a run's scores with its examples' response lengths (characters):
+    near 1 means the method mostly prefers long answers. None without scores, NaN when either
+    side is constant. Computed from the stored scores, so old runs have it too."""
+    ids, scores = load_scores(store, run_id)
+    if len(ids) < 2:
+        return None
+    lengths = np.empty(len(ids), np.float64)
+    with store.session() as s:
+        for i in range(0, len(ids), batch):
+            part = ids[i: i + batch].tolist()
+            rows = dict(s.execute(select(Example.id, Example.messages).where(Example.id.in_(part))).all())
+            lengths[i: i + len(part)] = [response_length(rows[e]) for e in part]
+    return _correlation(stats.spearmanr, scores.astype(np.float64), lengths)

@@ -339,8 +339,16 @@ def explain(store: Store, run_id: int, example_id: int, n_pairs: int = 5,
     elif labels.per_pair and n_pairs:
         exp.val_pairs = scored_pairs(store, info, example_id, ex.messages, n_pairs)
     exp.evidence = method_evidence(store, info, example_id, ex.messages)
-    exp.reasons = reasons_for(exp)
+    exp.reasons = reasons_for(exp) + method_reasons(info, example_id)
     return exp
+
+
+def method_reasons(info: RunInfo, example_id: int) -> list[str]:
+    """The run's method's own sentence about the example (`Method.reason`), if it has one."""
+    from curation.methods import get_method
+
+    said = get_method(info.method).reason(info.workdir, example_id) if info.workdir else None
+    return [said] if said else []
 
 
 def _val_pairs(store: Store, run_id: int):

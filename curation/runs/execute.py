@@ -111,7 +111,8 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
     config = ScoreConfig.from_dict(run.config)
     return ScoreInputs(example_ids=[r[0] for r in rows], fetch=_fetcher(store), pairs=pairs, config=config,
                        workdir=Path(run.workdir), workspace=ws, reporter=reporter, pool=pool,
-                       content_hashes=[r[1] for r in rows], fetch_hashes=_hash_fetcher(store, run.pool_id))
+                       content_hashes=[r[1] for r in rows], fetch_hashes=_hash_fetcher(store, run.pool_id),
+                       scores_of=lambda other: load_scores(store, other))
 
 
 def _use_threads(config: ScoreConfig) -> None:

@@ -42,12 +42,13 @@ from curation.errors import CurationError
 
 TINY_STAGE = "build tiny model"
 STAGE_LABELS = {TINY_STAGE: "building the offline tiny model (once, ~3 min)"}
-GRADIENT_METHODS = ("rose", "less", "nice")
+GRADIENT_METHODS = ("rose", "less", "nice", "contrast")
 MODEL_METHODS = GRADIENT_METHODS + ("raise", "repsim")
 FIXED_PLANS = {
     "bm25": ("tokenize pool", "bm25 index", "bm25 scores"),
     "dsir": ("n-gram counts", "importance weights"),
     "random": ("random scores",),
+    "fusion": ("fuse ranks",),
     "raise": ("load model", "state features", "selector episodes", "schedule"),
     "repsim": ("load model", "validation states", "pool states"),
 }
@@ -57,7 +58,7 @@ SMOLLM2_PARAMS = 134_515_008
 DEMO_TOKENS = 46.5  # the demo pool's mean characters (138) / 4 + 12 template tokens
 MIN_ROW_S = 0.002  # per-row overhead floor of the smallest models
 TINY_BUILD_S = 150.0  # README: 2-3 minutes on 2 cores
-VAL_ROWS = {"rose": 3.0, "less": 1.0, "nice": 12.0}
+VAL_ROWS = {"rose": 2.0, "less": 2.0, "nice": 12.0, "contrast": 2.0}  # rose, less, contrast: both answers
 WARMUP_ROWS = 1.2
 SAMPLE_EXAMPLES = 256  # examples read to estimate the pool's mean length
 HISTORY_RUNS = 10

@@ -4,7 +4,8 @@ is only validation gradients and one streamed matrix product away from a new sel
 `rescore` is what the Preferences and Explore pages call right after an edit, in their own
 process, and what `python -m curation rescore RUN_ID` does. It makes a new run (so history
 stays truthful: the old run keeps the pairs it was scored with) and reports how the curated
-selection moved: "+12 / -9 since the last edit". Pins and excludes belong to the pool, so
+selection moved: "+12 / -9 since the last edit". Fusion runs that fused the old run are fused
+again with the new one in its place (`fuse.refuse_users`). Pins and excludes belong to the pool, so
 they carry over by construction.
 """
 
@@ -34,6 +35,7 @@ class Rescored:
     seconds: float
     added: list[int] = field(default_factory=list)  # in the new curated selection only
     removed: list[int] = field(default_factory=list)  # in the old one only
+    refused: list[int] = field(default_factory=list)  # new fusion runs of the fusions that used the base run
 
     def summary(self) -> str:
         return (f"run #{self.run_id} (from #{self.base_run_id}) in {self.seconds:.1f} s: "
@@ -58,12 +60,14 @@ def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> F
 
 
 def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | None = None,
-            ws: Workspace | None = None, echo=None, overrides: dict | None = None) -> Rescored:
+            ws: Workspace | None = None, echo=None, overrides: dict | None = None,
+            options: dict | None = None) -> Rescored:
     """Score ``prefs`` (default: the base run's preference set as it is now) with the base
     run's settings and stored features, in this process; returns the new run and the diff.
 
     ``overrides`` replaces top-level config keys that only touch the validation side or the
     scoring (``beta``, ``options``); train-feature settings would not find stored features.
+    ``options`` are set over the run's method options (``--option alpha=0.5``).
     """
     from curation.methods import get_method
     from curation.methods.gradient import GradientMethod
@@ -83,6 +87,8 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     if method and "options" not in (overrides or {}):
         cfg = cfg.for_method(method)
     cfg.method = method or cfg.method
+    if options:
+        cfg.options = {**cfg.options, **options}
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "
                             f"launch a {cfg.method} run instead")
@@ -94,10 +100,12 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     merge_run_meta(store, new_id, rescored_from=run_id)
     execute_run(store, new_id, ws, echo=echo)
     _reuse_map(store, run_id, new_id)
+    from curation.runs.fuse import refuse_users
+    refused = refuse_users(store, run_id, new_id, ws, echo)
     old, new = (curated_selection(store, r) for r in (run_id, new_id))
     a, b = np.asarray(old.selected_ids, np.int64), np.asarray(new.selected_ids, np.int64)
     return Rescored(new_id, run_id, time.time() - t0, added=np.setdiff1d(b, a).tolist(),
-                    removed=np.setdiff1d(a, b).tolist())
+                    removed=np.setdiff1d(a, b).tolist(), refused=refused)
 
 
 def _reuse_map(store: Store, base_id: int, new_id: int) -> None:
@@ -117,7 +125,7 @@ def latest_rescorable(store: Store, prefs: str, ws: Workspace | None = None) -> 
         if ps is None:
             return None
         runs = s.scalars(select(Run).where(Run.prefs_id == ps.id, Run.status == "done",
-                                           Run.method.in_(("rose", "less", "nice")))
+                                           Run.method.in_(("rose", "less", "nice", "contrast")))
                          .order_by(Run.id.desc()).limit(20)).all()
         ids = [r.id for r in runs if not (r.meta or {}).get("internal")][:5]  # never a check's sub-run
     return next((i for i in ids if stored_features(store, i, ws) is not None), None)
