@@ -11,6 +11,14 @@ import torch
 # intra-op thread makes them up to 100x slower (OpenMP threads spin against other processes).
 torch.set_num_threads(1)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast set first, then the long scenarios (marked ``slow`` or ``browser``), so a broken
+    formula shows in the first minutes; CI still runs everything (`-m "not slow"` for a quick loop)."""
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in ("slow", "browser")))
+
+
 VOCAB = 100
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

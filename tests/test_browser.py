@@ -28,6 +28,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
                        reason="Debian chromium is not installed (apt-get install chromium); CI installs it"),
 ]

@@ -249,6 +249,7 @@ def test_changed_pool_content_extracts_only_the_changed_examples(ws, micro_model
     assert len(set(a) ^ set(b)) == 2 and all(a[h] == b[h] for h in set(a) & set(b))
 
 
+@pytest.mark.slow
 def test_incremental_extraction_equals_a_full_extraction_byte_for_byte(ws, micro_model, tmp_path):
     store = Store.open(ws)
     lines = DEMO_POOL.read_text().splitlines()
@@ -277,6 +278,7 @@ def test_incremental_extraction_equals_a_full_extraction_byte_for_byte(ws, micro
         assert inc.keys() == whole.keys() and all(inc[h] == whole[h] for h in inc)
 
 
+@pytest.mark.slow
 def test_concurrent_runs_compute_shared_features_once(ws, micro_model, tmp_path):
     store = Store.open(ws)
     ensure_demo(store)

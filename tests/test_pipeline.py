@@ -42,6 +42,7 @@ def env_for(ws: Workspace) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_score_cli_on_the_demo_stores_a_selection(ws, micro_model, tmp_path):
     store = Store.open(ws)
     ensure_demo(store)
@@ -138,6 +139,7 @@ def same_scores(store_a: Store, run_a: int, store_b: Store, run_b: int) -> tuple
     return a, b
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_features(ws, micro_model, reference):
     """SIGKILL the worker mid-features; `--resume` finishes with the uninterrupted run's features."""
     store = Store.open(ws)
@@ -177,6 +179,7 @@ def test_failed_run_records_its_error(ws, tmp_path):
     assert info["status"] == "failed" and "no-such-model" in info["error"]
 
 
+@pytest.mark.slow
 def test_less_and_rose_share_the_warmup(ws, micro_model):
     store = Store.open(ws)
     ensure_demo(store)
@@ -189,6 +192,7 @@ def test_less_and_rose_share_the_warmup(ws, micro_model):
     assert infos[0]["top"] != infos[1]["top"]  # different objectives rank differently
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model, tmp_path, reference):
     """2 CPU ranks (gloo) each write half the shards; rank 0 merges by manifest and scores."""
     store = Store.open(ws)
@@ -213,6 +217,7 @@ def test_torchrun_two_ranks_merge_to_the_single_process_features(ws, micro_model
     np.testing.assert_allclose([got[k] for k in ref], list(ref.values()), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_manual_shards_then_resume(ws, micro_model, tmp_path):
     store = Store.open(ws)
     ensure_demo(store)

@@ -27,6 +27,8 @@ from curation.engine.models import (
 )
 from curation.errors import CurationError
 
+pytestmark = pytest.mark.slow  # converts a 135M-parameter model once per session (~25 s) and runs it on CPU
+
 
 @pytest.fixture(scope="session")
 def smol_home(tmp_path_factory) -> Path:
