@@ -181,7 +181,7 @@ def test_inspector_opens_for_every_method(ws, run):
         assert ("Mean gradient cosine per subtask" in titles) == labels.gradient, (method, titles)
         if labels.subtask_title:
             assert labels.subtask_title in titles, (method, titles)
-        assert not any("cosine" in t for t in titles) or method in ("rose", "less", "nice", "repsim")
+        assert not any("cosine" in t for t in titles) or method in ("rose", "less", "contrast", "nice", "repsim")
         bold = [m.value for m in at.markdown]
         for title in EVIDENCE[method]:
             assert f"**{md_text(title)}**" in bold, (method, title, bold)
