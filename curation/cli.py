@@ -226,7 +226,8 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(json.dumps(info, default=str))
         return 0
     print(f"run #{info['id']} {info['method']} pool={info['pool']} prefs={info['prefs']}: {info['status']}"
-          f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
+          f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected"
+          f"{', by ' + info['meta']['created_by'] if (info['meta'] or {}).get('created_by') else ''}")
     for stage, secs in (info["stage_times"] or {}).items():
         print(f"  {stage:<32} {secs:8.1f} s")
     if rho is not None:
