@@ -19,6 +19,7 @@ import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -178,7 +179,7 @@ class SignIn:
             log.warning("sign-in refused for %r: %d failures in the last minute", name, len(recent))
             raise CurationError("too many failed sign-ins for this name: wait a minute")
         user = _read(self.ws).get(name)
-        if user is None or not _matches(user["hash"], password):
+        if not _matches(user["hash"] if user else _dummy_hash(), password) or user is None:  # same work either way
             recent.append(now)
             log.warning("failed sign-in for %r (%d in the last minute)", name, len(recent))
             raise CurationError("wrong user name or password")
@@ -194,6 +195,12 @@ def _log_to(path: Path) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """Checked for an unknown name, so it takes as long as a wrong password (no name probing)."""
+    return _hasher().hash(os.urandom(16).hex())
 
 
 def _matches(hashed: str, password: str) -> bool:
