@@ -2,7 +2,11 @@
 
 import streamlit as st
 
+from pages._shared import signed_in
+
 st.set_page_config(page_title="ROSE Curator", page_icon=":rose:", layout="wide")
+if not signed_in():  # CURATION_AUTH=local: the sign-in form before any page
+    st.stop()
 
 pages = [
     st.Page("pages/pool.py", title="Pool", icon=":material/dataset:", default=True),

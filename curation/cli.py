@@ -63,7 +63,7 @@ def cmd_import_pool(a: argparse.Namespace) -> int:
     bar = Bar("import")
     try:
         res = import_pool(_store(), a.path, name=a.name, fmt=a.format, strict=a.strict, progress=bar,
-                          append=a.append)
+                          append=a.append, actor=a.actor)
     finally:
         bar.close()
     return _report(res)
@@ -73,7 +73,7 @@ def cmd_import_pool(a: argparse.Namespace) -> int:
 def cmd_import_prefs(a: argparse.Namespace) -> int:
     from curation.data.imports import import_prefs
     res = import_prefs(_store(), a.path, name=a.name, fmt=a.format, subtask_field=a.subtask_field,
-                       subtasks=a.subtasks, strict=a.strict)
+                       subtasks=a.subtasks, strict=a.strict, actor=a.actor)
     return _report(res)
 
 
@@ -112,7 +112,7 @@ def cmd_prefs(a: argparse.Namespace) -> int:
     if not a.name:
         raise CurationError(f"prefs {a.action} needs the name of a preference set")
     act = {"archive": catalog.archive_prefset, "unarchive": catalog.unarchive_prefset, "delete": catalog.delete_prefset}
-    act[a.action](store, a.name)
+    act[a.action](store, a.name, actor=a.actor)
     print(f"{a.action}d preference set '{a.name}'")
     return 0
 
@@ -195,7 +195,7 @@ def cmd_score(a: argparse.Namespace) -> int:
         if not a.pool:
             raise CurationError("score needs --pool (or --resume RUN_ID)")
         cfg, meta = _checked(store, a)
-        run_id = create_run(store, a.pool, a.prefs, cfg, meta=meta)
+        run_id = create_run(store, a.pool, a.prefs, cfg, meta=meta, actor=a.actor)
     if torchrun:
         run_id = distributed.broadcast(run_id)
     if run_id is None:
@@ -226,7 +226,8 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(json.dumps(info, default=str))
         return 0
     print(f"run #{info['id']} {info['method']} pool={info['pool']} prefs={info['prefs']}: {info['status']}"
-          f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected")
+          f"{' (' + info['error'] + ')' if info['error'] else ''}, {info['selected']} selected"
+          f"{', by ' + info['meta']['created_by'] if (info['meta'] or {}).get('created_by') else ''}")
     for stage, secs in (info["stage_times"] or {}).items():
         print(f"  {stage:<32} {secs:8.1f} s")
     if rho is not None:
@@ -262,7 +263,7 @@ def cmd_features(a: argparse.Namespace) -> int:
     if busy := jobs.active_users(store, fset.id):
         raise CurationError(f"feature set {fset.id} is in use by running or queued runs {busy}")
     size = fset.nbytes()
-    featuresets.remove_set(fset)
+    featuresets.remove_set(fset, actor=a.actor)
     print(f"removed feature set {fset.id} ({size / 1e6:.1f} MB); runs that used it can no longer show "
           "neighbours or maps, and re-scoring them extracts features again")
     return 0
@@ -327,7 +328,8 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     from curation.runs.rescore import rescore
     bars = StageBars()
     try:
-        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars, options=_options(a))
+        res = rescore(_store(), a.run_id, prefs=a.prefs, method=a.method, echo=bars, options=_options(a),
+                      actor=a.actor)
     finally:
         bars.close()
     if a.json:
@@ -354,7 +356,7 @@ def cmd_fuse(a: argparse.Namespace) -> int:
             raise CurationError(f"--weights {a.weights!r}: expected numbers separated by commas, e.g. 1,0.5") from None
     bars = StageBars()
     try:
-        run_id = fuse(_store(), a.run_ids, weights, echo=bars)
+        run_id = fuse(_store(), a.run_ids, weights, echo=bars, actor=a.actor)
     finally:
         bars.close()
     print(run_id)
@@ -370,7 +372,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     from curation.workspace import Workspace
     store, ws = _store(), Workspace.from_env()
     if a.launch:
-        print(f"check of run {a.run_id} started in the background (pid {launch_check(store, a.run_id, ws)})")
+        print(f"check of run {a.run_id} started in the background (pid {launch_check(store, a.run_id, ws, actor=a.actor)})")
         return 0
     cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
     bars = StageBars()
@@ -381,7 +383,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         if progress:
             progress(stage, done, total)
     try:
-        report = run_check(store, a.run_id, cfg, ws, progress=echo)
+        report = run_check(store, a.run_id, cfg, ws, progress=echo, actor=a.actor)
     except Exception as e:
         if a.record:
             record_failure(ws, a.run_id, f"{type(e).__name__}: {e}")
@@ -436,7 +438,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_decide(a: argparse.Namespace) -> int:
     """Pin, exclude or clear examples by id, as the Curate page does (one undoable batch)."""
     from curation.review import curate
-    batch = curate.decide(_store(), a.pool, a.ids, a.action, a.reason or "", author=a.author)
+    batch = curate.decide(_store(), a.pool, a.ids, a.action, a.reason or "", author=a.author, actor=a.actor)
     print(f"{a.action} {len(set(a.ids))} example(s) of '{a.pool}' (batch {batch[:8]})")
     return 0
 
@@ -444,10 +446,45 @@ def cmd_decide(a: argparse.Namespace) -> int:
 @command("undo")
 def cmd_undo(a: argparse.Namespace) -> int:
     from curation.review import curate
-    done = curate.undo(_store(), a.pool)
+    done = curate.undo(_store(), a.pool, actor=a.actor)
     print(f"undid batch {done.undone[:8]} ({done.n_examples} example(s); recorded as batch {done.batch[:8]})"
           if done else "nothing to undo")
     return 0
+
+
+@command("users")
+def cmd_users(a: argparse.Namespace) -> int:
+    """`users add NAME --role R` (password from standard input), `users list`, `users remove NAME`."""
+    from curation.data import users
+    from curation.workspace import Workspace
+    ws = Workspace.from_env().ensure()
+    if a.action == "list":
+        for u in users.list_users(ws):
+            print(f"  {u['name']:<24} {u['role']:<8} created {u['created']}")
+        return 0
+    if not a.name:
+        raise CurationError(f"users {a.action} needs a user name")
+    if a.action == "remove":
+        users.remove_user(ws, a.name, actor=a.actor)
+        print(f"removed user '{a.name}'")
+        return 0
+    if not a.role:
+        raise CurationError("users add needs --role viewer|curator|admin")
+    password = _read_password()
+    users.add_user(ws, a.name, a.role, password, actor=a.actor)
+    print(f"user '{a.name}' ({a.role}) saved in {users.users_path(ws)}")
+    return 0
+
+
+def _read_password() -> str:
+    """The password: typed twice without echo at a terminal, else the first line of standard input."""
+    if sys.stdin.isatty():
+        import getpass
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise CurationError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 @command("selection")
@@ -458,7 +495,7 @@ def cmd_selection(a: argparse.Namespace) -> int:
     if a.percent is not None or a.n is not None or a.name:
         old = selections.saved_selection(_store(), a.run_id)
         percent, n = (a.percent, a.n) if a.percent is not None or a.n is not None else old.budget()
-        selections.save_selection(_store(), a.run_id, percent=percent, n=n, name=a.name or old.name)
+        selections.save_selection(_store(), a.run_id, percent=percent, n=n, name=a.name or old.name, actor=a.actor)
     saved = selections.saved_selection(_store(), a.run_id)
     sel = curate.curated_selection(_store(), a.run_id)
     state = f"saved {saved.saved_at}" if saved.saved else "not saved: the run's scoring budget"
@@ -475,7 +512,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from curation.review.export import export_selection
     from curation.workspace import Workspace
     res = export_selection(_store(), a.run_id, a.format, Workspace.from_env().ensure(), percent=a.percent, n=a.n,
-                           name=a.name, overwrite=a.overwrite)
+                           name=a.name, overwrite=a.overwrite, actor=a.actor)
     print(f"{res.n} examples, sha256 {res.sha256[:12]}, manifest {res.manifest_path}", file=sys.stderr)
     if res.schedule_path:  # a dynamic method (raise): the batch of every training step
         print(f"training schedule (step order) {res.schedule_path}", file=sys.stderr)
@@ -489,6 +526,8 @@ def make_parser() -> argparse.ArgumentParser:
     from curation.data.io import PREF_FORMATS
     from curation.review.trainers import FORMAT_LABELS, FORMATS
     p = argparse.ArgumentParser(prog="python -m curation", description="ROSE Curator: select instruction data.")
+    p.add_argument("--as", dest="as_user", metavar="NAME", help="act as this user of the users file "
+                   "(`users list`): their role is checked and their name recorded")
     sub = p.add_subparsers(dest="command", required=True)
     ip = sub.add_parser("import-pool", help="import an instruction pool (jsonl, json, parquet, csv)")
     ip.add_argument("path")
@@ -567,6 +606,10 @@ def make_parser() -> argparse.ArgumentParser:
     dp.add_argument("--author", default="cli")
     up = sub.add_parser("undo", help="revert the last pin/exclude action on a pool")
     up.add_argument("pool")
+    us = sub.add_parser("users", help="sign-in users: add NAME --role R (password on stdin), list, remove NAME")
+    us.add_argument("action", choices=("add", "list", "remove"))
+    us.add_argument("name", nargs="?")
+    us.add_argument("--role", choices=("viewer", "curator", "admin"))
     sl = sub.add_parser("selection", help="show or save a run's selection (budget shared by Explore, Curate, export)")
     sl.add_argument("run_id", type=int)
     sb = sl.add_mutually_exclusive_group()
@@ -601,6 +644,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        args.actor = _actor(args.as_user)
         return COMMANDS[args.command](args)
     except CurationError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -608,3 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _actor(name: str | None):
+    """The user ``--as NAME`` names (None: the local user, allowed only while sign-in is off)."""
+    if name is None:
+        return None
+    from curation.data.users import get_user
+    from curation.workspace import Workspace
+    return get_user(Workspace.from_env(), name)

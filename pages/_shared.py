@@ -7,6 +7,7 @@ them) never reaches a Markdown-rendering element as is: `md_text` escapes it, so
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from curation.data.store import Store
+from curation.data.users import SESSION_IDLE_S, Actor, SignIn, auth_mode, get_user, require
 from curation.errors import CurationError
 from curation.review.mdsafe import escape
 from curation.workspace import Workspace
@@ -39,6 +41,59 @@ def store() -> Store:
 
 def workspace() -> Workspace:
     return Workspace.from_env().ensure()
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+@st.cache_resource
+def _sign_in(home: str) -> SignIn:
+    """One per server process: its failure counts (the rate limit) are shared by every session."""
+    return SignIn(workspace())
+
+
+def actor() -> Actor | None:
+    """Who this browser session acts as (None while sign-in is off: the local user)."""
+    return st.session_state.get("actor")
+
+
+def can(action: str) -> bool:
+    """Whether this session's user may do `action` (buttons they may not use are not shown;
+    the library refuses the call anyway)."""
+    try:
+        require(actor(), action)
+        return True
+    except CurationError:
+        return False
+
+
+def signed_in() -> bool:
+    """True when pages may be drawn: sign-in is off, or this session's user signed in within
+    `SESSION_IDLE_S` and still exists. Otherwise draws the sign-in form and returns False."""
+    if auth_mode() == "off":
+        return True
+    who, seen, now = st.session_state.get("actor"), st.session_state.get("actor_seen", 0.0), time.time()
+    if who is not None and now - seen < SESSION_IDLE_S:
+        try:
+            st.session_state.actor = get_user(workspace(), who.name)  # removed or re-roled since
+            st.session_state.actor_seen = now
+            st.sidebar.caption(md_text(f"Signed in as {who.name} ({st.session_state.actor.role})"))
+            st.sidebar.button("Sign out", on_click=lambda: st.session_state.pop("actor", None))
+            return True
+        except CurationError:
+            pass
+    st.session_state.pop("actor", None)
+    st.title("Sign in")
+    with st.form("sign_in"):
+        name = st.text_input("User name")
+        password = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in"):
+            try:
+                st.session_state.actor = _sign_in(str(workspace().home)).verify(name.strip(), password)
+                st.session_state.actor_seen = time.time()
+                st.rerun()
+            except CurationError as e:
+                st.error(md_text(e))
+    return False
 
 
 @contextmanager
@@ -129,7 +184,7 @@ def check_panel(run_id: int, key: str):
     if st.button("Run a held-out check", key=f"check-{key}", disabled=state.running,
                  help="Background job: about a minute on the demo (tiny model), longer on real models."):
         with user_errors():
-            launch_check(store(), run_id, workspace())
+            launch_check(store(), run_id, workspace(), actor=actor())
             st.rerun()
     return state
 
@@ -152,10 +207,10 @@ def selection_editor(run_id: int, n_pool: int, key: str, slider: bool = False):
         try:
             if by == "percent":  # a switch from count starts at the equivalent share
                 selections.save_selection(store(), run_id, percent=float(pct if pct is not None else min(as_percent, 100.0)),
-                                          name=st.session_state[f"{k}_name"])
+                                          name=st.session_state[f"{k}_name"], actor=actor())
             else:
                 selections.save_selection(store(), run_id, n=int(cnt if cnt is not None else as_count),
-                                          name=st.session_state[f"{k}_name"])
+                                          name=st.session_state[f"{k}_name"], actor=actor())
         except CurationError as e:
             st.session_state[f"{k}_error"] = str(e)
 

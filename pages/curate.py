@@ -10,7 +10,7 @@ from curation.data import catalog
 from curation.errors import CurationError
 from curation.review import curate
 from curation.review.export import FORMAT_LABELS, FORMATS, existing_export, export_selection
-from pages._shared import check_panel, md_text, selection_editor, store, user_errors, workspace
+from pages._shared import actor, can, check_panel, md_text, selection_editor, store, user_errors, workspace
 
 
 def act(describe, fn) -> None:
@@ -29,7 +29,7 @@ def reason() -> str:
 def on_edit(key: str, pool: str, rows: list[dict]) -> None:
     edits = st.session_state[key]["edited_rows"]
     act(lambda b: "Saved." if b else "Nothing changed.",
-        lambda: curate.apply_table_edits(store(), pool, rows, edits, reason()))
+        lambda: curate.apply_table_edits(store(), pool, rows, edits, reason(), actor=actor()))
     st.session_state.editor_gen = st.session_state.get("editor_gen", 0) + 1  # a fresh editor shows the stored state
 
 
@@ -75,13 +75,14 @@ ids = curate.shown_ids(sel, scope, matching)
 st.text_input("Reason (required to pin or exclude)", key="curate_reason")
 
 c1, c2, c3 = st.columns(3)
-c1.button("Undo last action", on_click=act, args=(lambda u: f"Undid batch {u.undone[:8]} ({u.n_examples} examples)."
-                                                   if u else "Nothing to undo.", lambda: curate.undo(store(), pool)))
-if filtering:
+if can("decide"):  # a viewer reads; the library refuses their decisions anyway
+    c1.button("Undo last action", on_click=act, args=(lambda u: f"Undid batch {u.undone[:8]} ({u.n_examples} examples)."
+                                                       if u else "Nothing to undo.", lambda: curate.undo(store(), pool, actor=actor())))
+if filtering and can("decide"):
     for col, action in ((c2, "pin"), (c3, "exclude")):
         col.button(f"{action.capitalize()} all {len(matching):,} matching", key=f"all_{action}", on_click=act,
                    args=(lambda r, a=action: f"{a}: {r[1]:,} examples.",
-                         lambda a=action: curate.apply_to_filter(store(), pool, flt, a, reason())))
+                         lambda a=action: curate.apply_to_filter(store(), pool, flt, a, reason(), actor=actor())))
 
 size = 50
 pages = max(1, -(-len(ids) // size))
@@ -90,7 +91,8 @@ rows = curate.table_page(store(), sel, ids, page, size)
 if rows:
     key = f"curate_editor_{st.session_state.get('editor_gen', 0)}"
     df = pd.DataFrame(rows)
-    st.data_editor(df, key=key, hide_index=True, disabled=[c for c in df.columns if c not in ("pin", "exclude")],
+    st.data_editor(df, key=key, hide_index=True,
+                   disabled=[c for c in df.columns if c not in ("pin", "exclude") or not can("decide")],
                    column_config={"id": None, "pin": st.column_config.CheckboxColumn("pin"),
                                   "exclude": st.column_config.CheckboxColumn("exclude")},
                    on_change=on_edit, args=(key, pool, rows))
@@ -118,10 +120,10 @@ if existing:
 if check.warns_export:
     anyway = st.checkbox("Export anyway: this run's held-out check did not find it better than random",
                          key=f"export_anyway_{run_id}")
-if st.button("Export", type="primary", disabled=not anyway or (existing is not None and not overwrite)):
+if can("export") and st.button("Export", type="primary", disabled=not anyway or (existing is not None and not overwrite)):
     with user_errors(), st.spinner("Exporting…"):
         res = export_selection(store(), run_id, fmt, workspace(), example_ids=ids if exact else None,
-                               name=name or None, overwrite=overwrite)
+                               name=name or None, overwrite=overwrite, actor=actor())
         st.session_state.setdefault("curate_exports", {})[run_id] = (str(res.path), str(res.manifest_path))
 last = st.session_state.get("curate_exports", {}).get(run_id)
 manifest = json.loads(Path(last[1]).read_text()) if last and Path(last[1]).exists() else None

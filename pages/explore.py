@@ -9,7 +9,8 @@ import streamlit as st
 from curation.data import catalog
 from curation.review import explore, maps
 from curation.runs import rescore
-from pages._shared import check_panel, md_text, render_messages, selection_editor, show_rescored, store, user_errors
+from pages._shared import (actor, can, check_panel, md_text, render_messages, selection_editor, show_rescored, store,
+                            user_errors)
 
 MAX_TABLE = 10_000
 COLOURS = {"score": "score", "selection": "state", "source": "source", "driving subtask": "subtask"}
@@ -49,7 +50,7 @@ if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
                "explanations describe the pairs it was scored with (the run keeps them).")
     if c2.button("Re-score with the current pairs", disabled=not labels.gradient):
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
-            show_rescored(rescore.rescore(store(), run_id))
+            show_rescored(rescore.rescore(store(), run_id, actor=actor()))
             st.rerun()
 
 check_panel(run_id, "explore")
@@ -125,10 +126,10 @@ def bulk_actions(ids: np.ndarray) -> None:
     reason = st.text_input("Reason (kept in the audit trail)", key="bulk_reason")
     c1, c2 = st.columns(2)
     for col, action, label in ((c1, "pin", "Pin"), (c2, "exclude", "Exclude")):
-        if col.button(f"{label} all {len(ids):,} in the selection", key=f"bulk_{action}"):
+        if can("decide") and col.button(f"{label} all {len(ids):,} in the selection", key=f"bulk_{action}"):
             from curation.review import curate  # lazily: only the bulk actions need it
             with user_errors():
-                curate.decide(store(), info.pool, ids.tolist(), action, reason)
+                curate.decide(store(), info.pool, ids.tolist(), action, reason, actor=actor())
                 st.rerun()
 
 
@@ -237,7 +238,8 @@ def decide_one(action: str) -> None:
     from curation.review import curate
     at_rank = int(st.session_state["inspect_rank"])
     with user_errors():
-        curate.decide(store(), info.pool, [example_at(at_rank)], action, st.session_state.get("one_reason", ""))
+        curate.decide(store(), info.pool, [example_at(at_rank)], action, st.session_state.get("one_reason", ""),
+                      actor=actor())
         st.session_state["decided"] = f"{'Pinned' if action == 'pin' else 'Excluded'} example at rank {at_rank}."
 
 
@@ -253,10 +255,11 @@ def pair_card(pair: explore.AlignedPair, labels) -> None:
             st.text(getattr(pair, part))
 
 
-c1, c2, c3 = st.columns([3, 1, 1])
-c1.text_input("Reason for this example", key="one_reason", placeholder="why (kept in the audit trail)")
-c2.button("Pin this example", on_click=decide_one, args=("pin",))
-c3.button("Exclude this example", on_click=decide_one, args=("exclude",))
+if can("decide"):  # a viewer reads; the library refuses their decisions anyway
+    c1, c2, c3 = st.columns([3, 1, 1])
+    c1.text_input("Reason for this example", key="one_reason", placeholder="why (kept in the audit trail)")
+    c2.button("Pin this example", on_click=decide_one, args=("pin",))
+    c3.button("Exclude this example", on_click=decide_one, args=("exclude",))
 if msg := st.session_state.pop("decided", None):
     st.success(msg)
 with user_errors():

@@ -8,6 +8,7 @@ from curation.data.demo import ensure_demo
 from curation.data.imports import import_pool
 from curation.engine import featuresets
 from pages._shared import (
+    actor,
     feature_line,
     import_source,
     md_text,
@@ -45,7 +46,7 @@ with st.expander("Import a pool", expanded=not pools):
                 src = source()
                 bar = st.progress(0.0, text="Importing…")
                 res = import_pool(store(), src, name=name or None, fmt=None if fmt == "auto" else fmt, strict=strict,
-                                  append=append, progress=lambda done, total: bar.progress(
+                                  append=append, actor=actor(), progress=lambda done, total: bar.progress(
                                       min(done / total, 1.0) if total else 0.0, text=f"Importing… {done:,} records"
                                       + (f" of {total:,}" if total else "")))
                 bar.empty()

@@ -11,7 +11,7 @@ from curation.errors import CurationError
 from curation.review.heldout import label_contrast
 from curation.review.mdsafe import formatted
 from curation.runs import rescore
-from pages._shared import import_source, md_text, remembered_choice, show_import, show_rescored, store, user_errors
+from pages._shared import actor, import_source, md_text, remembered_choice, show_import, show_rescored, store, user_errors
 
 st.title("Preferences")
 st.caption("Each pair says which of two responses to a prompt is better for your task. "
@@ -25,7 +25,7 @@ def changed(name: str, message: str, where: str = "top") -> None:
     if base is not None:
         with st.spinner(f"Re-scoring run #{base} with the stored features…"):
             try:
-                res = rescore.rescore(store(), base)
+                res = rescore.rescore(store(), base, actor=actor())
             except CurationError as e:
                 failed = f"Re-scoring run #{base} failed: {e}"
     st.session_state["prefs_flash"] = (where, message, res, failed)
@@ -63,7 +63,7 @@ def pairs_table(name: str, pairs: list[dict]) -> None:
     )
     if st.button("Save changes", type="primary"):
         with user_errors():
-            counts = catalog.save_pairs(store(), name, edited.to_dict("records"))
+            counts = catalog.save_pairs(store(), name, edited.to_dict("records"), actor=actor())
             st.session_state["pairs_gen"] = gen + 1
             changed(name, f"Saved: {counts['added']} added, {counts['updated']} updated, {counts['deleted']} deleted.")
 
@@ -105,7 +105,7 @@ def pair_form(name: str, pairs: list[dict]) -> None:
             st.info("Not saved yet: tick 'Save despite the warnings' and press 'Save pair' again, or change the pair.")
     if save and not errors(problems) and (confirm or not warnings(problems)):
         with user_errors():
-            pid = catalog.add_pair(store(), name, draft, accept_warnings=confirm)
+            pid = catalog.add_pair(store(), name, draft, accept_warnings=confirm, actor=actor())
             st.session_state["pair_form_gen"] = gen + 1
             st.session_state[f"reader_{name}"] = pid
             changed(name, f"Added pair #{pid} to subtask '{draft.cleaned().subtask}'.", where="form")
@@ -167,11 +167,11 @@ def archive_or_delete(name: str, archived: bool, n_pairs: int) -> None:
         st.info(md_text(f"'{name}' is archived: hidden from Scoring and from the default listing; "
                         f"its runs ({catalog.describe_runs(runs) or 'none'}) keep its name."))
         if st.button("Unarchive"):
-            catalog.unarchive_prefset(store(), name)
+            catalog.unarchive_prefset(store(), name, actor=actor())
             st.rerun()
     c1, c2 = st.columns([1, 5])
     if not archived and c1.button("Archive this set", help="hide it from Scoring; its runs keep its name"):
-        catalog.archive_prefset(store(), name)
+        catalog.archive_prefset(store(), name, actor=actor())
         st.session_state["prefs_flash"] = ("top", f"Archived '{name}'. Tick 'Show archived sets' to see it again.",
                                            None, None)
         st.rerun()
@@ -186,7 +186,7 @@ def archive_or_delete(name: str, archived: bool, n_pairs: int) -> None:
     st.warning(md_text(f"Delete the preference set '{name}' and its {n_pairs} pairs? No run uses it."))
     if st.button("Yes, delete"):
         with user_errors():
-            catalog.delete_prefset(store(), name)
+            catalog.delete_prefset(store(), name, actor=actor())
             st.session_state.pop("confirm_delete")
             st.rerun()
 
@@ -202,13 +202,13 @@ with st.expander("Import or create a preference set", expanded=not catalog.list_
         if st.form_submit_button("Import", type="primary"):
             with user_errors():
                 res = import_prefs(store(), source(), name=name or None, fmt=None if fmt == "auto" else fmt,
-                                   subtask_field=field or None, subtasks=n_sub or None)
+                                   subtask_field=field or None, subtasks=n_sub or None, actor=actor())
                 show_import(res)
     with st.form("new_set"):
         new = st.text_input("New empty set")
         if st.form_submit_button("Create"):
             with user_errors():
-                catalog.create_prefset(store(), new.strip())
+                catalog.create_prefset(store(), new.strip(), actor=actor())
                 st.rerun()
 
 show_flash("top")

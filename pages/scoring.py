@@ -19,7 +19,7 @@ from curation.methods.ppo.config import RaiseConfig
 from curation.runs import execute as runs
 from curation.runs import jobs
 from curation.runs.progress import Estimate, duration
-from pages._shared import md_text, remembered_choice, store, user_errors, workspace
+from pages._shared import actor, md_text, remembered_choice, store, user_errors, workspace
 
 OTHER = "other path or id…"
 
@@ -139,7 +139,7 @@ with st.container(border=True):
         with user_errors():
             models.validate_model(model, home)  # again: the folder may have changed since the page drew
             run_id = runs.create_run(store(), pool, prefs_name, cfg,
-                                     meta={"estimate": estimate.to_dict()} if estimate else None)
+                                     meta={"estimate": estimate.to_dict()} if estimate else None, actor=actor())
             jobs.launch(store(), run_id, workspace())
             st.success(f"Run #{run_id} launched. It keeps going if you close the browser.")
 

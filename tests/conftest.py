@@ -156,3 +156,82 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
     monkeypatch.delenv("CURATION_DB_URL", raising=False)
     return Workspace.from_env().ensure()
+
+
+# --- databases: SQLite, and a throwaway PostgreSQL server ------------------------------------
+
+def _pg_bindir():
+    """The folder of Debian's (or the PATH's) PostgreSQL server binaries, or None."""
+    import glob
+    import shutil
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    initdb = found[-1] if found else shutil.which("initdb")
+    return None if initdb is None else __import__("pathlib").Path(initdb).parent
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster: `initdb` into a temp folder, listening only on a unix socket
+    in that (0700) folder, trust auth for the one superuser `curation`. Root may not run the
+    server, so as root it runs as the `postgres` user."""
+
+    def __init__(self, bindir):
+        import os
+        import shutil
+        import tempfile
+        self.bindir = bindir
+        self.root = tempfile.mkdtemp(prefix="curation-pg-")
+        os.chmod(self.root, 0o700)
+        self.prefix = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.port = 5432
+        self._n = 0
+        self._pg("initdb", "-D", f"{self.root}/data", "-A", "trust", "-U", "curation", "--no-sync", "-E", "UTF8")
+        self._pg("pg_ctl", "-D", f"{self.root}/data", "-w", "-l", f"{self.root}/server.log", "-o",
+                 f"-k {self.root} -p {self.port} -c listen_addresses='' -F -c max_connections=200", "start")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        import subprocess
+        subprocess.run([*self.prefix, str(self.bindir / tool), *args], check=True, capture_output=True)
+
+    def url(self, database: str) -> str:
+        """A plain ``postgresql://`` URL, as a user would write it (the store picks psycopg 3)."""
+        return f"postgresql://curation@/{database}?host={self.root}&port={self.port}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        from sqlalchemy import create_engine
+        self._n += 1
+        name = f"t{self._n}"
+        engine = create_engine(self.url("postgres").replace("postgresql://", "postgresql+psycopg://"),
+                               isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        engine.dispose()
+        return self.url(name)
+
+    def stop(self) -> None:
+        import shutil
+        self._pg("pg_ctl", "-D", f"{self.root}/data", "-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session (skips when its binaries are absent)."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql; the README's "
+                    "test command and CI install it)")
+    server = PostgresServer(bindir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database of each kind: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    return request.getfixturevalue("postgres").new_database()

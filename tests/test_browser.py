@@ -42,9 +42,17 @@ def free_port() -> int:
 
 @pytest.fixture
 def app_url(tmp_path):
+    yield from start_app(tmp_path)
+
+
+def start_app(tmp_path, **extra_env):
+    """`streamlit run app.py` on a free port over ``tmp_path/ws`` (SQLite unless ``extra_env``
+    says otherwise); yields (url, workspace folder), stops it afterwards."""
     port = free_port()
     env = {**os.environ, "CURATION_HOME": str(tmp_path / "ws")}
     env.pop("CURATION_DB_URL", None)
+    env.pop("CURATION_AUTH", None)
+    env.update(extra_env)
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",

@@ -66,7 +66,7 @@ def test_user_data_on_the_card_is_text(exported):
     html = MarkdownIt("commonmark").enable("table").render(res.card_path.read_text())
     assert "<img" not in html and "<a " not in html
     assert "<td>pin</td>" in html and "<td>ann</td>" in html  # the overrides table, one row each, pipe kept in its cell
-    assert html.count("<tr>") == 1 + 11 + 1 + 2  # header and 11 rows; header and 2 overrides
+    assert html.count("<tr>") == 1 + 12 + 1 + 2  # header and 12 rows (one: who exported); header and 2 overrides
 
 
 def test_a_card_without_pairs_check_or_percent():

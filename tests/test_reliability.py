@@ -1,7 +1,9 @@
 """Hardening (issue 13): concurrent curators, exports and imports, locks, kills and bad input.
 
 The multi-process scenarios are the quick sizes of `bench reliability`
-(curation/bench/reliability.py); each names the count that was wrong before the fix.
+(curation/bench/reliability.py); each names the count that was wrong before the fix. They run
+on SQLite and on PostgreSQL (`db_url` in conftest: a throwaway server, skipped only without its
+binaries), where decide/undo lock with ``SELECT ... FOR UPDATE`` instead of ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -31,41 +33,57 @@ from curation.workspace import Workspace
 
 # --- multi-process scenarios -----------------------------------------------------------------
 
-def test_concurrent_decide_and_undo_lose_no_decision(tmp_path):
+def test_concurrent_decide_and_undo_lose_no_decision(tmp_path, db_url):
     """3 processes x 40 random pins/excludes/undos on one pool. Before: 24 batches undone
     twice and 18 undos written over a newer decision (66 lost); now the replayed log is exact."""
-    res = rel.curation_race(tmp_path, processes=3, ops=40, examples=30)
+    res = rel.curation_race(tmp_path, processes=3, ops=40, examples=30, url=db_url)
     assert res["crashed"] == 0 and res["undos"] > 10
     assert res["decisions_lost"] == 0, res
     assert res["undone_twice_by_callers"] == 0
 
 
-def test_exports_during_decisions_agree_with_their_manifests(tmp_path):
+def test_exports_during_decisions_agree_with_their_manifests(tmp_path, db_url):
     """A process keeps deciding while 6 exports run. Before: 5 of 6 manifests disagreed."""
-    res = rel.export_race(tmp_path, exports=6, examples=30)
+    res = rel.export_race(tmp_path, exports=6, examples=30, url=db_url)
     assert res["decisions_during"] > 6
     assert res["manifests_disagreeing"] == 0, res
 
 
-def test_a_long_import_does_not_block_other_writers(tmp_path):
+def test_a_long_import_does_not_block_other_writers(tmp_path, db_url):
     """Decides and run progress writes from another process during a 20k-line import. Before:
     the first write waited for the whole import (at 30k lines 1 write got through); now dozens do."""
-    res = rel.import_race(tmp_path, lines=20_000)
+    res = rel.import_race(tmp_path, lines=20_000, url=db_url)
     assert res["imported"] == 20_000 and res["writer_errors"] == 0, res
     assert res["writes_during_import"] >= 5, res
     assert res["longest_write_s"] < res["import_s"] / 2, res
 
 
-def test_every_bad_input_ends_in_a_located_report(tmp_path):
+def test_every_bad_input_ends_in_a_located_report(tmp_path, db_url):
     """Before: 9 of these 13 files crashed the importer (surrogate, 5000 digits, deep nesting,
     bare CR, random bytes as parquet, ...)."""
-    res = rel.bad_inputs(tmp_path)
+    res = rel.bad_inputs(tmp_path, db_url)
     assert res["bad_inputs"] == 13 and res["reported"] == 13, res["failures"]
 
 
-def test_killed_imports_and_curators_leave_nothing_half_done(tmp_path):
-    res = rel.kills(tmp_path, n=1, lines=15_000)
+def test_killed_imports_and_curators_leave_nothing_half_done(tmp_path, db_url):
+    res = rel.kills(tmp_path, n=1, lines=15_000, url=db_url)
     assert res == {"kills": 2, "survived": 2, "leftover_rows_after_cleanup": 0}
+
+
+def test_each_scenario_gets_a_fresh_schema_in_the_postgresql_database(postgres, tmp_path):
+    """`bench reliability` with CURATION_DB_URL=postgresql://... runs there (before, it made its
+    own SQLite files whatever the URL said): a schema per scenario, gone afterwards."""
+    from sqlalchemy import create_engine, inspect
+    base = postgres.new_database()
+    assert rel.database_kind(base) == "postgresql" and rel.database_kind(None) == "sqlite"
+    with rel.scenario_db(base, tmp_path, "t") as url:
+        ids = rel.make_pool(Store(url), tmp_path, 3, name="p")
+        with Store(url, run_migrations=False).engine.connect() as conn:
+            schema = conn.exec_driver_sql("select current_schema()").scalar()
+        assert schema.startswith("reliability_t_") and len(ids) == 3
+    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
+    assert schema not in inspect(engine).get_schema_names()
+    assert "pool" not in inspect(engine).get_table_names()  # nothing landed in the database's public schema
 
 
 def test_reliability_is_a_bench_kind():

@@ -1,4 +1,5 @@
-"""The schema, its migrations and the SQLite settings the app relies on."""
+"""The schema, its migrations and the database settings the app relies on, on SQLite and on
+PostgreSQL (`db_url` in conftest: a throwaway server; those cases skip only without its binaries)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from curation.workspace import Workspace
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'c.db'}")
+def store(db_url) -> Store:
+    return Store(db_url)
 
 
 def test_migrations_match_models(store):
@@ -25,15 +26,16 @@ def test_migrations_match_models(store):
     assert diff == []
 
 
-def test_sqlite_wal_and_foreign_keys(store):
+def test_sqlite_wal_and_foreign_keys(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
-def test_downgrade_and_upgrade_round_trip(tmp_path):
+def test_downgrade_and_upgrade_round_trip(db_url):
     from alembic import command
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = db_url
     Store(url)
     engine = make_engine(url)
     cfg = alembic_config()
@@ -83,6 +85,26 @@ def test_workspace_from_env(tmp_path, monkeypatch):
     assert ws.db_url == f"sqlite:///{tmp_path / 'ws' / 'curation.db'}"
     monkeypatch.setenv("CURATION_DB_URL", "postgresql://u@localhost/db")
     assert Workspace.from_env().db_url == "postgresql://u@localhost/db"
+
+
+def test_a_plain_postgresql_url_uses_psycopg_3():
+    """SQLAlchemy 2.0 reads a bare ``postgresql://`` as psycopg2, which is not installed."""
+    from curation.data.store.db import driver_url
+    assert make_engine("postgresql://u@localhost/db").dialect.driver == "psycopg"
+    assert driver_url("postgres://u:p%40ss@h:5433/db?sslmode=require") == \
+        "postgresql+psycopg://u:p%40ss@h:5433/db?sslmode=require"
+    assert driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert driver_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_the_store_opens_a_postgresql_workspace_from_the_environment(postgres, tmp_path, monkeypatch):
+    """`CURATION_DB_URL=postgresql://...` as the README writes it: migrated, and usable."""
+    url = postgres.new_database()
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("CURATION_DB_URL", url)
+    store = Store.open()
+    assert store.engine.dialect.name == "postgresql" and not store.is_sqlite
+    assert Workspace.from_env().sqlite_file is None
 
 
 def test_ensure_never_opens_an_existing_database_file(ws, monkeypatch):

@@ -50,11 +50,12 @@ def bad_input_files(folder: Path) -> list[tuple[Path, int | None]]:
     return files
 
 
-def bad_inputs(folder: Path) -> dict:
-    """Every bad input ends in a report naming its file and line, or a one-line user error."""
+def bad_inputs(folder: Path, url: str | None = None) -> dict:
+    """Every bad input ends in a report naming its file and line, or a one-line user error
+    (database `url`, default an SQLite file in `folder`)."""
     from curation.data.imports import import_pool
     from curation.errors import CurationError
-    store = Store(f"sqlite:///{folder / 'bad.db'}")
+    store = Store(url or f"sqlite:///{folder / 'bad.db'}")
     tried = reported = 0
     failures = []
     for i, (path, line) in enumerate(bad_input_files(folder / "bad")):

@@ -1,7 +1,9 @@
 """`bench reliability`: the hardening scenarios of issue 13, replayed with counts.
 
-Each scenario runs real processes against one SQLite workspace and checks the outcome from
-the database, never from what the processes say about themselves:
+Each scenario runs real processes against a fresh database and checks the outcome from the
+database, never from what the processes say about themselves. The database is an SQLite file
+per scenario, or, when `CURATION_DB_URL` names a PostgreSQL database, a new schema in that
+database per scenario, dropped afterwards (`scenario_db`); the JSON names which (`database`):
 
 * **curation race**: several processes decide and undo on one pool at once; the decision log
   is replayed afterwards and every undo must revert exactly the newest action not yet undone
@@ -30,13 +32,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from curation.bench.bad_inputs import bad_inputs
 from curation.data.store import Decision, Example, Pool, Store
+from curation.data.store.db import driver_url
+from curation.errors import CurationError
 
 POOL = "race"
 UNDO = re.compile(r"undo of ([0-9a-f]{32})")
@@ -54,6 +62,42 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(processes=3, ops=40, examples=30, exports=6, import_lines=30_000, kills=2)
+
+
+# --- one fresh database per scenario ----------------------------------------------------------
+
+def database_kind(url: str | None) -> str:
+    """'sqlite' or 'postgresql': what the scenarios run on (None: SQLite files)."""
+    return "sqlite" if url is None else make_url(driver_url(url)).get_backend_name()
+
+
+@contextmanager
+def scenario_db(base_url: str | None, folder: Path, name: str) -> Iterator[str]:
+    """A fresh, empty database for one scenario: an SQLite file in `folder` (``base_url`` None or
+    SQLite), or a new schema in the PostgreSQL database ``base_url``, first on the search path of
+    every connection of the URL yielded (child processes included), dropped at the end."""
+    kind = database_kind(base_url)
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'{name}.db'}"
+        return
+    if kind != "postgresql":
+        raise CurationError(f"bench reliability runs on SQLite or PostgreSQL, not {kind} (CURATION_DB_URL)")
+    schema = f"reliability_{name}_{uuid.uuid4().hex[:8]}"
+    admin = Store(base_url, run_migrations=False)
+    with admin.engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(driver_url(base_url))
+    options = " ".join(filter(None, [url.query.get("options"), f"-csearch_path={schema}"]))
+    try:
+        yield url.update_query_dict({"options": options}).render_as_string(hide_password=False)
+    finally:
+        with admin.engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.engine.dispose()
+
+
+def _sqlite_in(folder: Path, name: str, url: str | None) -> str:
+    return url or f"sqlite:///{folder / name}"
 
 
 def _conv(i: int) -> dict:
@@ -147,9 +191,10 @@ def check_decision_log(store: Store, pool: str, decided: set[str] | None = None)
                 interleaved_batches=interleaved, decisions_lost=lost)
 
 
-def curation_race(folder: Path, processes: int, ops: int, examples: int) -> dict:
-    """`processes` curators at once on one pool; the replayed log must lose nothing."""
-    url = f"sqlite:///{folder / 'race.db'}"
+def curation_race(folder: Path, processes: int, ops: int, examples: int, url: str | None = None) -> dict:
+    """`processes` curators at once on one pool (database `url`, default an SQLite file in
+    `folder`); the replayed log must lose nothing."""
+    url = _sqlite_in(folder, "race.db", url)
     store = Store(url)
     ids = make_pool(store, folder, examples)
     ctx = mp.get_context("spawn")
@@ -213,11 +258,11 @@ def manifest_disagreements(manifest: dict, lines: list[dict]) -> int:
     return int(bad)
 
 
-def export_race(folder: Path, exports: int, examples: int) -> dict:
+def export_race(folder: Path, exports: int, examples: int, url: str | None = None) -> dict:
     """Exports while another process keeps deciding: every manifest must match its file."""
     from curation.review.export import export_selection
     from curation.workspace import Workspace
-    url = f"sqlite:///{folder / 'export.db'}"
+    url = _sqlite_in(folder, "export.db", url)
     store = Store(url)
     ids = make_pool(store, folder, examples, name="exp")
     run_id = make_done_run(store, "exp", max(1, examples // 3), folder)
@@ -274,13 +319,13 @@ def _writer(url: str, pool: str, ids: list[int], run_id: int, stop, ready, out: 
     Path(out).write_text(json.dumps({"times": times, "errors": errors}))
 
 
-def import_race(folder: Path, lines: int) -> dict:
+def import_race(folder: Path, lines: int, url: str | None = None) -> dict:
     """A `lines`-line import while another process decides and reports progress."""
     from curation.config import ScoreConfig
     from curation.data.imports import import_pool
     from curation.runs.execute import create_run
     from curation.workspace import Workspace
-    url = f"sqlite:///{folder / 'import.db'}"
+    url = _sqlite_in(folder, "import.db", url)
     store = Store(url)
     ids = make_pool(store, folder, 10, name="small")
     run_id = create_run(store, "small", None, ScoreConfig(method="random"), ws=Workspace(folder / "ws", url))
@@ -310,15 +355,15 @@ def import_race(folder: Path, lines: int) -> dict:
 
 # --- kills -----------------------------------------------------------------------------------
 
-def kills(folder: Path, n: int, lines: int) -> dict:
+def kills(folder: Path, n: int, lines: int, url: str | None = None) -> dict:
     """SIGKILL a CLI import and a curator midway, `n` times each: nothing half-done shows."""
     from curation.data import catalog
     from curation.data.imports import import_pool
     home = folder / "killws"
-    env = {**os.environ, "CURATION_HOME": str(home)}
-    env.pop("CURATION_DB_URL", None)
+    url = _sqlite_in(home, "curation.db", url)
+    env = {**os.environ, "CURATION_HOME": str(home), "CURATION_DB_URL": url}
     home.mkdir(parents=True, exist_ok=True)
-    store = Store(f"sqlite:///{home / 'curation.db'}")
+    store = Store(url)
     big = write_pool_file(folder / "kill.jsonl", lines)
     survived = 0
     for k in range(n):
@@ -359,27 +404,30 @@ def _wait_for_rows(store: Store, proc: subprocess.Popen, timeout: float = 60) ->
 
 # --- the command -----------------------------------------------------------------------------
 
-def run_all(sizes: Sizes, folder: Path | None = None, echo=None) -> dict:
+def run_all(sizes: Sizes, folder: Path | None = None, echo=None, db_url: str | None = None) -> dict:
+    """Every scenario, each on a fresh database (`scenario_db`: SQLite files, or schemas in the
+    PostgreSQL database `db_url`)."""
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         root = Path(folder or tmp)
-        out = {}
-        for name, fn in (("curation_race", lambda d: curation_race(d, sizes.processes, sizes.ops, sizes.examples)),
-                         ("export_race", lambda d: export_race(d, sizes.exports, sizes.examples)),
-                         ("import_race", lambda d: import_race(d, sizes.import_lines)),
-                         ("bad_inputs", bad_inputs),
-                         ("kills", lambda d: kills(d, sizes.kills, sizes.import_lines // 2))):
+        out: dict = {"database": database_kind(db_url)}
+        for name, fn in (("curation_race", lambda d, u: curation_race(d, sizes.processes, sizes.ops, sizes.examples, u)),
+                         ("export_race", lambda d, u: export_race(d, sizes.exports, sizes.examples, u)),
+                         ("import_race", lambda d, u: import_race(d, sizes.import_lines, u)),
+                         ("bad_inputs", lambda d, u: bad_inputs(d, u)),
+                         ("kills", lambda d, u: kills(d, sizes.kills, sizes.import_lines // 2, u))):
             d = root / name
             d.mkdir(parents=True, exist_ok=True)
             if echo:
                 echo(name)
-            out[name] = fn(d)
+            with scenario_db(db_url, d, name) as url:
+                out[name] = fn(d, url)
     out["summary"] = summary(out)
     return out
 
 
 def summary(out: dict) -> dict:
     cr, ex, im, bi, kl = (out[k] for k in ("curation_race", "export_race", "import_race", "bad_inputs", "kills"))
-    return dict(kills=kl["kills"], kills_survived=kl["survived"],
+    return dict(database=out["database"], kills=kl["kills"], kills_survived=kl["survived"],
                 concurrent_operations=cr["operations"] + ex["decisions_during"] + len(range(ex["exports"])),
                 decisions_lost=cr["decisions_lost"], manifests_disagreeing=ex["manifests_disagreeing"],
                 writes_during_import=im["writes_during_import"], writer_errors=im["writer_errors"],
@@ -388,12 +436,15 @@ def summary(out: dict) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
-    res = run_all(sizes, echo=lambda name: print(f"reliability: {name}", file=sys.stderr))
+    res = run_all(sizes, echo=lambda name: print(f"reliability: {name}", file=sys.stderr),
+                  db_url=os.environ.get("CURATION_DB_URL") or None)
     if args.json:
         print(json.dumps(res))
     else:
+        print(f"database: {res['database']}")
         for name, counts in res.items():
-            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+            if isinstance(counts, dict):
+                print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     s = res["summary"]
     ok = (s["decisions_lost"] == 0 and s["manifests_disagreeing"] == 0 and s["kills_survived"] == s["kills"]
           and s["writer_errors"] == 0 and s["bad_inputs_reported"] == s["bad_inputs"])

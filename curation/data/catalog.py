@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from curation.data.names import check_name
 from curation.data.pairs import FIELDS, LengthLimits, PairDraft, check_pair, errors, required, warnings
 from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Run, Store
+from curation.data.users import Actor, author_of, require
 from curation.errors import CurationError
 
 
@@ -199,7 +200,8 @@ def import_reports(store: Store, limit: int = 20) -> list[dict]:
 
 # --- preference sets -------------------------------------------------------------------------
 
-def create_prefset(store: Store, name: str) -> None:
+def create_prefset(store: Store, name: str, actor: Actor | None = None) -> None:
+    require(actor, "author")
     name = check_name("preference set", name)
     with store.session() as s:
         if (archived := s.scalar(select(PreferenceSet.archived).where(PreferenceSet.name == name))) is not None:
@@ -226,9 +228,10 @@ def describe_runs(runs: Sequence[dict]) -> str:
     return ", ".join(f"#{r['id']} {r['method']}" + (" (check sub-run)" if r["internal"] else "") for r in runs)
 
 
-def delete_prefset(store: Store, name: str) -> None:
+def delete_prefset(store: Store, name: str, actor: Actor | None = None) -> None:
     """Delete a set and its pairs; refused while runs use it (they would lose their set's name and
-    their re-scoring and explanations): archive it instead."""
+    their re-scoring and explanations): archive it instead. An admin's act."""
+    require(actor, "delete")
     with store.session(write=True) as s:
         pset = get_prefset(s, name)
         if runs := _runs_of(s, pset.id):
@@ -237,14 +240,15 @@ def delete_prefset(store: Store, name: str) -> None:
         s.delete(pset)
 
 
-def archive_prefset(store: Store, name: str, archived: bool = True) -> None:
+def archive_prefset(store: Store, name: str, archived: bool = True, actor: Actor | None = None) -> None:
     """Hide a set from the Scoring page and the default listing; its runs keep showing its name."""
+    require(actor, "archive")
     with store.session() as s:
         get_prefset(s, name).archived = archived
 
 
-def unarchive_prefset(store: Store, name: str) -> None:
-    archive_prefset(store, name, archived=False)
+def unarchive_prefset(store: Store, name: str, actor: Actor | None = None) -> None:
+    archive_prefset(store, name, archived=False, actor=actor)
 
 
 def get_pairs(store: Store, name: str) -> list[dict]:
@@ -254,11 +258,12 @@ def get_pairs(store: Store, name: str) -> list[dict]:
                      author=p.author, created=p.created_at) for p in pset.pairs]
 
 
-def add_pair(store: Store, name: str, draft: PairDraft, author: str = "curator",
-             accept_warnings: bool = False, limits: LengthLimits = LengthLimits()) -> int:
+def add_pair(store: Store, name: str, draft: PairDraft, author: str | None = None,
+             accept_warnings: bool = False, limits: LengthLimits = LengthLimits(), actor: Actor | None = None) -> int:
     """Append one pair to a set after `pairs.check_pair`; returns its id.
 
     Errors always refuse it; warnings refuse it unless ``accept_warnings`` (the user saw them)."""
+    author = author_of(actor, author, "author")
     with store.session(write=True) as s:
         pset = get_prefset(s, name)
         existing = [dict(id=p.id, prompt=p.prompt, chosen=p.chosen, rejected=p.rejected) for p in pset.pairs]
@@ -276,12 +281,13 @@ def add_pair(store: Store, name: str, draft: PairDraft, author: str = "curator",
         return pair.id
 
 
-def save_pairs(store: Store, name: str, rows: list[dict], author: str = "curator") -> dict:
+def save_pairs(store: Store, name: str, rows: list[dict], author: str | None = None, actor: Actor | None = None) -> dict:
     """Make the set hold exactly `rows` (as edited in a table), validated first, in one transaction.
 
     Rows with an `id` update that pair, rows without one are new, stored pairs missing from
     `rows` are deleted. Any invalid row aborts everything with an error naming row and field.
     """
+    author = author_of(actor, author, "author")
     for i, r in enumerate(rows, 1):
         if problems := required(PairDraft(*(_cell(r.get(k)) for k in FIELDS))):
             raise CurationError(f"row {i}: {_row_problems(r, problems)}. Nothing was saved")

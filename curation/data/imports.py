@@ -28,6 +28,7 @@ from curation.data.names import check_name
 from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, PreferencePair, PreferenceSet, Store
 from curation.data.store.db import retry_locked
 from curation.data.store.models import utcnow
+from curation.data.users import Actor, require
 from curation.errors import CurationError
 
 BATCH = 2000
@@ -122,7 +123,8 @@ class _Abort(Exception):
 
 
 def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
-                strict: bool = False, progress: Progress | None = None, append: bool = False) -> ImportResult:
+                strict: bool = False, progress: Progress | None = None, append: bool = False,
+                actor: Actor | None = None) -> ImportResult:
     """Stream `path` into a new pool named `name` (default: the file stem), or with ``append``
     into that existing pool (content it already holds is skipped as duplicate; its stored
     gradient features stay valid and only the new examples get features on the next run).
@@ -132,6 +134,7 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
     transaction then publishes them (a rename, or for ``append`` a move into the pool). A
     failure drops the staging rows; a kill leaves them hidden until the next import's clean-up.
     """
+    require(actor, "import")
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
@@ -334,9 +337,11 @@ def _dedupe_uids(s, pools: list[int], rows: list[dict]) -> None:
 
 
 def import_prefs(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
-                 subtask_field: str | None = None, subtasks: int | None = None, strict: bool = False) -> ImportResult:
+                 subtask_field: str | None = None, subtasks: int | None = None, strict: bool = False,
+                 actor: Actor | None = None) -> ImportResult:
     """Read a preference file and store it as a new preference set; ties of pairwise
     judgements are skipped and counted in the report."""
+    require(actor, "import")
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from curation.data.catalog import run_feature_set
+from curation.data.users import Actor, require
 from curation.engine.features import (
     VIEW_FILE,
     FeatureManifest,
@@ -302,8 +303,9 @@ def find_set(home: Path, set_id: str) -> FeatureSet:
     return hits[0]
 
 
-def remove_set(fset: FeatureSet) -> None:
-    """Delete a feature set (rename first, so a half-deleted set is never read)."""
+def remove_set(fset: FeatureSet, actor: Actor | None = None) -> None:
+    """Delete a feature set (rename first, so a half-deleted set is never read); an admin's act."""
+    require(actor, "features_rm")
     trash = fset.root.with_name(f".trash-{fset.root.name}-{os.getpid()}")
     os.replace(fset.root, trash)
     shutil.rmtree(trash, ignore_errors=True)

@@ -36,6 +36,7 @@ from scipy import stats
 from sqlalchemy import func, select
 
 from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
+from curation.data.users import INTERNAL, Actor, require
 from curation.engine.features import atomic_write
 from curation.engine.projection import derive_seed
 from curation.errors import CurationError
@@ -116,7 +117,8 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     if method == "fusion":  # each input re-scored with ``pairs`` only, then fused the same way
         return _fused_sub_run(store, ws, run, pool, pairs, base_id)
     cfg = ScoreConfig.from_dict(run.config).for_method(method)
-    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True})
+    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True},
+                     actor=INTERNAL)
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)
 
@@ -248,8 +250,9 @@ class _Tuner:
 
 
 def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Workspace | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+              progress: Progress | None = None, actor: Actor | None = None) -> dict[str, Any]:
     """The whole check of a finished run (see the module docstring); returns and stores the report."""
+    require(actor, "check")
     from curation.methods import get_method
     from curation.methods.gradient import GradientMethod
     from curation.runs.execute import _fetcher
@@ -325,9 +328,10 @@ def status_path(ws: Workspace, run_id: int) -> Path:
     return ws.run_dir(run_id) / STATUS_FILE
 
 
-def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
-    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser);
-    refused while another check of the run is alive."""
+def launch_check(store: Store, run_id: int, ws: Workspace | None = None, actor: Actor | None = None) -> int:
+    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser), as
+    the same user (``--as``); refused while another check of the run is alive."""
+    actor = require(actor, "check")
     ws = (ws or Workspace.from_env()).ensure()
     _base_run(store, run_id)  # refuse unfinished runs now, not in the log
     live = check_status(ws, run_id)
@@ -338,7 +342,8 @@ def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
     env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url, "PYTHONUNBUFFERED": "1"}
     started = time.time()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "curation", "check", str(run_id), "--record"],
+        who = [] if actor.local else ["--as", actor.name]
+        proc = subprocess.Popen([sys.executable, "-m", "curation", *who, "check", str(run_id), "--record"],
                                 cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     st = check_status(ws, run_id)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, aliased
 from curation.data import catalog
 from curation.data.store import Decision, Example, Pool, Run, Score, Store
 from curation.data.store.db import markers
+from curation.data.users import Actor, author_of
 from curation.engine.select import budget_from, select_top
 from curation.errors import CurationError
 from curation.runs.selections import budget_warning, selection_of
@@ -38,8 +39,10 @@ UNDO = re.compile(r"undo of ([0-9a-f]{32})")
 # --- decisions -------------------------------------------------------------------------------
 
 def decide(store: Store, pool: str, example_ids: Iterable[int], action: str, reason: str,
-           author: str = "curator") -> str:
-    """Record one user action on some examples of `pool`; returns its batch id (what undo reverts)."""
+           author: str | None = None, actor: Actor | None = None) -> str:
+    """Record one user action on some examples of `pool`; returns its batch id (what undo reverts).
+    Needs a curator (`users.require`); recorded under the actor's name (`users.author_of`)."""
+    author = author_of(actor, author, "decide")
     if action not in ACTIONS:
         raise CurationError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
     reason = (reason or "").strip()
@@ -96,14 +99,16 @@ class Undone:
     n_examples: int
 
 
-def undo(store: Store, pool: str, author: str | None = None) -> Undone | None:
+def undo(store: Store, pool: str, author: str | None = None, actor: Actor | None = None) -> Undone | None:
     """Revert the newest action not yet undone (only `author`'s, when given); None if there is none.
 
     The revert is a new batch with reason "undo of <batch>" that sets each example of the undone
     batch back to its state just before it. Undo batches are never themselves undone, so
     undoing twice reverts the next older action. Target and revert are read and written in one
-    locked transaction (see the module docstring).
+    locked transaction (see the module docstring). Needs a curator; a named actor's undo is
+    recorded under their name.
     """
+    signed = author_of(actor, None, "decide")
     with store.session(write=True) as s:
         pid = _lock_pool(s, pool)
         target = _undo_target(s, pid, author)
@@ -111,12 +116,13 @@ def undo(store: Store, pool: str, author: str | None = None) -> Undone | None:
             return None
         batch, who = target
         restore = _state_before(s, batch)
-        return Undone(batch, _record(s, pid, restore, f"undo of {batch}", author or who), len(restore))
+        by = author or who if actor is None or actor.local else signed
+        return Undone(batch, _record(s, pid, restore, f"undo of {batch}", by), len(restore))
 
 
-def undo_last(store: Store, pool: str, author: str | None = None) -> str | None:
+def undo_last(store: Store, pool: str, author: str | None = None, actor: Actor | None = None) -> str | None:
     """`undo`, returning only the id of the new (revert) batch."""
-    done = undo(store, pool, author)
+    done = undo(store, pool, author, actor)
     return done.batch if done else None
 
 
@@ -214,21 +220,23 @@ def _previews(s: Session, batches: list[str], k: int = 5) -> dict[str, str]:
 
 
 def apply_to_filter(store: Store, pool: str, flt: catalog.ExampleFilter, action: str, reason: str,
-                    author: str = "curator") -> tuple[str, int]:
+                    author: str | None = None, actor: Actor | None = None) -> tuple[str, int]:
     """'Pin/exclude all N matching': acts on every match of the filter, not the visible page."""
+    author_of(actor, author, "decide")
     ids = catalog.matching_ids(store, pool, flt)
     if not ids:
         raise CurationError("no example matches the filter")
-    return decide(store, pool, ids, action, reason, author), len(ids)
+    return decide(store, pool, ids, action, reason, author, actor), len(ids)
 
 
 def apply_table_edits(store: Store, pool: str, rows: Sequence[Mapping], edited_rows: Mapping,
-                      reason: str, author: str = "curator") -> str | None:
+                      reason: str, author: str | None = None, actor: Actor | None = None) -> str | None:
     """Turn a table's checkbox edits ({row index: {"pin"|"exclude": bool}}) into one batch.
 
     A row with both boxes ticked is refused; unticking the box that is set clears the example.
     Returns the batch id, or None when the edits change nothing.
     """
+    author = author_of(actor, author, "decide")
     actions = []
     for idx, change in edited_rows.items():
         row = rows[int(idx)]

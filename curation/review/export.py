@@ -32,6 +32,7 @@ from curation.data.catalog import pairs_version
 from curation.data.names import check_name
 from curation.data.store import Example, Export, PreferenceSet, Run, Store
 from curation.data.store.models import utcnow
+from curation.data.users import Actor, author_of
 from curation.errors import CurationError
 from curation.review.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
 from curation.review.mdsafe import escape
@@ -253,14 +254,16 @@ def _write_rows(store: Store, ids: Sequence[int], render: Callable[[Example], di
 
 def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent: float | None = None,
                      n: int | None = None, example_ids: Iterable[int] | None = None,
-                     name: str | None = None, overwrite: bool = False) -> ExportResult:
+                     name: str | None = None, overwrite: bool = False, actor: Actor | None = None) -> ExportResult:
     """Write the curated selection of a finished run (or exactly `example_ids`) in rank order.
 
     Writes the folder ``<exports>/<name>/``: ``<name>.jsonl``, ``<name>.manifest.json``,
     ``<name>.card.md`` and what the format's trainer reads (`trainers.side_files`), and records
     an `Export` row. The folder is written hidden and renamed into place (`_swap_in`), so its
     files always agree. An existing export of that name is replaced only with ``overwrite``.
+    Needs a curator; the manifest and card name who exported (``exported_by``).
     """
+    by = author_of(actor, None, "export")
     if fmt not in FORMATS:
         raise CurationError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     name = export_name(name) if name is not None else f"run{run_id:05d}_{fmt}_{utcnow():%Y%m%d-%H%M%S-%f}"
@@ -280,7 +283,7 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=TMP))
         try:
             os.chmod(tmp, dir_mode())
-            res, body = _write_export(store, sel, fmt, ids, overrides, example_ids is not None, tmp, final)
+            res, body = _write_export(store, sel, fmt, ids, overrides, example_ids is not None, tmp, final, by)
             _swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
@@ -307,7 +310,7 @@ def export_name(name: str) -> str:
 
 
 def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], overrides: list[dict],
-                  by_filter: bool, tmp: Path, final: Path) -> tuple[ExportResult, bytes]:
+                  by_filter: bool, tmp: Path, final: Path, by: str = "curator") -> tuple[ExportResult, bytes]:
     """Every file of the export into the hidden folder `tmp`; paths in the result and the
     manifest name `final`, where `_swap_in` puts them. Returns it and the manifest's bytes."""
     name = final.name
@@ -316,7 +319,7 @@ def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[i
     with _new_file(tmp / path.name) as f:
         sha, uids = _write_rows(store, ids, RENDER[fmt], f, keys)
     manifest = build_manifest(store, sel, fmt, ids, uids, sha, by_filter=by_filter, overrides=overrides)
-    manifest.update(file=path.name, card=card_path.name)
+    manifest.update(file=path.name, card=card_path.name, exported_by=by)
     if schedule := _write_schedule(store, sel, fmt, tmp, f"{name}.schedule.jsonl"):
         manifest["schedule"] = schedule
     if trainer := trainer_info(fmt, path, keys):
@@ -399,6 +402,7 @@ def dataset_card(manifest: dict) -> str:
             ("Overrides", _overrides_line(counts)), ("Exported", _exported_line(manifest)),
             ("Held-out check", _check_line(run.get("meta") or {})),
             ("Format", FORMAT_LABELS.get(manifest["format"]) or _u(manifest["format"])),
+            ("Exported by", _u(manifest.get("exported_by", "not recorded"))),
             ("File", f"{_u(manifest.get('file', '(see the manifest)'))}, sha256 {manifest['file_sha256'][:16]}…")]
     if trainer := manifest.get("trainer"):
         rows.append(("Trainer", _trainer_line(trainer)))

@@ -23,6 +23,7 @@ from curation.data.catalog import get_pool, get_prefset, pairs_hash, pairs_snaps
 from curation.data.store import STAGING_PREFIX, Example, Pool, PreferenceSet, Run, Score, Store
 from curation.data.store.db import markers, retry_locked
 from curation.data.store.models import utcnow
+from curation.data.users import Actor, author_of
 from curation.engine.select import select_top
 from curation.errors import CurationError
 from curation.methods import ScoreInputs, ScoreOutput, ValPair, get_method
@@ -44,12 +45,15 @@ SCORE_BATCH = 20_000
 
 
 def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
-               ws: Workspace | None = None, pairs: list[dict] | None = None, meta: dict | None = None) -> int:
+               ws: Workspace | None = None, pairs: list[dict] | None = None, meta: dict | None = None,
+               actor: Actor | None = None) -> int:
     """Register a run (status queued) after checking its inputs exist and fit the method.
 
     ``pairs`` replaces the preference set's pairs (a subset of them: `check` scores with its
-    scoring part only); ``meta`` is added to the run's metadata (e.g. ``check_of``).
+    scoring part only); ``meta`` is added to the run's metadata (e.g. ``check_of``). Needs a
+    curator, recorded as ``meta["created_by"]``.
     """
+    meta = {"created_by": author_of(actor, None, "score"), **(meta or {})}
     method = get_method(config.method)
     ws = (ws or Workspace.from_env()).ensure()
     with store.session() as s:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from curation.config import ScoreConfig
 from curation.data.store import Pool, PreferenceSet, Run, Store
+from curation.data.users import Actor, require
 from curation.errors import CurationError
 from curation.workspace import Workspace
 
@@ -40,12 +41,13 @@ def _inputs(store: Store, run_ids: Sequence[int]) -> list[Run]:
 
 
 def fuse(store: Store, run_ids: Sequence[int], weights: Sequence[float] | None = None,
-         ws: Workspace | None = None, echo=None, meta: dict | None = None) -> int:
+         ws: Workspace | None = None, echo=None, meta: dict | None = None, actor: Actor | None = None) -> int:
     """Fuse finished runs of one pool into a new, finished ``fusion`` run; returns its id.
 
     The new run takes the first input's settings (so `check`'s baselines use its model) and,
     when the inputs share one preference set, that set and the first input's pair snapshot.
     """
+    require(actor, "score")
     from curation.methods.fusion import check_weights
     from curation.runs.execute import create_run, execute_run
 
@@ -58,7 +60,7 @@ def fuse(store: Store, run_ids: Sequence[int], weights: Sequence[float] | None =
     cfg = ScoreConfig.from_dict(runs[0].config).for_method("fusion")
     cfg.options = {"runs": [r.id for r in runs], "weights": weights}
     pairs = next(((r.meta or {}).get("pairs") for r in runs if (r.meta or {}).get("pairs")), None) if prefs else None
-    new_id = create_run(store, pool, prefs, cfg, ws, pairs=pairs,
+    new_id = create_run(store, pool, prefs, cfg, ws, pairs=pairs, actor=actor,
                         meta={"fused_from": [r.id for r in runs], "fusion_weights": weights, **(meta or {})})
     execute_run(store, new_id, ws, echo=echo)
     return new_id

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from curation.config import ScoreConfig
 from curation.data.catalog import pool_hashes, run_feature_set
 from curation.data.store import Pool, PreferenceSet, Run, Store
+from curation.data.users import Actor, require
 from curation.engine.featuresets import FeatureSet, content_keys, find_set
 from curation.errors import CurationError
 from curation.runs.jobs import merge_run_meta
@@ -61,7 +62,7 @@ def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> F
 
 def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | None = None,
             ws: Workspace | None = None, echo=None, overrides: dict | None = None,
-            options: dict | None = None) -> Rescored:
+            options: dict | None = None, actor: Actor | None = None) -> Rescored:
     """Score ``prefs`` (default: the base run's preference set as it is now) with the base
     run's settings and stored features, in this process; returns the new run and the diff.
 
@@ -69,6 +70,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     scoring (``beta``, ``options``); train-feature settings would not find stored features.
     ``options`` are set over the run's method options (``--option alpha=0.5``).
     """
+    require(actor, "score")
     from curation.methods import get_method
     from curation.methods.gradient import GradientMethod
     from curation.review.curate import curated_selection
@@ -96,7 +98,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         raise CurationError(f"run {run_id}'s train features are not stored for the whole pool "
                             f"'{pool}' any more; launch a scoring run")
     cfg.threads = max(cfg.threads, os.cpu_count() or 1)  # the curator is waiting: use the machine
-    new_id = create_run(store, pool, prefs, cfg, ws)
+    new_id = create_run(store, pool, prefs, cfg, ws, actor=actor)
     merge_run_meta(store, new_id, rescored_from=run_id)
     execute_run(store, new_id, ws, echo=echo)
     _reuse_map(store, run_id, new_id)

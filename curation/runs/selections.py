@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from curation.data.store import Run, Store
 from curation.data.store.models import utcnow
+from curation.data.users import Actor, require
 from curation.engine.select import budget_from
 from curation.errors import CurationError
 
@@ -66,11 +67,12 @@ def saved_selection(store: Store, run_id: int) -> SavedSelection:
 
 
 def save_selection(store: Store, run_id: int, percent: float | None = None, n: int | None = None,
-                   name: str | None = None) -> SavedSelection:
+                   name: str | None = None, actor: Actor | None = None) -> SavedSelection:
     """Save the run's budget (exactly one of percent/n) under a name; returns what was stored.
 
     The budget is validated here (not clamped later in silence): percent in (0, 100], n >= 1.
     """
+    require(actor, "select")
     if (percent is None) == (n is None):
         raise CurationError("give exactly one of percent and n for the selection's budget")
     try:

@@ -1,7 +1,8 @@
 """Engine, sessions and migrations.
 
 SQLite gets WAL (the app reads while a background run writes), foreign keys and a busy
-timeout; any other SQLAlchemy URL is used as given. Migrations run on every open, so a
+timeout; any other SQLAlchemy URL is used as given, except that a plain ``postgresql://`` (or
+``postgres://``) URL gets the psycopg 3 driver (`driver_url`), the one requirements.txt installs. Migrations run on every open, so a
 workspace made by an older version is upgraded in place.
 
 Sessions come in three kinds. A plain session is what most code wants: with the pysqlite
@@ -24,6 +25,7 @@ from typing import Callable, Iterator, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,7 +56,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def driver_url(url: str) -> str:
+    """``url`` with an explicit driver for PostgreSQL: SQLAlchemy would pick psycopg2 for a bare
+    ``postgresql://``, which is not installed; psycopg (version 3) is."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def make_engine(url: str) -> Engine:
+    url = driver_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
