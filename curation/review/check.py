@@ -1,14 +1,17 @@
 """`check`: is a run's selection any good? A held-out test the curator can run on any run.
 
+0. Refuse at once when the pairs are too few for a verdict (`heldout.readiness`: the minimum
+   per subtask and overall, from the split's rules), not after the fine-tunes.
 1. Split the run's preference pairs per subtask (`heldout.split_pairs`): a scoring part and a
    held-out part that scoring never sees.
 2. Re-score the pool with the scoring part only (a sub-run of the same method and settings:
    gradient methods reuse the stored train features, so this costs seconds) and take the
    run's budget from the top.
-3. Fine-tune a fresh LoRA on that selection and on a random selection of the same size, for
-   several seeds (same steps, same seed per pair of fine-tunes), and measure the held-out
-   pairs' DPO implicit-reward margins against the base model (`heldout`).
-4. Report accuracy and margin vs random with a bootstrap CI, agreement with BM25 and LESS
+3. Fine-tune a fresh LoRA on that selection for several seeds and on K (5) random selections
+   of the same size (same steps), and measure the held-out pairs' per-token DPO implicit-reward
+   margins against the base model (`heldout`: per token, so answer length does not decide).
+4. Report accuracy and margin vs random with an interval over the spread between the random
+   draws (`heldout.compare_with_random`), agreement with BM25 and LESS
    scored on the same scoring part, the selection's make-up by source next to the pool's,
    examples whose verifiable answer looks wrong, and a verdict in plain words.
 
@@ -39,7 +42,8 @@ from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.engine.features import atomic_write
 from curation.engine.projection import derive_seed
 from curation.errors import CurationError
-from curation.review.heldout import compare_with_random, label_contrast, pair_items, split_pairs, tuned_margins, verdict
+from curation.review.heldout import (compare_with_random, label_contrast, pair_items, readiness, split_pairs,
+                                     tuned_margins, verdict)
 from curation.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
@@ -63,12 +67,12 @@ class CheckConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     baselines: tuple[str, ...] = ("bm25", "less")
-    bootstrap: int = 2000
+    random_draws: int = 5  # random selections (draw k: fine-tune seed k); their spread sets the interval
 
     def __post_init__(self) -> None:
         self.seeds, self.baselines = tuple(self.seeds), tuple(self.baselines)
-        if not self.seeds or not 0 < self.heldout_share < 1 or self.epochs < 1:
-            raise CurationError("CheckConfig: needs seeds, 0 < heldout_share < 1 and epochs >= 1")
+        if not self.seeds or not 0 < self.heldout_share < 1 or self.epochs < 1 or self.random_draws < 2:
+            raise CurationError("CheckConfig: needs seeds, 0 < heldout_share < 1, epochs >= 1 and random_draws >= 2")
         if self.percent is not None and not 0 < self.percent <= 100:
             raise CurationError(f"CheckConfig: percent must be in (0, 100], got {self.percent}")
 
@@ -247,6 +251,27 @@ class _Tuner:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def require_ready(run: Run, cfg: CheckConfig) -> dict:
+    """`heldout.readiness` of a run's pairs; a CurationError saying what to add when too few."""
+    pairs = run.meta["pairs"]
+    ready = readiness([p["subtask"] for p in pairs], cfg.heldout_share, [p["prompt"] for p in pairs])
+    if not ready["ready"]:
+        raise CurationError(f"run {run.id}: {ready['message']}")
+    return ready
+
+
+def random_margins(tuner: _Tuner, ids: np.ndarray, n: int, run_id: int, draws: int,
+                   note: Callable[[int], None] = lambda k: None) -> np.ndarray:
+    """``[draws, pairs]`` held-out margins of ``draws`` random selections of ``n`` (draw k: its own
+    seeded selection, fine-tune seed k); their spread is what a selection must stand out from."""
+    out = []
+    for k in range(draws):
+        note(k)
+        rng = np.random.default_rng(derive_seed("check-random", run_id, k))
+        out.append(tuner.margins(rng.choice(ids, size=n, replace=False).tolist(), k))
+    return np.array(out)
+
+
 def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Workspace | None = None,
               progress: Progress | None = None) -> dict[str, Any]:
     """The whole check of a finished run (see the module docstring); returns and stores the report."""
@@ -258,14 +283,13 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     note = progress or (lambda stage, done, total: None)
     started = time.time()
     run, pool, prefs = _base_run(store, run_id)
+    require_ready(run, cfg)
     agree, notes = {}, []
     pairs = run.meta["pairs"]
     scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed,
                                 prompts=[p["prompt"] for p in pairs])
-    if not held:
-        raise CurationError(f"run {run_id}: no subtask has 2 or more pairs, so none can be held out")
     score_pairs = [pairs[i] for i in scoring]
-    steps = 2 + len(cfg.baselines) + 2 * len(cfg.seeds)
+    steps = 2 + len(cfg.baselines) + len(cfg.seeds) + cfg.random_draws
     note(f"score {run.method} with {len(scoring)} of {len(pairs)} pairs", 0, steps)
     ids, scores = _sub_run(store, ws, run, pool, prefs, run.method, score_pairs, run_id)
     n = _budget(store, len(ids), run_id, cfg)
@@ -288,18 +312,17 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
         agree[method] = agreement(ids, scores, b_scores, n) if np.array_equal(b_ids, ids) else None
     tuner = _Tuner(run, ws, [pairs[i] for i in held], cfg, _fetcher(store))
     try:
-        sel_m, rand_m = [], []
         step = 1 + len(cfg.baselines)
+        sel_m = []
         for seed in cfg.seeds:
             note(f"fine-tune on the selection (seed {seed})", step, steps)
             sel_m.append(tuner.margins(chosen.tolist(), seed))
-            note(f"fine-tune on a random selection (seed {seed})", step + 1, steps)
-            rng = np.random.default_rng(derive_seed("check-random", run_id, seed))
-            rand_m.append(tuner.margins(rng.choice(ids, size=n, replace=False).tolist(), seed))
-            step += 2
+            step += 1
+        rand_m = random_margins(tuner, ids, n, run_id, cfg.random_draws,
+                                lambda k: note(f"fine-tune on random selection {k + 1} of {cfg.random_draws}", step + k, steps))
     finally:
         tuner.close()
-    held_stats = compare_with_random(np.array(sel_m), np.array(rand_m), cfg.bootstrap, cfg.split_seed)
+    held_stats = compare_with_random(np.array(sel_m), rand_m)
     label, sentence = verdict(held_stats)
     report = {"run_id": run_id, "method": run.method, "heldout": held_stats, "agreement": agree,
               "composition": composition(store, run.pool_id, chosen.tolist()),
@@ -329,7 +352,7 @@ def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
     """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser);
     refused while another check of the run is alive."""
     ws = (ws or Workspace.from_env()).ensure()
-    _base_run(store, run_id)  # refuse unfinished runs now, not in the log
+    require_ready(_base_run(store, run_id)[0], CheckConfig())  # refuse now (unfinished, too few pairs), not in the log
     live = check_status(ws, run_id)
     if live and live["status"] in ("queued", "running"):
         raise CurationError(f"a check of run {run_id} is already running (pid {live.get('pid')})")

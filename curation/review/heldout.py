@@ -1,13 +1,21 @@
 """The pure pieces of `check`: split the pairs, measure held-out margins, compare with random.
 
-Held-out measure (the DPO implicit reward of METHODS.md §2, against the base model):
+Held-out measure: the DPO implicit reward of METHODS.md §2 against the base model, taken
+**per response token** (length-robust):
 
-    h(y)   = log π_θ(y|x) − log π_ref(y|x)     summed over response tokens
-    margin = h(y_w) − h(y_l)                    accuracy = share of pairs with margin > 0
+    h(y)   = (log π_θ(y|x) − log π_ref(y|x)) / |y|     mean over the response's tokens
+    margin = h(y_w) − h(y_l)                            accuracy = share of pairs with margin > 0
 
 π_θ = base model + a LoRA adapter fine-tuned on the selection; π_ref = the base model (the
-same weights with the adapter disabled). Before any fine-tune every margin is 0; a selection
-that teaches the task raises chosen over rejected on pairs it never saw.
+same weights with the adapter disabled). Why per token and not summed (the DPO loss's own
+sum) nor against length-matched references: a summed margin grows with the answers' lengths,
+so selections of short outputs, which move long answers least, looked best (issue 21: the
+summed margin ranked ROSE > LESS > random > BM25, the reverse of their precision), and
+length-matched references would need answers the curator's pairs do not have. The mean per
+token needs nothing more than the pair and no longer rewards moving few tokens.
+
+A selection is compared with several random selections of the same size (`compare_with_random`):
+its gain must stand out from the spread between random draws, not from one draw.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 from curation.data.pairs import NEAR_IDENTICAL, similarity
 from curation.engine.objectives import Batch, DPOObjective, collate
@@ -46,7 +55,7 @@ def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0,
         units = list(groups.values())
         if len(units) < 2:
             continue
-        n_hold = min(len(units) - 1, max(1, math.floor(share * len(units))))
+        n_hold = held_out_count(len(units), share)
         order = np.random.default_rng(derive_seed("heldout", seed, sub)).permutation(len(units))
         held += [i for j in order[:n_hold] for i in units[j]]
     held_set = set(held)
@@ -55,8 +64,9 @@ def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0,
 
 @torch.no_grad()
 def pair_margins(model, items: Sequence[Batch], pad_id: int, batch_size: int = 8) -> np.ndarray:
-    """``h(y_w) − h(y_l)`` of every pair item (`objectives.pair_item`) under a PEFT model."""
-    objective = DPOObjective()
+    """Per-token ``h(y_w) − h(y_l)`` of every pair item (`objectives.pair_item`) under a PEFT model
+    (the module docstring says why per token)."""
+    objective = DPOObjective(per_token=True)
     was_training = model.training
     model.eval()
     try:
@@ -67,55 +77,107 @@ def pair_margins(model, items: Sequence[Batch], pad_id: int, batch_size: int = 8
     return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
 
 
-def _bootstrap(diff: np.ndarray, n: int, seed: int) -> tuple[float, float]:
-    """Percentile CI of the mean of ``diff [seeds, pairs]``, resampling seeds and pairs."""
-    rng = np.random.default_rng(seed)
-    s, p = diff.shape
-    means = np.empty(n)
-    for b in range(n):
-        rows = rng.integers(0, s, s)
-        cols = rng.integers(0, p, p)
-        means[b] = diff[np.ix_(rows, cols)].mean()
-    lo, hi = np.quantile(means, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2])
-    return float(lo), float(hi)
-
-
+MIN_PROMPTS_PER_SUBTASK = 2  # `split_pairs` holds one out only when one more stays for scoring
 MIN_HELDOUT_PAIRS = 3  # below this no verdict is given: too few pairs to tell
 
 
-def compare_with_random(selected: np.ndarray, random: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Held-out figures of the selection vs same-size random selections.
+def held_out_count(n_prompts: int, share: float) -> int:
+    """How many of a subtask's ``n_prompts`` prompts `split_pairs` holds out (its rule, in one place)."""
+    return 0 if n_prompts < MIN_PROMPTS_PER_SUBTASK else min(n_prompts - 1, max(1, math.floor(share * n_prompts)))
 
-    ``selected`` and ``random`` are ``[seeds, heldout pairs]`` margins; seed ``s`` of both used
-    the same fine-tune seed, so differences are paired. ``gain_vs_random`` is the accuracy gain
-    and ``ci95`` its bootstrap 95% interval (over seeds and pairs); ``margin_gain`` and
-    ``margin_ci95`` are the same for the mean margin.
+
+def readiness(subtasks: Sequence[str], share: float = 0.4, prompts: Sequence[str] | None = None) -> dict:
+    """Whether a preference set has enough pairs for a verdict of `check` (and for `auto`), said
+    before anything runs, from the split's own rules.
+
+    Every subtask needs ``MIN_PROMPTS_PER_SUBTASK`` prompts (one held out, one kept for scoring;
+    a subtask with one is never tested), and the whole split ``MIN_HELDOUT_PAIRS`` held-out
+    prompts. ``more`` per subtask: the fewest new pairs (new prompts) that meet both, spent
+    where one more held-out prompt costs least.
+    """
+    keys = list(prompts) if prompts is not None else list(range(len(subtasks)))
+    units: dict[str, set] = {}
+    for sub, key in zip(subtasks, keys):
+        units.setdefault(sub, set()).add(key)
+    n = {sub: len(u) for sub, u in units.items()}
+    more = {sub: max(0, MIN_PROMPTS_PER_SUBTASK - k) for sub, k in n.items()}
+    total = lambda: sum(held_out_count(n[s] + more[s], share) for s in n)  # noqa: E731
+    while n and total() < MIN_HELDOUT_PAIRS:
+        cost = {s: next(k for k in range(1, 10_000) if held_out_count(n[s] + more[s] + k, share)
+                        > held_out_count(n[s] + more[s], share)) for s in n}
+        cheapest = min(sorted(cost), key=cost.get)
+        more[cheapest] += cost[cheapest]
+    held = sum(held_out_count(k, share) for k in n.values())
+    rows = [{"subtask": s, "pairs": sum(1 for x in subtasks if x == s), "prompts": n[s],
+             "heldout": held_out_count(n[s], share), "more": more[s]} for s in sorted(n)]
+    ready = held >= MIN_HELDOUT_PAIRS
+    short = [r for r in rows if r["more"]]
+    if not n:
+        message = f"No pairs: add at least {MIN_HELDOUT_PAIRS} subtasks' worth ({MIN_PROMPTS_PER_SUBTASK} pairs each)."
+    elif short:
+        message = (f"{'Enough for a verdict' if ready else 'Too few pairs for a verdict'}: {held} pairs would be held "
+                   f"out (at least {MIN_HELDOUT_PAIRS} needed, and {MIN_PROMPTS_PER_SUBTASK} pairs with different "
+                   "prompts in every subtask so that one is tested); add "
+                   + ", ".join(f"{r['more']} to '{r['subtask']}'" for r in short) + ".")
+    else:
+        message = f"Enough for a verdict: {held} pairs would be held out."
+    return {"ready": ready, "heldout": held, "min_heldout": MIN_HELDOUT_PAIRS,
+            "min_per_subtask": MIN_PROMPTS_PER_SUBTASK, "subtasks": rows, "message": message}
+
+
+def _interval(sel_rows: np.ndarray, rand_rows: np.ndarray, per_pair: np.ndarray) -> tuple[list[float], float]:
+    """(95% interval of ``mean(sel) − mean(rand)``, the random draws' standard deviation).
+
+    The selection is judged against the spread between random draws (a prediction interval,
+    Student t with K−1 degrees of freedom): under "no different" the selection is one more
+    draw, so its distance from the draws' mean has variance ``sd²·(1 + 1/K)``. The pair-level
+    variance of the per-pair differences is added, so a few pairs cannot carry a verdict.
+    """
+    k = len(rand_rows)
+    sd = float(np.std(rand_rows, ddof=1))
+    pair_var = float(np.var(per_pair, ddof=1)) / len(per_pair) if len(per_pair) > 1 else 0.0
+    half = float(stats.t.ppf((1 + CI_LEVEL) / 2, k - 1)) * math.sqrt(sd * sd * (1 + 1 / k) + pair_var)
+    gain = float(sel_rows.mean() - rand_rows.mean())
+    return [gain - half, gain + half], sd
+
+
+def compare_with_random(selected: np.ndarray, random: np.ndarray) -> dict:
+    """Held-out figures of the selection vs K random selections of the same size.
+
+    ``selected`` is ``[seeds, heldout pairs]`` per-token margins (one fine-tune per seed),
+    ``random`` ``[K draws, heldout pairs]`` (draw k: its own random selection, fine-tune seed k),
+    K >= 2. ``gain_vs_random`` / ``ci95``: accuracy gain over the draws' mean and its interval;
+    ``margin_gain`` / ``margin_ci95`` the same for the mean margin (`_interval`: the spread
+    between random draws, not one draw, sets the width).
     """
     selected, random = np.atleast_2d(selected), np.atleast_2d(random)
-    if selected.shape != random.shape or selected.size == 0:
-        raise ValueError(f"need matching non-empty margins, got {selected.shape} and {random.shape}")
+    if selected.size == 0 or random.ndim != 2 or random.shape[1] != selected.shape[1] or len(random) < 2:
+        raise ValueError(f"need [seeds, pairs] and [draws >= 2, pairs] margins, got {selected.shape} and {random.shape}")
     win_sel, win_rand = (selected > 0).astype(float), (random > 0).astype(float)
+    ci, acc_sd = _interval(win_sel.mean(axis=1), win_rand.mean(axis=1), win_sel.mean(0) - win_rand.mean(0))
+    margin_ci, margin_sd = _interval(selected.mean(axis=1), random.mean(axis=1), selected.mean(0) - random.mean(0))
     return {"accuracy": float(win_sel.mean()), "margin": float(selected.mean()),
             "random_accuracy": float(win_rand.mean()), "random_margin": float(random.mean()),
-            "gain_vs_random": float(win_sel.mean() - win_rand.mean()),
-            "ci95": list(_bootstrap(win_sel - win_rand, n_boot, seed + 1)),
-            "margin_gain": float(selected.mean() - random.mean()),
-            "margin_ci95": list(_bootstrap(selected - random, n_boot, seed)),
+            "gain_vs_random": float(win_sel.mean() - win_rand.mean()), "ci95": ci,
+            "margin_gain": float(selected.mean() - random.mean()), "margin_ci95": margin_ci,
+            "random_spread": {"accuracy_sd": acc_sd, "margin_sd": margin_sd},
             "per_seed_accuracy": win_sel.mean(axis=1).tolist(),
-            "per_seed_random_accuracy": win_rand.mean(axis=1).tolist(),
-            "seeds": int(selected.shape[0]), "pairs": int(selected.shape[1])}
+            "per_draw_random_accuracy": win_rand.mean(axis=1).tolist(),
+            "margin_unit": "mean log-prob ratio per response token",
+            "seeds": int(selected.shape[0]), "random_draws": int(random.shape[0]), "pairs": int(selected.shape[1])}
 
 
 def verdict(h: dict) -> tuple[str, str]:
     """(label, sentence): better / worse / no better than random, or too few pairs to tell.
 
-    "better" needs the margin gain's whole interval above 0 *and* no loss of accuracy (margins
-    are summed log-probs, so one long pair can carry the mean); "worse" the mirror image.
+    "better" needs the margin gain's whole interval above 0 *and* no loss of accuracy;
+    "worse" the mirror image; anything else is "no better than random" (no different).
     """
     lo, hi = h["margin_ci95"]
     what = (f"on {h['pairs']} held-out pairs over {h['seeds']} fine-tune seeds, the selection's preference "
-            f"accuracy is {h['accuracy']:.0%} vs {h['random_accuracy']:.0%} for random selections of the same "
-            f"size; its mean margin gain is {h['margin_gain']:+.3g} (95% CI {lo:+.3g} to {hi:+.3g})")
+            f"accuracy is {h['accuracy']:.0%} vs {h['random_accuracy']:.0%} for {h['random_draws']} random selections "
+            f"of the same size; its mean per-token margin gain is {h['margin_gain']:+.3g} (95% interval over the "
+            f"spread between random draws {lo:+.3g} to {hi:+.3g})")
     if h["pairs"] < MIN_HELDOUT_PAIRS:
         return "too few pairs", (f"Too few held-out pairs to tell ({h['pairs']}; add pairs so that at least "
                                  f"{MIN_HELDOUT_PAIRS} can be held out): {what}.")
