@@ -8,7 +8,7 @@ from curation.data.imports import import_prefs
 from curation.data.io import PREF_FORMATS
 from curation.data.pairs import PairDraft, check_pair, errors, warnings
 from curation.errors import CurationError
-from curation.review.heldout import label_contrast, readiness
+from curation.methods.heldout import label_contrast, readiness
 from curation.review.mdsafe import formatted
 from curation.runs import rescore
 from pages._shared import import_source, md_text, remembered_choice, show_import, show_rescored, store, user_errors

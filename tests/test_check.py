@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from curation.data.store import Run, Store
 from curation.engine.objectives import pair_item
 from curation.review.check import CheckConfig, answer_flags, check_status, load_check, run_check
-from curation.review.heldout import compare_with_random, pair_margins, split_pairs, verdict
+from curation.methods.heldout import compare_with_random, pair_margins, split_pairs, verdict
 
 
 @pytest.mark.parametrize("share,seed", [(0.4, 0), (0.3, 1), (0.9, 2)])
@@ -100,7 +100,7 @@ def test_a_random_selection_against_random_selections_is_no_different_in_19_of_2
 
 
 def test_readiness_says_the_minimum_per_subtask_before_anything_runs():
-    from curation.review.heldout import MIN_HELDOUT_PAIRS, readiness
+    from curation.methods.heldout import MIN_HELDOUT_PAIRS, readiness
     five = readiness(["t"] * 5)  # the case: 5 pairs in one subtask hold out 2
     assert not five["ready"] and five["heldout"] == 2 and five["min_heldout"] == MIN_HELDOUT_PAIRS
     assert five["subtasks"] == [{"subtask": "t", "pairs": 5, "prompts": 5, "heldout": 2, "more": 3}]
@@ -221,7 +221,7 @@ def test_answer_flags_name_examples_whose_answer_contradicts_their_label(ws, tmp
 
 
 def test_label_contrast_counts_pairs_that_differ_in_a_detail():
-    from curation.review.heldout import label_contrast
+    from curation.methods.heldout import label_contrast
     near = {"chosen": "19 - 9 = 10, so the answer is 10.", "rejected": "19 - 9 = 11, so the answer is 11."}
     far = {"chosen": "Hello Ana, nice to meet you!", "rejected": "In Oslo it is cold and windy today."}
     got = label_contrast([near, near, far])

@@ -263,11 +263,11 @@ class SuiteRun:
 
     def pair_downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
         """prefs: fine-tune on each selection per seed; held-out preference accuracy and margin
-        (`curation.review.heldout`: DPO implicit reward against the base model)."""
+        (`curation.methods.heldout`: DPO implicit reward against the base model)."""
         from sqlalchemy import select
 
         from curation.data.store import Example
-        from curation.review.heldout import pair_items, tuned_margins
+        from curation.methods.heldout import pair_items, tuned_margins
 
         self.log(f"{self.suite.name}: held-out preference fine-tunes")
         t, ds = time.perf_counter(), self.cfg.downstream

@@ -40,10 +40,9 @@ from sqlalchemy import func, select
 
 from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.engine.features import atomic_write
-from curation.engine.projection import derive_seed
 from curation.errors import CurationError
-from curation.review.heldout import (compare_with_random, label_contrast, pair_items, readiness, split_pairs,
-                                     tuned_margins, verdict)
+from curation.methods.heldout import (TuneConfig, Tuner, compare_with_random, label_contrast, readiness, split_pairs,
+                                      verdict)
 from curation.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
@@ -52,22 +51,12 @@ STATUS_FILE, RESULT_FILE = "check_status.json", "check.json"
 
 
 @dataclass
-class CheckConfig:
-    """Settings of one check; the fine-tune defaults are the tiny model's (lr scaled per model)."""
+class CheckConfig(TuneConfig):
+    """Settings of one check: the split and fine-tune (`heldout.TuneConfig`), the budget and the
+    methods it reports agreement with."""
 
-    heldout_share: float = 0.4  # of each subtask's pairs (at least 1 when it has 2 or more)
-    split_seed: int = 0
-    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tune seeds; seed s also draws random selection s
     percent: float | None = None  # budget; default: the run's own
-    epochs: int = 3
-    min_steps: int = 40  # small selections still get this many optimizer steps
-    max_steps: int = 400  # and big ones at most about this many (whole epochs, at least one)
-    lr: float | None = None  # default: 3x the model's warmup lr (3e-3 on the tiny model)
-    batch_size: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
     baselines: tuple[str, ...] = ("bm25", "less")
-    random_draws: int = 5  # random selections (draw k: fine-tune seed k); their spread sets the interval
 
     def __post_init__(self) -> None:
         self.seeds, self.baselines = tuple(self.seeds), tuple(self.baselines)
@@ -211,44 +200,16 @@ def _contains_words(text: str, label: str) -> bool:
     return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
-class _Tuner:
-    """Fine-tunes fresh LoRA adapters on selections and measures held-out margins."""
-
-    def __init__(self, run: Run, ws: Workspace, heldout: list[dict], cfg: CheckConfig, fetch):
-        from curation.config import ScoreConfig
-        from curation.engine.models import load_model
-        from curation.engine.warmup import ALL_LINEAR, WarmupConfig
-
-        score_cfg = ScoreConfig.from_dict(run.config)
-        self.model, self.tok = load_model(score_cfg.model, ws.home)
-        lr = cfg.lr or 3 * score_cfg.warmup.lr
-        self.train_cfg = lambda epochs, seed: WarmupConfig(
-            percent=100.0, epochs=epochs, lr=lr, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-            target_modules=ALL_LINEAR, batch_size=cfg.batch_size, max_length=score_cfg.model.max_length, seed=seed)
-        self.items = pair_items(heldout, self.tok, score_cfg.model.max_length)
-        self.work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
-        self.cfg, self.fetch, self.tuned = cfg, fetch, 0
-        from curation.runs.jobs import process_alive
-        for old in (self.work.parent.iterdir() if self.work.parent.exists() else ()):
-            if not (old.name.isdigit() and process_alive(int(old.name))):  # left by a killed check
-                shutil.rmtree(old, ignore_errors=True)
-
-    def epochs_for(self, n: int) -> int:
-        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
-        per_epoch = -(-n // self.cfg.batch_size)
-        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
-        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
-
-    def margins(self, example_ids: list[int], seed: int) -> np.ndarray:
-        examples = self.fetch([int(i) for i in example_ids])
-        self.tuned += 1
-        margins, self.model = tuned_margins(self.model, self.tok, examples,
-                                            self.train_cfg(self.epochs_for(len(examples)), seed), self.items,
-                                            self.work / f"tune{self.tuned}-seed{seed}")
-        return margins
-
-    def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+def _tuner(run: Run, ws: Workspace, heldout: list[dict], cfg: CheckConfig, fetch) -> Tuner:
+    """A `heldout.Tuner` working in this process's folder of the run (older ones, left by a killed
+    check, are removed)."""
+    from curation.config import ScoreConfig
+    from curation.runs.jobs import process_alive
+    work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
+    for old in (work.parent.iterdir() if work.parent.exists() else ()):
+        if not (old.name.isdigit() and process_alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Tuner(ScoreConfig.from_dict(run.config), ws.home, heldout, cfg, fetch, work)
 
 
 def require_ready(run: Run, cfg: CheckConfig) -> dict:
@@ -258,18 +219,6 @@ def require_ready(run: Run, cfg: CheckConfig) -> dict:
     if not ready["ready"]:
         raise CurationError(f"run {run.id}: {ready['message']}")
     return ready
-
-
-def random_margins(tuner: _Tuner, ids: np.ndarray, n: int, run_id: int, draws: int,
-                   note: Callable[[int], None] = lambda k: None) -> np.ndarray:
-    """``[draws, pairs]`` held-out margins of ``draws`` random selections of ``n`` (draw k: its own
-    seeded selection, fine-tune seed k); their spread is what a selection must stand out from."""
-    out = []
-    for k in range(draws):
-        note(k)
-        rng = np.random.default_rng(derive_seed("check-random", run_id, k))
-        out.append(tuner.margins(rng.choice(ids, size=n, replace=False).tolist(), k))
-    return np.array(out)
 
 
 def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Workspace | None = None,
@@ -310,7 +259,7 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
             continue
         b_ids, b_scores = _sub_run(store, ws, run, pool, prefs, method, score_pairs, run_id)
         agree[method] = agreement(ids, scores, b_scores, n) if np.array_equal(b_ids, ids) else None
-    tuner = _Tuner(run, ws, [pairs[i] for i in held], cfg, _fetcher(store))
+    tuner = _tuner(run, ws, [pairs[i] for i in held], cfg, _fetcher(store))
     try:
         step = 1 + len(cfg.baselines)
         sel_m = []
@@ -318,8 +267,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
             note(f"fine-tune on the selection (seed {seed})", step, steps)
             sel_m.append(tuner.margins(chosen.tolist(), seed))
             step += 1
-        rand_m = random_margins(tuner, ids, n, run_id, cfg.random_draws,
-                                lambda k: note(f"fine-tune on random selection {k + 1} of {cfg.random_draws}", step + k, steps))
+        rand_m = tuner.random_margins(ids, n, run_id, lambda k: note(
+            f"fine-tune on random selection {k + 1} of {cfg.random_draws}", step + k, steps))
     finally:
         tuner.close()
     held_stats = compare_with_random(np.array(sel_m), rand_m)

@@ -21,6 +21,7 @@ its gain must stand out from the spread between random draws, not from one draw.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -232,3 +233,69 @@ def tuned_margins(model, tokenizer, examples: Sequence, train_cfg, items: Sequen
     finally:
         model = tuned.unload()
     return margins, model
+
+
+@dataclass
+class TuneConfig:
+    """The held-out split and the short fine-tune that `check` and `auto` judge selections by
+    (defaults: the tiny model's; lr scaled per model)."""
+
+    heldout_share: float = 0.4  # of each subtask's prompts (`held_out_count`)
+    split_seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tune seeds of the judged selection
+    random_draws: int = 5  # random selections (draw k: fine-tune seed k); their spread sets the interval
+    epochs: int = 3
+    min_steps: int = 40  # small selections still get this many optimizer steps
+    max_steps: int = 400  # and big ones at most about this many (whole epochs, at least one)
+    lr: float | None = None  # default: 3x the model's warmup lr (3e-3 on the tiny model)
+    batch_size: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+
+
+class Tuner:
+    """Fine-tunes fresh LoRA adapters on selections and measures the held-out pairs' margins.
+
+    ``score_cfg``: the run's ScoreConfig (its model); ``fetch``: messages of example ids;
+    ``work``: a folder of this process's own (adapters; removed by `close`)."""
+
+    def __init__(self, score_cfg, home, heldout: Sequence[dict], cfg: TuneConfig, fetch, work):
+        from curation.engine.models import load_model
+        from curation.engine.warmup import ALL_LINEAR, WarmupConfig
+
+        self.model, self.tok = load_model(score_cfg.model, home)
+        lr = cfg.lr or 3 * score_cfg.warmup.lr
+        self.train_cfg = lambda epochs, seed: WarmupConfig(
+            percent=100.0, epochs=epochs, lr=lr, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+            target_modules=ALL_LINEAR, batch_size=cfg.batch_size, max_length=score_cfg.model.max_length, seed=seed)
+        self.items = pair_items(heldout, self.tok, score_cfg.model.max_length)
+        self.work = work
+        self.cfg, self.fetch, self.tuned = cfg, fetch, 0
+
+    def epochs_for(self, n: int) -> int:
+        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
+        per_epoch = -(-n // self.cfg.batch_size)
+        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
+        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
+
+    def margins(self, example_ids: Sequence[int], seed: int) -> np.ndarray:
+        examples = self.fetch([int(i) for i in example_ids])
+        self.tuned += 1
+        margins, self.model = tuned_margins(self.model, self.tok, examples,
+                                            self.train_cfg(self.epochs_for(len(examples)), seed), self.items,
+                                            self.work / f"tune{self.tuned}-seed{seed}")
+        return margins
+
+    def random_margins(self, ids: np.ndarray, n: int, key, note=lambda k: None) -> np.ndarray:
+        """``[draws, pairs]`` margins of ``random_draws`` random selections of ``n`` (draw k: seeded by
+        ``key`` and k, fine-tune seed k): the spread a selection must stand out from."""
+        out = []
+        for k in range(self.cfg.random_draws):
+            note(k)
+            rng = np.random.default_rng(derive_seed("check-random", key, k))
+            out.append(self.margins(rng.choice(ids, size=n, replace=False).tolist(), k))
+        return np.array(out)
+
+    def close(self) -> None:
+        import shutil
+        shutil.rmtree(self.work, ignore_errors=True)
