@@ -134,6 +134,8 @@ class Auto(Method):
         try:
             rep.stage("auto: fine-tune on random selections", cfg.random_draws)
             random = tuner.random_margins(ids, n, inputs.pool, rep.update)
+            rep.update(cfg.random_draws)
+            rep.stage("auto: judge candidates", (len(scores) + 1) * len(cfg.seeds))
             judge = lambda name, s: self._judge(tuner, ids, s, n, random, name, rep)  # noqa: E731
             cands = [judge(name, s) for name, s in scores.items()]
             grad = best([c for c in cands if c.name in ALPHAS])
@@ -152,11 +154,10 @@ class Auto(Method):
 
     def _judge(self, tuner: Tuner, ids, scores, n: int, random, name: str, rep) -> Candidate:
         chosen = select_top(scores, ids, n=n).selected_ids
-        rep.stage(f"auto: fine-tune on {name}'s selection", len(tuner.cfg.seeds))
         margins = []
         for seed in tuner.cfg.seeds:
             margins.append(tuner.margins(chosen, seed))
-            rep.update(len(margins))
+            rep.update(tuner.tuned - tuner.cfg.random_draws)
         return Candidate(name, compare_with_random(np.array(margins), random))
 
     def _final(self, inputs: ScoreInputs, spec: dict, auto: dict) -> ScoreOutput:
