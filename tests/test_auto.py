@@ -58,8 +58,8 @@ def test_auto_picks_the_heldout_winner_and_no_heldout_pair_reaches_a_candidate(w
     assert names[:7] == ["rose", "less", "contrast 0.25", "contrast 0.5", "contrast 0.75", "bm25", "repsim"]
     assert names[7].startswith("fusion ") and names[7].endswith(" + bm25")
     assert all({"accuracy", "margin", "ci95"} <= set(c) for c in auto["candidates"])
-    # the winner is the candidate that wins on the held-out pairs (accuracy, then margin)
-    top = sorted(auto["candidates"], key=lambda c: (-c["accuracy"], -c["margin"], c["name"]))[0]
+    # the winner is the candidate that wins on the held-out pairs (margin, then accuracy)
+    top = sorted(auto["candidates"], key=lambda c: (-c["margin"], -c["accuracy"], c["name"]))[0]
     assert auto["chosen"] == top["name"] and top["name"] in auto["why"]
     held = set(auto["heldout_prompts"])
     assert held and auto["heldout_pairs"] == len(held) == 4
@@ -91,9 +91,9 @@ def _plain_bm25(store: Store) -> int:
     return run_id
 
 
-def test_best_is_accuracy_then_margin():
+def test_best_is_margin_then_accuracy():
     from curation.methods.auto import Candidate
     a = Candidate("a", {"accuracy": 0.75, "margin": 0.1})
-    b = Candidate("b", {"accuracy": 0.75, "margin": 0.3})
-    c = Candidate("c", {"accuracy": 0.5, "margin": 9.0})
-    assert best([a, b, c]).name == "b"
+    b = Candidate("b", {"accuracy": 0.5, "margin": 0.3})
+    c = Candidate("c", {"accuracy": 0.75, "margin": 0.3})
+    assert best([a, b, c]).name == "c" and best([a, b]).name == "b"
