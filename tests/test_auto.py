@@ -75,9 +75,14 @@ def test_auto_picks_the_heldout_winner_and_no_heldout_pair_reaches_a_candidate(w
     assert info["selected"] == 30 and share.get("greet", 0) > 0.8, (auto["chosen"], share, auto["candidates"])
 
 
-def test_auto_with_too_few_pairs_says_so_and_falls_back_to_bm25(ws, tmp_path, micro_model, quick):
+def test_auto_with_too_few_pairs_says_so_and_falls_back_to_bm25(ws, tmp_path, micro_model, quick, capsys):
+    import json
+
+    from curation.cli import main
     store, run_id = _auto_run(ws, tmp_path, micro_model, n_prefs=4)
-    auto = show_run(store, run_id, top=0)["meta"]["auto"]
+    capsys.readouterr()
+    assert main(["show", str(run_id), "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)["auto"]  # the CLI contract: show --json has auto
     assert auto["judged"] is False and auto["chosen"] == "bm25" and auto["candidates"] == []
     assert "cannot judge: Too few pairs for a verdict" in auto["why"]
     ids, scores = load_scores(store, run_id)
