@@ -221,6 +221,8 @@ def cmd_show(a: argparse.Namespace) -> int:
     info = show_run(_store(), a.run_id, top=a.top)
     rho = length_spearman(_store(), a.run_id) if info["status"] == "done" else None
     rho = info["length_spearman"] = None if rho is None or rho != rho else rho  # NaN (constant side): null
+    if (info.get("meta") or {}).get("auto"):
+        info["auto"] = info["meta"]["auto"]  # candidates (name, held-out accuracy, margin, ci95), chosen, why
     if a.json:
         import json
         print(json.dumps(info, default=str))

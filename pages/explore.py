@@ -54,6 +54,10 @@ if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
             st.rerun()
 
 check_panel(run_id, "explore")
+if (auto := explore.auto_table(store(), run_id)) is not None:
+    st.caption(md_text(auto[0]))
+    if len(auto[1]):
+        st.dataframe(auto[1], hide_index=True)
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading scores…")

@@ -8,7 +8,7 @@ from curation.data.imports import import_prefs
 from curation.data.io import PREF_FORMATS
 from curation.data.pairs import PairDraft, check_pair, errors, warnings
 from curation.errors import CurationError
-from curation.review.heldout import label_contrast
+from curation.methods.heldout import label_contrast, readiness
 from curation.review.mdsafe import formatted
 from curation.runs import rescore
 from pages._shared import actor, import_source, md_text, remembered_choice, show_import, show_rescored, store, user_errors
@@ -226,6 +226,8 @@ st.write(f"**{len(pairs)} pairs** in **{len(counts)} subtasks**: "
          + md_text(", ".join(f"{k} ({v})" for k, v in counts.items())))
 if warning := label_contrast(pairs).get("warning"):
     st.warning(warning)
+ready = readiness([p["subtask"] for p in pairs], prompts=[p["prompt"] for p in pairs])
+st.caption(md_text(f"Check and auto (held-out verdict): {ready['message']}"))
 
 pairs_table(name, pairs)
 st.subheader("Add a pair")

@@ -85,8 +85,10 @@ with st.container(border=True):
     with c2:
         prefs = remembered_choice("Preference set", [p["name"] for p in prefsets] or ["(none)"], "scoring_prefs",
                                   fallback=recent.prefs)
-    method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("rose"),
-                          help="rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers; "
+    method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("auto"),
+                          help="auto (default): tries rose, less, contrast, bm25, repsim and a fusion on part of the "
+                          "pairs and keeps the one that wins on the held-out rest; "
+                          "rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers; "
                           "raise: a PPO-trained selector picks every step's batch (a schedule + a selection)")
     c1, c2, c3 = st.columns(3)
     max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)

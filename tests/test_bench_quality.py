@@ -18,6 +18,7 @@ from curation.bench import BENCHES, quality_suites
 from curation.bench.downstream import mean_std
 from curation.bench.quality import (
     METHODS,
+    method_name,
     QualityConfig,
     config_from_args,
     pct_key,
@@ -51,7 +52,7 @@ def quick(micro_model, tmp_path_factory):
 
 
 def registered() -> list[str]:
-    return [m for m in METHODS if m in REGISTRY]
+    return [m for m in METHODS if method_name(m) in REGISTRY]
 
 
 def test_json_shape(quick):

@@ -87,3 +87,33 @@ def test_dpo_gradient_is_a_positive_multiple_of_chosen_minus_rejected(tiny_model
     sides = [sft_item(p.input_ids[row], p.labels[row]) for row in (0, 1) for p in pairs]  # chosen, then rejected
     raw = featurize(tiny_model64, [collate(sides)], LogProbObjective(), projector, normalize=False)
     np.testing.assert_allclose(mix_sides(raw[:3], raw[3:], 1.0, "float32"), dpo, atol=1e-5)
+
+
+def test_length_strata_interleaves_length_bands_and_keeps_the_order_inside_each():
+    from scipy import stats
+
+    from curation.engine.select import length_stratified
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 400, 600)
+    scores = -lengths + rng.normal(0, 20, 600)  # a planted method that mostly prefers short outputs
+    out = length_stratified(scores, lengths, 5)
+    # what is left is the preference inside each band (5 bands: about a fifth of it)
+    assert abs(stats.spearmanr(out, lengths).statistic) < 0.2 < 0.9 < abs(stats.spearmanr(scores, lengths).statistic)
+    band = np.argsort(np.argsort(lengths, kind="stable"), kind="stable") * 5 // 600
+    for b in range(5):  # inside a band the order is the method's own
+        rows = band == b
+        assert stats.spearmanr(out[rows], scores[rows]).statistic == pytest.approx(1.0)
+    top = np.argsort(-out)[:50]
+    assert np.bincount(band[top], minlength=5).min() >= 9  # every band in the top 50
+    np.testing.assert_array_equal(length_stratified(scores, lengths, 0), scores.astype(np.float32))
+
+
+def test_length_strata_lowers_length_spearman_of_a_gradient_run(ws, micro_model):
+    from curation.review.compare import length_spearman
+    store = Store.open(ws)
+    ensure_demo(store)
+    plain, banded = _run(store, micro_model, "rose"), _run(store, micro_model, "rose", length_strata=5)
+    rho_plain, rho_banded = length_spearman(store, plain), length_spearman(store, banded)
+    assert abs(rho_banded) < 0.05 and abs(rho_banded) < abs(rho_plain), (rho_plain, rho_banded)
+    assert show_run(store, banded, top=0)["meta"]["length_strata"]["strata"] == 5
+    assert parse_options("less", ["length_strata=4"]) == {"length_strata": 4}

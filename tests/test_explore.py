@@ -143,7 +143,13 @@ def build_method_run(store: Store, base: SyntheticRun, method: str, ws) -> int:
     ids, rng = base.example_ids, np.random.default_rng(7)
     index, subtasks = subtask_index([p.subtask for p in pairs])
     meta = {"subtasks": subtasks, "checkpoint_lrs": []}
-    if method in ("bm25", "dsir", "random"):
+    if method == "auto":  # an auto run whose winner is BM25: the winner's files and auto.json
+        from curation.methods.auto import AUTO_FILE
+        inputs = ScoreInputs(example_ids=ids, fetch=lambda some: [messages[i] for i in some], pairs=pairs, config=cfg,
+                             workdir=workdir, workspace=ws, reporter=Reporter(None, None))
+        out = get_method("bm25").score(inputs)
+        (workdir / AUTO_FILE).write_text(json.dumps({"name": "bm25", "parts": {"bm25": "bm25"}, "alpha": None}))
+    elif method in ("bm25", "dsir", "random"):
         inputs = ScoreInputs(example_ids=ids, fetch=lambda some: [messages[i] for i in some], pairs=pairs, config=cfg,
                              workdir=workdir, workspace=ws, reporter=Reporter(None, None))
         out = get_method(method).score(inputs)
@@ -385,7 +391,8 @@ EVIDENCE = {"rose": [], "less": [], "nice": ["Sampled responses (last checkpoint
             "bm25": ["best-matching validation pair", "matching terms"],
             "dsir": ["target subtask", "n-grams by contribution"], "random": [],
             "raise": ["State features", "Selection history", "Steps that train on it"],
-            "repsim": ["most similar validation pairs"], "contrast": [], "fusion": ["Ranks in the input runs"]}
+            "repsim": ["most similar validation pairs"], "contrast": [], "fusion": ["Ranks in the input runs"],
+            "auto": ["best-matching validation pair", "matching terms"]}  # auto: its winner's (BM25 here)
 
 
 def test_every_registered_method_declares_its_labels():

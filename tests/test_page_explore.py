@@ -65,6 +65,19 @@ def test_without_runs_points_to_scoring(ws):
     assert any("Scoring page" in i.value for i in at.info)
 
 
+def test_an_auto_run_shows_its_candidates_as_a_table(run, ws):
+    from curation.runs.jobs import merge_run_meta
+    cands = [{"name": "rose", "accuracy": 0.5, "margin": 0.01, "ci95": [-0.2, 0.3]},
+             {"name": "bm25", "accuracy": 0.75, "margin": 0.04, "ci95": [0.01, 0.2]}]
+    merge_run_meta(Store.open(ws), run.run_id, auto={"chosen": "bm25", "candidates": cands,
+                                                     "why": "bm25 has the highest held-out preference accuracy"})
+    at = open_page()
+    assert any(c.value.startswith("Auto chose bm25") for c in at.caption)
+    frame = next(d.value for d in at.dataframe if "candidate" in d.value.columns)
+    assert frame["candidate"].tolist() == ["rose", "bm25"] and frame["chosen"].tolist() == ["", "✓"]
+    assert frame["held-out accuracy"].tolist() == [0.5, 0.75]
+
+
 def test_cutoff_slider_and_compute_button(run):
     at = open_page()
     assert metric(at, "Kept") == "6 of 60"

@@ -175,6 +175,13 @@ def test_a_set_without_runs_is_deleted_after_the_confirm(store):
     assert catalog.list_prefsets(store, archived=True) == []
 
 
+def test_the_page_says_how_many_more_pairs_each_subtask_needs_for_a_verdict(store):
+    at = ok(open_page())  # math 1 pair, html 1 pair: neither can be tested; 3 held-out needed
+    line = next(c for c in shown(at.caption) if c.startswith("Check and auto"))
+    assert "Too few pairs for a verdict: 0 pairs would be held out" in line
+    assert "to 'html'" in line and "to 'math'" in line
+
+
 def test_the_label_contrast_warning_stays(store):
     for i in (1, 2):
         catalog.add_pair(store, "s", PairDraft("math", f"What is {i}+{i}?", f"It is {2 * i}.", f"It is {2 * i + 1}."),

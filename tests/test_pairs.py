@@ -90,7 +90,7 @@ def test_the_page_warning_and_the_form_agree_also_on_long_pairs():
     """One similarity (length-guarded) for the Preferences warning and the form's check: long
     near-identical answers are flagged by both, without difflib's quadratic cost."""
     from curation.engine.model import ModelConfig
-    from curation.review.heldout import label_contrast
+    from curation.methods.heldout import label_contrast
     body = " ".join(f"step {i} adds {i} apples" for i in range(400))  # > 4,000 characters
     pair = {"prompt": "Count.", "chosen": body + " so 42.", "rejected": body + " so 41."}
     assert label_contrast([pair])["near_identical"] == 1

@@ -58,7 +58,14 @@ from curation.engine.models import load_model
 from curation.engine.select import select_top
 from curation.engine.warmup import WarmupConfig
 
-METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise")
+METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise",
+           "contrast:0.25", "contrast:0.5", "contrast:0.75", "fusion:less+bm25", "auto")
+# "contrast:A": method contrast with alpha A; "fusion:X+Y": `runs.fuse` of this suite's X and Y runs
+
+
+def method_name(key: str) -> str:
+    """The registered method of a bench key ("contrast:0.5" -> "contrast")."""
+    return key.partition(":")[0]
 SUITES = ("synthetic", "t0", "prefs")
 Log = Callable[[str], None]
 
@@ -101,7 +108,10 @@ class QualityConfig:
         return cls(**{**values, **overrides})
 
     def score_config(self, method: str, model_path: str, reward: str, max_length: int | None = None) -> ScoreConfig:
+        method, _, arg = method.partition(":")
         options = {"nice": {"reward": reward, **self.nice}, "raise": dict(self.raise_options)}.get(method, {})
+        if method == "contrast" and arg:
+            options = {"alpha": float(arg)}
         max_length = max_length or self.max_length
         model = ModelConfig(name_or_path=model_path, max_length=max_length, device=self.device)
         warmup = dataclasses.replace(self.warmup, max_length=min(self.warmup.max_length, max_length))
@@ -183,7 +193,7 @@ class SuiteRun:
     def score_all(self) -> None:
         from curation.methods import REGISTRY
         for method in self.cfg.methods:
-            if method not in REGISTRY:
+            if method_name(method) not in REGISTRY:
                 self.info["skipped_methods"][method] = "not registered in curation.methods.REGISTRY"
                 self.log(f"{self.suite.name}: {method} skipped (not registered)")
                 continue
@@ -198,10 +208,16 @@ class SuiteRun:
         t = time.perf_counter()
         run_id = None
         try:
-            run_id = create_run(self.store, "pool", f"prefs-{tg.name}",
-                                self.cfg.score_config(method, self.model_path, tg.nice_reward, self.suite.max_length),
-                                ws=self.ws)
-            execute_run(self.store, run_id, ws=self.ws)
+            if method.startswith("fusion:"):  # of two runs this suite scored already
+                from curation.runs.fuse import fuse
+                parts = method.partition(":")[2].split("+")
+                run_id = fuse(self.store, [self.info["runs"][p if len(self.suite.targets) == 1 else f"{p}/{tg.name}"]
+                                           for p in parts], ws=self.ws)
+            else:
+                run_id = create_run(self.store, "pool", f"prefs-{tg.name}",
+                                    self.cfg.score_config(method, self.model_path, tg.nice_reward,
+                                                          self.suite.max_length), ws=self.ws)
+                execute_run(self.store, run_id, ws=self.ws)
         except Exception as e:  # noqa: BLE001  (one broken method must not sink the whole bench)
             self.info["failed_methods"][key] = f"{type(e).__name__}: {e}"
             self.log(f"{self.suite.name}: {key} failed: {type(e).__name__}: {e}")
@@ -214,6 +230,8 @@ class SuiteRun:
             pct_key(p): select_top(scores, ids, percent=p).selected_ids for p in self.cfg.percents}
         shown = show_run(self.store, run_id, top=0)
         self.info["cost"]["scoring"][key] = {"wall_s": round(time.perf_counter() - t, 2), "stages": shown["stage_times"]}
+        if (shown["meta"] or {}).get("auto"):  # which candidate auto chose on its held-out pairs
+            self.info.setdefault("auto_chosen", {})[key] = shown["meta"]["auto"]["chosen"]
         if (shown["meta"] or {}).get("warnings"):  # e.g. NICE prompts whose samples all got reward 0
             self.info.setdefault("run_warnings", {})[key] = shown["meta"]["warnings"]
 
@@ -263,11 +281,11 @@ class SuiteRun:
 
     def pair_downstream(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
         """prefs: fine-tune on each selection per seed; held-out preference accuracy and margin
-        (`curation.review.heldout`: DPO implicit reward against the base model)."""
+        (`curation.methods.heldout`: DPO implicit reward against the base model)."""
         from sqlalchemy import select
 
         from curation.data.store import Example
-        from curation.review.heldout import pair_items, tuned_margins
+        from curation.methods.heldout import pair_items, tuned_margins
 
         self.log(f"{self.suite.name}: held-out preference fine-tunes")
         t, ds = time.perf_counter(), self.cfg.downstream

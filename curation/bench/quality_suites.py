@@ -282,6 +282,6 @@ def build_prefs(spec: PrefsSpec, t0: "T0Spec") -> Suite:
     sizes = {"pool": len(pool), "target_examples": sum(r["dataset"] == spec.target for r in pool),
              "prefs": len(prefs), "heldout_pairs": len(heldout), "sites": len(SE_SITES)}
     notes = ["prefs: held-out metric = preference accuracy of the site's unseen 10-shot pairs after a LoRA "
-             "fine-tune on the selection (DPO implicit reward vs the base model, `curation.review.heldout`)"]
+             "fine-tune on the selection (DPO implicit reward vs the base model, `curation.methods.heldout`)"]
     target = Target(spec.target, prefs, heldout, check=None, nice_reward="exact_match")  # type: ignore[arg-type]
     return Suite("prefs", pool, [target], has_noise=False, max_length=spec.max_length, sizes=sizes, notes=notes)

@@ -92,3 +92,25 @@ def _check(scores: np.ndarray, ids: np.ndarray, pinned: set[int], excluded: set[
         raise ValueError(f"ids both pinned and excluded: {sorted(both)[:10]}")
     if unknown := pinned - set(ids.tolist()):
         raise ValueError(f"pinned ids not in the pool: {sorted(unknown)[:10]}")
+
+
+def length_stratified(scores: np.ndarray, lengths: np.ndarray, strata: int) -> np.ndarray:
+    """Scores re-expressed as the percentile within the example's output-length stratum.
+
+    Strata are ``strata`` equal-count groups of the output length; inside each, the best score
+    gets the highest percentile (ties by position). Ranking by the result interleaves the strata,
+    so a top p% takes about p% of every length band: a method that ranks mostly by length (ROSE
+    on short answers, issue 21) keeps only what it prefers *within* a band. ``strata <= 1``: the
+    scores unchanged.
+    """
+    scores = np.asarray(scores, np.float64)
+    if strata <= 1 or len(scores) == 0:
+        return scores.astype(np.float32)
+    band = np.empty(len(scores), np.int64)
+    band[np.argsort(np.asarray(lengths), kind="stable")] = np.arange(len(scores)) * strata // len(scores)
+    out = np.empty(len(scores), np.float64)
+    for b in np.unique(band):
+        rows = np.flatnonzero(band == b)
+        order = rows[np.lexsort((rows, -np.nan_to_num(scores[rows], nan=-np.inf)))]  # best first, ties by position
+        out[order] = 1.0 - (np.arange(len(order)) + 0.5) / len(order)
+    return out.astype(np.float32)

@@ -71,7 +71,7 @@ class Contrast(GradientMethod):
     labels = gradient_labels("Contrast", "g(a) = ∇log p(chosen) − a·∇log p(rejected) of the pairs "
                                          "(a = 1: ROSE's direction, a = 0: LESS's)")
     description = "from LESS (alpha 0) to ROSE (alpha 1): chosen minus alpha times rejected gradients"
-    option_defaults = {"alpha": 1.0, "checkpoint_weights": "lr"}
+    option_defaults = {"alpha": 1.0, "checkpoint_weights": "lr", "length_strata": 0}
 
     def side_alpha(self, inputs: ScoreInputs) -> float:
         return check_alpha(self.options(inputs)["alpha"])

@@ -171,7 +171,8 @@ class GradientMethod(Method):
     """A method of the LESS family: only the validation side differs between them."""
 
     shards_features = True
-    option_defaults: dict = {"checkpoint_weights": "lr"}
+    # length_strata k > 1: rank within k output-length bands and interleave (`select.length_stratified`)
+    option_defaults: dict = {"checkpoint_weights": "lr", "length_strata": 0}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -245,11 +246,31 @@ class GradientMethod(Method):
         rep.update(len(inputs.example_ids))
         features = {"id": fset.id, "reused": extracted == 0, "extracted": extracted,
                     "rows": len(inputs.example_ids), "new_rows": plan.new_rows}
-        return ScoreOutput(scores=result.scores, subtasks=result.subtasks, subtask_means=result.subtask_means,
-                           per_checkpoint=result.per_checkpoint, driver=result.driver,
-                           meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
-                                 "tokenizer_hash": tokenizer_hash(tok), "features": features,
-                                 "warmup": warmup})
+        out = ScoreOutput(scores=result.scores, subtasks=result.subtasks, subtask_means=result.subtask_means,
+                          per_checkpoint=result.per_checkpoint, driver=result.driver,
+                          meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
+                                "tokenizer_hash": tokenizer_hash(tok), "features": features,
+                                "warmup": warmup})
+        return self.stratify(out, inputs)
+
+    def stratify(self, out: ScoreOutput, inputs: ScoreInputs) -> ScoreOutput:
+        """Option ``length_strata`` (k > 1): the scores as within-length-band percentiles
+        (`select.length_stratified`), against the length bias of the gradient scores where it is
+        an artefact (measured by ``length_spearman``). The per-checkpoint parts no longer sum to
+        such a score, so they are dropped; the subtask means stay (the cosines it ranks by)."""
+        if not isinstance(self.option_spec, dict) or "length_strata" not in self.option_spec:
+            return out  # NICE: options of its own
+        strata = int(self.options(inputs)["length_strata"] or 0)
+        if strata <= 1:
+            return out
+        from curation.engine.select import length_stratified
+        lengths = np.concatenate([[sum(len(m.get("content") or "") for m in msgs if m.get("role") == "assistant")
+                                   for msgs in inputs.fetch(inputs.example_ids[lo:lo + 5000])]
+                                  for lo in range(0, len(inputs.example_ids), 5000)] or [[]])
+        out.scores = length_stratified(out.scores, lengths, strata)
+        out.per_checkpoint = None
+        out.meta["length_strata"] = {"strata": strata, "scores": "percentile within the output-length band"}
+        return out
 
     def _weights_rule(self, inputs: ScoreInputs) -> str:
         return self.options(inputs)["checkpoint_weights"]

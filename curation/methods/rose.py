@@ -18,7 +18,7 @@ class Rose(GradientMethod):
     name = "rose"
     labels = gradient_labels("ROSE", "the gradient of the pairs' preference (DPO) loss")
 
-    option_defaults = {"logp": "sum", "checkpoint_weights": "lr"}
+    option_defaults = {"logp": "sum", "checkpoint_weights": "lr", "length_strata": 0}
 
     def side_alpha(self, inputs: ScoreInputs) -> float | None:
         """1: ∇log p(chosen) − ∇log p(rejected), the DPO gradient's direction (summed log-probs);

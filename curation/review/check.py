@@ -1,14 +1,17 @@
 """`check`: is a run's selection any good? A held-out test the curator can run on any run.
 
+0. Refuse at once when the pairs are too few for a verdict (`heldout.readiness`: the minimum
+   per subtask and overall, from the split's rules), not after the fine-tunes.
 1. Split the run's preference pairs per subtask (`heldout.split_pairs`): a scoring part and a
    held-out part that scoring never sees.
 2. Re-score the pool with the scoring part only (a sub-run of the same method and settings:
    gradient methods reuse the stored train features, so this costs seconds) and take the
    run's budget from the top.
-3. Fine-tune a fresh LoRA on that selection and on a random selection of the same size, for
-   several seeds (same steps, same seed per pair of fine-tunes), and measure the held-out
-   pairs' DPO implicit-reward margins against the base model (`heldout`).
-4. Report accuracy and margin vs random with a bootstrap CI, agreement with BM25 and LESS
+3. Fine-tune a fresh LoRA on that selection for several seeds and on K (5) random selections
+   of the same size (same steps), and measure the held-out pairs' per-token DPO implicit-reward
+   margins against the base model (`heldout`: per token, so answer length does not decide).
+4. Report accuracy and margin vs random with an interval over the spread between the random
+   draws (`heldout.compare_with_random`), agreement with BM25 and LESS
    scored on the same scoring part, the selection's make-up by source next to the pool's,
    examples whose verifiable answer looks wrong, and a verdict in plain words.
 
@@ -38,9 +41,9 @@ from sqlalchemy import func, select
 from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.data.users import INTERNAL, Actor, require
 from curation.engine.features import atomic_write
-from curation.engine.projection import derive_seed
 from curation.errors import CurationError
-from curation.review.heldout import compare_with_random, label_contrast, pair_items, split_pairs, tuned_margins, verdict
+from curation.methods.heldout import (TuneConfig, Tuner, compare_with_random, label_contrast, readiness, split_pairs,
+                                      verdict)
 from curation.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
@@ -49,27 +52,17 @@ STATUS_FILE, RESULT_FILE = "check_status.json", "check.json"
 
 
 @dataclass
-class CheckConfig:
-    """Settings of one check; the fine-tune defaults are the tiny model's (lr scaled per model)."""
+class CheckConfig(TuneConfig):
+    """Settings of one check: the split and fine-tune (`heldout.TuneConfig`), the budget and the
+    methods it reports agreement with."""
 
-    heldout_share: float = 0.4  # of each subtask's pairs (at least 1 when it has 2 or more)
-    split_seed: int = 0
-    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tune seeds; seed s also draws random selection s
     percent: float | None = None  # budget; default: the run's own
-    epochs: int = 3
-    min_steps: int = 40  # small selections still get this many optimizer steps
-    max_steps: int = 400  # and big ones at most about this many (whole epochs, at least one)
-    lr: float | None = None  # default: 3x the model's warmup lr (3e-3 on the tiny model)
-    batch_size: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
     baselines: tuple[str, ...] = ("bm25", "less")
-    bootstrap: int = 2000
 
     def __post_init__(self) -> None:
         self.seeds, self.baselines = tuple(self.seeds), tuple(self.baselines)
-        if not self.seeds or not 0 < self.heldout_share < 1 or self.epochs < 1:
-            raise CurationError("CheckConfig: needs seeds, 0 < heldout_share < 1 and epochs >= 1")
+        if not self.seeds or not 0 < self.heldout_share < 1 or self.epochs < 1 or self.random_draws < 2:
+            raise CurationError("CheckConfig: needs seeds, 0 < heldout_share < 1, epochs >= 1 and random_draws >= 2")
         if self.percent is not None and not 0 < self.percent <= 100:
             raise CurationError(f"CheckConfig: percent must be in (0, 100], got {self.percent}")
 
@@ -209,44 +202,25 @@ def _contains_words(text: str, label: str) -> bool:
     return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
-class _Tuner:
-    """Fine-tunes fresh LoRA adapters on selections and measures held-out margins."""
+def _tuner(run: Run, ws: Workspace, heldout: list[dict], cfg: CheckConfig, fetch) -> Tuner:
+    """A `heldout.Tuner` working in this process's folder of the run (older ones, left by a killed
+    check, are removed)."""
+    from curation.config import ScoreConfig
+    from curation.runs.jobs import process_alive
+    work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
+    for old in (work.parent.iterdir() if work.parent.exists() else ()):
+        if not (old.name.isdigit() and process_alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Tuner(ScoreConfig.from_dict(run.config), ws.home, heldout, cfg, fetch, work)
 
-    def __init__(self, run: Run, ws: Workspace, heldout: list[dict], cfg: CheckConfig, fetch):
-        from curation.config import ScoreConfig
-        from curation.engine.models import load_model
-        from curation.engine.warmup import ALL_LINEAR, WarmupConfig
 
-        score_cfg = ScoreConfig.from_dict(run.config)
-        self.model, self.tok = load_model(score_cfg.model, ws.home)
-        lr = cfg.lr or 3 * score_cfg.warmup.lr
-        self.train_cfg = lambda epochs, seed: WarmupConfig(
-            percent=100.0, epochs=epochs, lr=lr, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-            target_modules=ALL_LINEAR, batch_size=cfg.batch_size, max_length=score_cfg.model.max_length, seed=seed)
-        self.items = pair_items(heldout, self.tok, score_cfg.model.max_length)
-        self.work = ws.run_dir(run.id) / "check_tmp" / str(os.getpid())
-        self.cfg, self.fetch, self.tuned = cfg, fetch, 0
-        from curation.runs.jobs import process_alive
-        for old in (self.work.parent.iterdir() if self.work.parent.exists() else ()):
-            if not (old.name.isdigit() and process_alive(int(old.name))):  # left by a killed check
-                shutil.rmtree(old, ignore_errors=True)
-
-    def epochs_for(self, n: int) -> int:
-        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
-        per_epoch = -(-n // self.cfg.batch_size)
-        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
-        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
-
-    def margins(self, example_ids: list[int], seed: int) -> np.ndarray:
-        examples = self.fetch([int(i) for i in example_ids])
-        self.tuned += 1
-        margins, self.model = tuned_margins(self.model, self.tok, examples,
-                                            self.train_cfg(self.epochs_for(len(examples)), seed), self.items,
-                                            self.work / f"tune{self.tuned}-seed{seed}")
-        return margins
-
-    def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+def require_ready(run: Run, cfg: CheckConfig) -> dict:
+    """`heldout.readiness` of a run's pairs; a CurationError saying what to add when too few."""
+    pairs = run.meta["pairs"]
+    ready = readiness([p["subtask"] for p in pairs], cfg.heldout_share, [p["prompt"] for p in pairs])
+    if not ready["ready"]:
+        raise CurationError(f"run {run.id}: {ready['message']}")
+    return ready
 
 
 def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Workspace | None = None,
@@ -261,14 +235,13 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     note = progress or (lambda stage, done, total: None)
     started = time.time()
     run, pool, prefs = _base_run(store, run_id)
+    require_ready(run, cfg)
     agree, notes = {}, []
     pairs = run.meta["pairs"]
     scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed,
                                 prompts=[p["prompt"] for p in pairs])
-    if not held:
-        raise CurationError(f"run {run_id}: no subtask has 2 or more pairs, so none can be held out")
     score_pairs = [pairs[i] for i in scoring]
-    steps = 2 + len(cfg.baselines) + 2 * len(cfg.seeds)
+    steps = 2 + len(cfg.baselines) + len(cfg.seeds) + cfg.random_draws
     note(f"score {run.method} with {len(scoring)} of {len(pairs)} pairs", 0, steps)
     ids, scores = _sub_run(store, ws, run, pool, prefs, run.method, score_pairs, run_id)
     n = _budget(store, len(ids), run_id, cfg)
@@ -289,20 +262,19 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
             continue
         b_ids, b_scores = _sub_run(store, ws, run, pool, prefs, method, score_pairs, run_id)
         agree[method] = agreement(ids, scores, b_scores, n) if np.array_equal(b_ids, ids) else None
-    tuner = _Tuner(run, ws, [pairs[i] for i in held], cfg, _fetcher(store))
+    tuner = _tuner(run, ws, [pairs[i] for i in held], cfg, _fetcher(store))
     try:
-        sel_m, rand_m = [], []
         step = 1 + len(cfg.baselines)
+        sel_m = []
         for seed in cfg.seeds:
             note(f"fine-tune on the selection (seed {seed})", step, steps)
             sel_m.append(tuner.margins(chosen.tolist(), seed))
-            note(f"fine-tune on a random selection (seed {seed})", step + 1, steps)
-            rng = np.random.default_rng(derive_seed("check-random", run_id, seed))
-            rand_m.append(tuner.margins(rng.choice(ids, size=n, replace=False).tolist(), seed))
-            step += 2
+            step += 1
+        rand_m = tuner.random_margins(ids, n, run_id, lambda k: note(
+            f"fine-tune on random selection {k + 1} of {cfg.random_draws}", step + k, steps))
     finally:
         tuner.close()
-    held_stats = compare_with_random(np.array(sel_m), np.array(rand_m), cfg.bootstrap, cfg.split_seed)
+    held_stats = compare_with_random(np.array(sel_m), rand_m)
     label, sentence = verdict(held_stats)
     report = {"run_id": run_id, "method": run.method, "heldout": held_stats, "agreement": agree,
               "composition": composition(store, run.pool_id, chosen.tolist()),
@@ -333,7 +305,7 @@ def launch_check(store: Store, run_id: int, ws: Workspace | None = None, actor: 
     the same user (``--as``); refused while another check of the run is alive."""
     actor = require(actor, "check")
     ws = (ws or Workspace.from_env()).ensure()
-    _base_run(store, run_id)  # refuse unfinished runs now, not in the log
+    require_ready(_base_run(store, run_id)[0], CheckConfig())  # refuse now (unfinished, too few pairs), not in the log
     live = check_status(ws, run_id)
     if live and live["status"] in ("queued", "running"):
         raise CurationError(f"a check of run {run_id} is already running (pid {live.get('pid')})")

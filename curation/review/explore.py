@@ -65,6 +65,21 @@ def run_info(store: Store, run_id: int) -> RunInfo:
                        list(meta.get("subtasks") or []))
 
 
+def auto_table(store: Store, run_id: int) -> tuple[str, pd.DataFrame] | None:
+    """An auto run's choice: why the winner won, and every candidate's held-out figures (None for
+    other runs). ``ci95``: the margin gain over random selections' 95% interval."""
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        auto = (run.meta or {}).get("auto") if run else None
+    if not auto:
+        return None
+    rows = [{"candidate": c["name"], "chosen": "✓" if c["name"] == auto["chosen"] else "",
+             "held-out accuracy": round(c["accuracy"], 3), "mean margin per token": round(c["margin"], 4),
+             "margin gain vs random, 95% interval": f"{c['ci95'][0]:+.3g} to {c['ci95'][1]:+.3g}"}
+            for c in auto.get("candidates") or []]
+    return f"Auto chose {auto['chosen']}: {auto['why']}", pd.DataFrame(rows)
+
+
 def run_scores_frame(store: Store, run_id: int) -> pd.DataFrame:
     """Every scored example of the run, best rank first, in compact dtypes.
 

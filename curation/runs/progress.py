@@ -42,7 +42,7 @@ from curation.errors import CurationError
 
 TINY_STAGE = "build tiny model"
 STAGE_LABELS = {TINY_STAGE: "building the offline tiny model (once, ~3 min)"}
-GRADIENT_METHODS = ("rose", "less", "nice", "contrast")
+GRADIENT_METHODS = ("rose", "less", "nice", "contrast", "auto")  # auto: its candidates extract features
 MODEL_METHODS = GRADIENT_METHODS + ("raise", "repsim")
 FIXED_PLANS = {
     "bm25": ("tokenize pool", "bm25 index", "bm25 scores"),
@@ -53,12 +53,13 @@ FIXED_PLANS = {
     "repsim": ("load model", "validation states", "pool states"),
 }
 
+AUTO_STAGES = ("auto: fine-tune on random selections", "auto: judge candidates")  # `methods.auto`
 ROW_S_SMOLLM2 = 0.67  # seconds per train-feature row, smollm2 (134.5M) at 46.5 tokens, 2 CPU cores
 SMOLLM2_PARAMS = 134_515_008
 DEMO_TOKENS = 46.5  # the demo pool's mean characters (138) / 4 + 12 template tokens
 MIN_ROW_S = 0.002  # per-row overhead floor of the smallest models
 TINY_BUILD_S = 150.0  # README: 2-3 minutes on 2 cores
-VAL_ROWS = {"rose": 2.0, "less": 2.0, "nice": 12.0, "contrast": 2.0}  # rose, less, contrast: both answers
+VAL_ROWS = {"rose": 2.0, "less": 2.0, "nice": 12.0, "contrast": 2.0, "auto": 2.0}  # rose, less, contrast: both answers
 WARMUP_ROWS = 1.2
 SAMPLE_EXAMPLES = 256  # examples read to estimate the pool's mean length
 HISTORY_RUNS = 10
@@ -72,6 +73,8 @@ def stage_plan(method: str, epochs: int = 4, tiny_build: bool = False) -> list[s
         ckpts = [f"epoch_{i}" for i in range(1, epochs + 1)]
         core = ["load model", "warmup", *[f"{side} features {c}" for c in ckpts for side in ("train", "validation")],
                 "score"]
+        if method == "auto":  # its candidates (the gradient run, BM25, repsim), then the fine-tunes
+            core += [*FIXED_PLANS["bm25"], *FIXED_PLANS["repsim"][1:], *AUTO_STAGES]
     elif method in FIXED_PLANS:
         core = list(FIXED_PLANS[method])
     else:
@@ -233,6 +236,8 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
         "n-gram counts": 2e-4 * n, "importance weights": 2e-4 * n, "random scores": 1e-7 * n,
         "validation states": pairs * 2 * row / 3, "pool states": n * row / 3, "state features": n * 2 * row / 3,
     }
+    if cfg.method == "auto":
+        fixed.update(_auto_stage_s(n, pairs, row))
     if cfg.method == "raise":
         fixed.update({"selector episodes": _raise_episode_s(cfg, n, pairs, row),
                       "schedule": _raise_episode_s(cfg, n, pairs, row, 1)})
@@ -245,6 +250,16 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
         else:
             out.append((name, fixed.get(name, 1.0)))
     return out
+
+
+def _auto_stage_s(n: int, pairs: int, row: float) -> dict[str, float]:
+    """Auto's fine-tunes (`methods.auto`): each about ``min_steps`` LoRA steps of a batch, then the
+    held-out pairs' margins (rough; calibration corrects it)."""
+    from curation.methods.auto import ALPHAS, Auto
+    t = Auto.tune
+    per_tune = t.min_steps * t.batch_size * WARMUP_ROWS * row + pairs * 4 * row
+    candidates = len(ALPHAS) + 3  # the alphas, BM25, repsim, the fusion
+    return {AUTO_STAGES[0]: t.random_draws * per_tune, AUTO_STAGES[1]: candidates * len(t.seeds) * per_tune}
 
 
 def _raise_episode_s(cfg: ScoreConfig, n: int, pairs: int, row: float, episodes: int | None = None) -> float:
