@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -325,9 +325,10 @@ def status_path(ws: Workspace, run_id: int) -> Path:
     return ws.run_dir(run_id) / STATUS_FILE
 
 
-def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
-    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser);
-    refused while another check of the run is alive."""
+def launch_check(store: Store, run_id: int, ws: Workspace | None = None, args: Sequence[str] = ()) -> int:
+    """Start ``python -m curation check RUN_ID --record [ARGS]`` detached (it survives the browser);
+    refused while another check of the run is alive. `args` are the CLI's own options
+    (``--seeds``, ``--percent``), passed on as given."""
     ws = (ws or Workspace.from_env()).ensure()
     _base_run(store, run_id)  # refuse unfinished runs now, not in the log
     live = check_status(ws, run_id)
@@ -338,7 +339,7 @@ def launch_check(store: Store, run_id: int, ws: Workspace | None = None) -> int:
     env = {**os.environ, "CURATION_HOME": str(ws.home), "CURATION_DB_URL": ws.db_url, "PYTHONUNBUFFERED": "1"}
     started = time.time()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "curation", "check", str(run_id), "--record"],
+        proc = subprocess.Popen([sys.executable, "-m", "curation", "check", str(run_id), "--record", *args],
                                 cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     st = check_status(ws, run_id)

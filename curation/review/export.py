@@ -32,7 +32,7 @@ from curation.data.catalog import pairs_version
 from curation.data.names import check_name
 from curation.data.store import Example, Export, PreferenceSet, Run, Store
 from curation.data.store.models import utcnow
-from curation.errors import CurationError
+from curation.errors import CurationError, writing
 from curation.review.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
 from curation.review.mdsafe import escape
 from curation.review.trainers import FORMAT_LABELS, FORMATS, side_files, trainer_info  # noqa: F401  (FORMAT_LABELS: re-export)
@@ -277,17 +277,25 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
         if existing_export(ws, name) and not overwrite:
             raise CurationError(f"an export named '{name}' already exists ({final}); choose another name, or "
                                 "overwrite it (--overwrite; on the Curate page, tick 'Overwrite')")
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=TMP))
-        try:
-            os.chmod(tmp, dir_mode())
-            res, body = _write_export(store, sel, fmt, ids, overrides, example_ids is not None, tmp, final)
-            _swap_in(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
-    with store.session() as s:
+        with writing(final, what=f"writing the export of {len(ids):,} examples"):
+            res, body = _publish(store, sel, fmt, ids, overrides, example_ids is not None, final)
+    with writing(store.where, what="recording the export"), store.session() as s:
         s.add(Export(run_id=run_id, path=str(res.path), fmt=fmt, n_examples=len(ids), file_sha256=res.sha256,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
     return res
+
+
+def _publish(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], overrides: list[dict],
+             by_filter: bool, final: Path) -> tuple[ExportResult, bytes]:
+    """`_write_export` into a hidden folder, then `_swap_in`; the hidden folder never outlives it."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP))
+    try:
+        os.chmod(tmp, dir_mode())
+        res, body = _write_export(store, sel, fmt, ids, overrides, by_filter, tmp, final)
+        _swap_in(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
+    return res, body
 
 
 def existing_export(ws: Workspace, name: str) -> Path | None:
