@@ -23,6 +23,8 @@ from pages._shared import md_text, remembered_choice, store, user_errors, worksp
 
 OTHER = "other path or id…"
 
+if st.session_state.pop("scoring_open_explore", False):  # "Open in Explore", at the top level
+    st.switch_page("pages/explore.py")
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
 if not pools:
@@ -189,7 +191,8 @@ def show_run(info: dict) -> None:
         st.caption(md_text(f"{info['selected']:,} selected{reuse} · done in {took}: {times}"))
         if st.button("Open in Explore", key=f"explore_{run_id}", icon=":material/scatter_plot:"):
             st.session_state["explore_run"] = run_id
-            st.switch_page("pages/explore.py")
+            st.session_state["scoring_open_explore"] = True
+            st.rerun()  # the whole page: switching from inside the 2 s fragment gave a blank page
     with st.expander("Log", expanded=status == "running"):
         st.code(jobs.tail(jobs.log_path(workspace(), run_id)) or "(empty)", language=None)
 

@@ -138,7 +138,18 @@ def test_a_running_run_shows_stage_k_of_n_elapsed_overall_eta_and_its_log(ws):
     assert plain(at.get("progress")[0].proto.text).startswith(f"stage 4 of {n}: train features epoch_1")
 
 
-def test_a_done_run_opens_in_explore(ws):
+def test_a_done_run_opens_in_explore(ws, monkeypatch):
+    """The switch happens at the page's top level, never inside the fragment that reruns every
+    2 s (issue 22: from there it gave a blank page 2 times of 3)."""
+    import inspect
+
+    import streamlit as st
+    real, fragments = st.switch_page, []
+
+    def switch_page(page):
+        fragments.append(any(f.function == "run_list" for f in inspect.stack()))  # the fragment's function
+        return real(page)
+    monkeypatch.setattr(st, "switch_page", switch_page)
     store = Store.open(ws)
     run = build_synthetic_run(store, ws.home / "runs" / "synthetic")
     at = open_scoring()
@@ -148,3 +159,4 @@ def test_a_done_run_opens_in_explore(ws):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["explore_run"] == run.run_id
     assert at.title[0].value == "Explore" and widget(at.selectbox, "Run").value == run.run_id
+    assert fragments == [False]
