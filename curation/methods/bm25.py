@@ -101,6 +101,7 @@ class BM25Method(Method):
 
     name = "bm25"
     option_spec = DEFAULTS
+    uses_model = False  # text statistics only
     labels = ScoreLabels("BM25", "BM25 lexical match of the example's text with each pair's prompt + chosen, "
                                  "averaged per subtask; the best subtask is the score",
                          per_subtask="mean BM25 score", per_pair="BM25 score")

@@ -84,6 +84,7 @@ class DSIR(Method):
 
     name = "dsir"
     option_spec = DEFAULTS
+    uses_model = False  # text statistics only
     labels = ScoreLabels("DSIR", "log importance weight of the example's hashed n-grams, likelier under a subtask's "
                                  "pairs than under the pool; the best subtask is the score (plus seeded Gumbel "
                                  "noise when resampling)", per_subtask="log importance weight")

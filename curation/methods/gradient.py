@@ -171,6 +171,7 @@ class GradientMethod(Method):
     """A method of the LESS family: only the validation side differs between them."""
 
     shards_features = True
+    uses_lora = True  # the warmup
     option_defaults: dict = {"checkpoint_weights": "lr"}
 
     def __init_subclass__(cls, **kwargs) -> None:

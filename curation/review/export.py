@@ -338,6 +338,14 @@ def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[i
     return res, body
 
 
+def uses_model(method: str) -> bool:
+    """Whether runs of `method` use a language model (BM25, DSIR, random and fusion do not: their
+    config still names the form's default model, which the card must not claim was used)."""
+    from curation.methods import REGISTRY  # lazily: importing the methods loads torch
+    cls = REGISTRY.get(method)
+    return True if cls is None else cls.uses_model
+
+
 def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:
     """Exactly the given examples, in rank order; each must be scored by the run."""
     ids = sel.in_rank_order(example_ids)
@@ -365,7 +373,8 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
         "format": fmt,
         "file_sha256": sha,
         "scope": "filter" if by_filter else "curated selection",
-        "run": {"id": sel.run_id, "method": method, "model": cfg.get("model"),
+        "run": {"id": sel.run_id, "method": method, "model": cfg.get("model") if uses_model(method) else None,
+                "uses_model": uses_model(method),
                 "seeds": {"warmup": (cfg.get("warmup") or {}).get("seed"),
                           "projection": (cfg.get("features") or {}).get("seed")},
                 "warmup": cfg.get("warmup"), "projector": meta.get("projector"), "config": cfg, "meta": meta},
@@ -401,7 +410,8 @@ def dataset_card(manifest: dict) -> str:
     counts, the held-out verdict, the file. Every user value (names, subtasks, reasons, paths)
     is escaped; the card's own words are left readable as plain text."""
     run, counts = manifest["run"], manifest["counts"]
-    rows = [("Method", f"{_u(run['method'])} (run #{run['id']})"), ("Model", _model_name(run.get("model"))),
+    model = _model_name(run.get("model")) if run.get("uses_model", True) else "none (this method uses no model)"
+    rows = [("Method", f"{_u(run['method'])} (run #{run['id']})"), ("Model", model),
             ("Pool", f"{_u(manifest['pool'])} ({counts['pool']:,} examples)"),
             ("Preference pairs", _pairs_line(manifest)), ("Budget", _budget_line(manifest)),
             ("Overrides", _overrides_line(counts)), ("Exported", _exported_line(manifest)),
