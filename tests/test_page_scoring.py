@@ -160,3 +160,34 @@ def test_a_done_run_opens_in_explore(ws, monkeypatch):
     assert at.session_state["explore_run"] == run.run_id
     assert at.title[0].value == "Explore" and widget(at.selectbox, "Run").value == run.run_id
     assert fragments == [False]
+
+
+def test_a_model_free_method_shows_no_model_lora_or_feature_settings(ws):
+    """Issue 22: the form showed LoRA, k and feature options for BM25."""
+    ensure_demo(Store.open(ws))
+    at = open_scoring()
+    assert {"Features"} <= {s.label for s in at.selectbox} and any(e.label == "Warmup (LoRA)" for e in at.expander)
+    for method in ("bm25", "dsir", "random"):
+        widget(at.selectbox, "Method").set_value(method).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Features" not in {s.label for s in at.selectbox}
+        assert not [w for w in at.select_slider if w.label == "Projection dim k"]
+        assert "Max tokens per example" not in {n.label for n in at.number_input}
+        assert not any(e.label == "Warmup (LoRA)" for e in at.expander)
+        assert any(b.label == "Launch in the background" and not b.disabled for b in at.button)
+
+
+def test_exact_features_show_their_dimension_not_k(ws):
+    """Issue 22: the k slider said 8192 while the tiny model's features are exact."""
+    from pathlib import Path
+
+    from curation.runs.progress import feature_plan
+    ensure_demo(Store.open(ws))
+    at = open_scoring()
+    rank = int(widget(at.number_input, "LoRA rank").value)
+    plan = feature_plan("tiny", "auto", rank, Path(ws.home))
+    assert plan.exact and plan.dim
+    assert not [w for w in at.select_slider if w.label == "Projection dim k"]
+    assert any(f"Exact LoRA gradients: {plan.dim:,} coordinates" in c.value for c in at.caption)
+    widget(at.selectbox, "Features").set_value("sparse_jl").run()
+    assert widget(at.select_slider, "Projection dim k").value == 8192
