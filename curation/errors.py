@@ -76,7 +76,7 @@ def is_disk_full(e: BaseException) -> bool:
         seen.add(id(x))
         if isinstance(x, OSError) and x.errno in DISK_FULL_ERRNOS:
             return True
-        if "database or disk is full" in str(x).lower():
+        if type(x).__module__.split(".")[0] in ("sqlite3", "sqlalchemy") and "database or disk is full" in str(x).lower():
             return True
         stack += [x.__cause__, x.__context__, getattr(x, "orig", None)]
     return False
@@ -96,7 +96,7 @@ def writing(path: str | Path, needed: int | None = None, what: str | None = None
     """Turn running out of space while writing `path` into a `DiskFullError` naming it."""
     try:
         yield
-    except DiskFullError:
+    except CurationError:  # a DiskFullError already, or the user's own mistake
         raise
     except Exception as e:
         if not is_disk_full(e):

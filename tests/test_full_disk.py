@@ -138,3 +138,9 @@ def test_check_launch_passes_seeds_and_percent_on(ws, tmp_path, monkeypatch, cap
     assert started[0][-8:] == ["check", str(run_id), "--record", "--seeds", "4", "5", "--percent", "2.5"]
     assert cli.make_parser().parse_args(started[0][3:]).seeds == [4, 5]
     assert "pid 4242" in capsys.readouterr().out
+
+
+def test_only_the_databases_own_error_counts_as_a_full_disk():
+    """A user's file quoting SQLite's words is not a full disk."""
+    assert not is_disk_full(ValueError("record 3: 'database or disk is full'"))
+    assert is_disk_full(sqlite3.OperationalError("database or disk is full"))
