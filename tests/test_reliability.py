@@ -77,10 +77,11 @@ def test_same_named_uploads_imported_at_once_never_mix(tmp_path):
 
 def test_an_export_killed_between_its_renames_leaves_a_whole_export(tmp_path):
     """Issue 22. Before: killed between renames, the data file had 300 lines and the manifest 150,
-    and temp files stayed."""
+    and temp files stayed; killed after its swap, the database's row still described the
+    replaced file (now the next export records it from the manifest)."""
     res = rel.export_kill(tmp_path)
     assert res == {"kills": 2, "killed_at_publish": 2, "exports_missing": 0, "exports_inconsistent": 0,
-                   "temp_left_after_next_export": 0}
+                   "temp_left_after_next_export": 0, "db_row_disagreeing": 0}
 
 
 @pytest.mark.skipif(rel._tmpfs_prefix() is None, reason="no tmpfs can be mounted here (unshare --user --mount)")

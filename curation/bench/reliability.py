@@ -461,7 +461,7 @@ def export_kill(folder: Path) -> dict:
     make_pool(store, folder, 40, name="ek")
     run_id = make_done_run(store, "ek", 20, folder)
     export_selection(store, run_id, "messages", ws, n=5, name="ek")
-    killed = inconsistent = missing = temp_left = 0
+    killed = inconsistent = missing = temp_left = unrecorded = 0
     for k in (1, 2):
         argv = ["export", str(run_id), "--name", "ek", "--n", str(5 + k), "--overwrite"]
         proc = subprocess.run([sys.executable, "-c", KILL_AT.format(k=k, argv=argv)], env=env, capture_output=True)
@@ -470,8 +470,21 @@ def export_kill(folder: Path) -> dict:
         missing += not (ws.exports / "ek").is_dir()
         inconsistent += (ws.exports / "ek").is_dir() and not export_consistent(ws.exports / "ek")
         temp_left += sum(p.name.startswith(".") for p in ws.exports.iterdir())
+        unrecorded += _latest_row_sha(store, ws.exports / "ek" / "ek.jsonl") != _sha(ws.exports / "ek" / "ek.jsonl")
     return dict(kills=2, killed_at_publish=killed, exports_missing=missing, exports_inconsistent=inconsistent,
-                temp_left_after_next_export=temp_left)
+                temp_left_after_next_export=temp_left, db_row_disagreeing=unrecorded)
+
+
+def _sha(path: Path) -> str | None:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _latest_row_sha(store: Store, path: Path) -> str | None:
+    """The sha256 the newest `Export` row of `path` records (the database's account of the file)."""
+    from curation.data.store import Export
+    with store.session() as s:
+        return s.scalar(select(Export.file_sha256).where(Export.path == str(path)).order_by(Export.id.desc()).limit(1))
 
 
 # --- full disk ------------------------------------------------------------------------------
@@ -646,7 +659,8 @@ def summary(out: dict) -> dict:
                 bad_inputs=bi["bad_inputs"], bad_inputs_reported=bi["reported"],
                 lost_rows=up["lost_rows"] + fd["lost_rows"], mixed_rows=up["mixed_rows"] + fd["mixed_rows"],
                 export_kills=ek["kills"], exports_broken_by_kills=ek["exports_missing"] + ek["exports_inconsistent"],
-                temp_left=ek["temp_left_after_next_export"], full_disk_half_written=fd["half_written"],
+                temp_left=ek["temp_left_after_next_export"], export_rows_disagreeing=ek["db_row_disagreeing"],
+                full_disk_half_written=fd["half_written"],
                 full_disk_clear_errors=fd["clear_errors"], full_disk_skipped="skipped" in fd,
                 shm_segments_left=ipc_["segments_left_on_host"], rebound_websockets=rb["foreign_accepted"])
 
@@ -663,5 +677,6 @@ def main(args: argparse.Namespace) -> int:
     ok = (s["decisions_lost"] == 0 and s["manifests_disagreeing"] == 0 and s["kills_survived"] == s["kills"]
           and s["writer_errors"] == 0 and s["bad_inputs_reported"] == s["bad_inputs"] and s["lost_rows"] == 0
           and s["mixed_rows"] == 0 and s["exports_broken_by_kills"] == 0 and s["temp_left"] == 0
-          and s["full_disk_half_written"] == 0 and s["shm_segments_left"] == 0 and s["rebound_websockets"] == 0)
+          and s["export_rows_disagreeing"] == 0 and s["full_disk_half_written"] == 0
+          and s["shm_segments_left"] == 0 and s["rebound_websockets"] == 0)
     return 0 if ok else 1

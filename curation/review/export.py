@@ -194,10 +194,11 @@ def _swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def drop_stale_exports(folder: Path) -> list[str]:
+def drop_stale_exports(folder: Path, published: list[Path] | None = None) -> list[str]:
     """Clean up after exports that were killed (call under `_folder_lock`): a half-written hidden
     folder (or a temp file of an older version) is removed; a previous export left aside by a kill
-    mid-swap is moved back, or removed when the new one made it into place. Returns what it did."""
+    mid-swap is moved back, or removed when the new one made it into place (that export's folder
+    is appended to `published`: its process died before recording it). Returns what it did."""
     done = []
     for entry in sorted(folder.iterdir()):
         if not entry.name.startswith("."):
@@ -210,6 +211,8 @@ def drop_stale_exports(folder: Path) -> list[str]:
             if final.exists():
                 shutil.rmtree(entry)
                 done.append(f"removed {entry.name}")
+                if published is not None:
+                    published.append(final)
             else:
                 os.rename(entry, final)
                 done.append(f"restored {final.name}")
@@ -273,7 +276,10 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
     folder = ws.ensure().exports
     final = folder / name
     with _folder_lock(folder):
-        drop_stale_exports(folder)
+        published: list[Path] = []
+        drop_stale_exports(folder, published)
+        for done in published:
+            record_published(store, done)
         if existing_export(ws, name) and not overwrite:
             raise CurationError(f"an export named '{name}' already exists ({final}); choose another name, or "
                                 "overwrite it (--overwrite; on the Curate page, tick 'Overwrite')")
@@ -296,6 +302,27 @@ def _publish(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
     return res, body
+
+
+def record_published(store: Store, final: Path) -> bool:
+    """Record the export in `final` from its own manifest unless the database's newest row for
+    its file already says so (an exporter killed after its swap never wrote its row: the
+    database then described the replaced file). Returns whether a row was added."""
+    try:
+        body = next(final.glob("*.manifest.json")).read_bytes()
+        manifest = json.loads(body)
+        path, sha = final / manifest["file"], manifest["file_sha256"]
+    except (StopIteration, OSError, ValueError, KeyError):
+        return False
+    with store.session() as s:
+        newest = s.scalar(select(Export.file_sha256).where(Export.path == str(path)).order_by(Export.id.desc()).limit(1))
+        if newest == sha:
+            return False
+        run_id = manifest.get("run", {}).get("id")
+        s.add(Export(run_id=run_id if run_id is not None and s.get(Run, run_id) else None, path=str(path),
+                     fmt=manifest.get("format", "?"), n_examples=manifest.get("counts", {}).get("exported", 0),
+                     file_sha256=sha, manifest_sha256=hashlib.sha256(body).hexdigest()))
+    return True
 
 
 def existing_export(ws: Workspace, name: str) -> Path | None:
