@@ -12,7 +12,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from curation.errors import CurationError
+from curation.errors import CurationError, DiskFullError, disk_full_path, is_disk_full
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -374,7 +374,8 @@ def cmd_check(a: argparse.Namespace) -> int:
     from curation.workspace import Workspace
     store, ws = _store(), Workspace.from_env()
     if a.launch:
-        print(f"check of run {a.run_id} started in the background (pid {launch_check(store, a.run_id, ws, actor=a.actor)})")
+        pid = launch_check(store, a.run_id, ws, actor=a.actor, args=_check_options(a))
+        print(f"check of run {a.run_id} started in the background (pid {pid})")
         return 0
     cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
     bars = StageBars()
@@ -402,6 +403,12 @@ def cmd_check(a: argparse.Namespace) -> int:
                 print(f"agreement with {m}: Spearman {rho}, top-{report['budget']} overlap {ag['overlap']:.0%}")
         print(f"{len(report['flags'])} selected examples have an answer that disagrees with their label")
     return 0
+
+
+def _check_options(a: argparse.Namespace) -> list[str]:
+    """`check`'s own options as arguments again, for the background check `--launch` starts."""
+    out = ["--seeds", *map(str, a.seeds)] if a.seeds else []
+    return out + (["--percent", repr(a.percent)] if a.percent is not None else [])
 
 
 @command("compare")
@@ -643,6 +650,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _written_place() -> str:
+    """Where a command writes when a full disk's error names no file: the workspace's database."""
+    from curation.workspace import Workspace
+    ws = Workspace.from_env()
+    return str(ws.sqlite_file or ws.home)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
@@ -650,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CurationError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        print(f"error: {DiskFullError(disk_full_path(e) or _written_place())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

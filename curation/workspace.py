@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.errors import CurationError
+from curation.errors import CurationError, writing
 
 
 HOME_MODE = 0o710  # the group may reach exports/ by name, nothing else
@@ -127,16 +127,18 @@ class Workspace:
         base = Path(file_name.replace("\\", "/")).name.strip()
         base = "upload" if base in ("", ".", "..") else base
         folder = self.uploads / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            dest = folder / base
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with writing(folder / base, len(data), "saving an upload"):
+            folder.mkdir(parents=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                dest = folder / base
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                folder.rmdir()
+                raise
         return dest
 
     def run_dir(self, run_id: int) -> Path:

@@ -17,7 +17,7 @@ import streamlit as st
 
 from curation.data.store import Store
 from curation.data.users import SESSION_IDLE_S, Actor, SignIn, auth_mode, get_user, require
-from curation.errors import CurationError
+from curation.errors import CurationError, DiskFullError, disk_full_path, is_disk_full
 from curation.review.mdsafe import escape
 from curation.workspace import Workspace
 
@@ -98,11 +98,15 @@ def signed_in() -> bool:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a user mistake as a red message instead of a traceback."""
+    """Show a user mistake (or a full disk) as a red message instead of a traceback."""
     try:
         yield
     except CurationError as e:
         st.error(md_text(e))
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        st.error(md_text(DiskFullError(disk_full_path(e) or workspace().home)))
 
 
 def render_messages(messages: list[dict]) -> None:

@@ -13,6 +13,7 @@ from pages._shared import (actor, can, check_panel, md_text, render_messages, se
                             user_errors)
 
 MAX_TABLE = 10_000
+KEPT_COLUMNS = ["rank", "score", "prompt", "state", "source", "subtask", "uid", "chars", "selected", "example_id"]
 COLOURS = {"score": "score", "selection": "state", "source": "source", "driving subtask": "subtask"}
 
 st.title("Explore")
@@ -101,11 +102,18 @@ if len(ckpts):
                            title="Mean contribution per checkpoint (auto-selected)"), key="ckpt")
 st.dataframe(explore.summary_by(df, "source", cut.kept), hide_index=True)
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def prompts(db_url: str, example_ids: tuple[int, ...]) -> list[str]:
+    """Cached: the kept table's prompt column reads up to `MAX_TABLE` examples."""
+    return explore.prompt_excerpts(store(), example_ids, 100)
+
+
 kept = df[cut.kept].head(MAX_TABLE)
+kept = kept.assign(prompt=prompts(store().url, tuple(kept["example_id"].tolist())))
 st.caption(f"The kept examples by rank{f' (first {MAX_TABLE:,})' if cut.n_kept > MAX_TABLE else ''}; "
            "select a row to inspect it.")
 table = st.dataframe(kept, hide_index=True, on_select="rerun", selection_mode="single-row", key="kept_table",
-                     column_config={"override": None})  # "state" says pinned/excluded in words
+                     column_order=KEPT_COLUMNS)  # no "override": "state" says pinned/excluded in words
 
 
 def clicked_rank(event, frame: pd.DataFrame, key: str) -> int | None:

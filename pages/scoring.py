@@ -18,11 +18,13 @@ from curation.methods import REGISTRY
 from curation.methods.ppo.config import RaiseConfig
 from curation.runs import execute as runs
 from curation.runs import jobs
-from curation.runs.progress import Estimate, duration
+from curation.runs.progress import Estimate, duration, feature_plan
 from pages._shared import actor, md_text, remembered_choice, store, user_errors, workspace
 
 OTHER = "other path or id…"
 
+if st.session_state.pop("scoring_open_explore", False):  # "Open in Explore", at the top level
+    st.switch_page("pages/explore.py")
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
 if not pools:
@@ -90,19 +92,33 @@ with st.container(border=True):
                           "pairs and keeps the one that wins on the held-out rest; "
                           "rose: DPO-loss influence of the preference pairs; less: SFT loss of the chosen answers; "
                           "raise: a PPO-trained selector picks every step's batch (a schedule + a selection)")
+    spec = REGISTRY[method]  # what its settings apply to: hide the rest (BM25 has no model, LoRA or k)
     c1, c2, c3 = st.columns(3)
-    max_length = c1.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
-    percent = c2.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
-    k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536], value=8192)
-    projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
-                             "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
-    with st.expander("Warmup (LoRA)"):
-        w = WarmupConfig()
-        c1, c2, c3, c4 = st.columns(4)
-        w_percent = c1.number_input("Warmup share %", 0.5, 100.0, w.percent)
-        epochs = c2.number_input("Epochs (checkpoints)", 1, 10, w.epochs)
-        lr = c3.number_input("Learning rate", 1e-6, 1e-1, defaults.lr, format="%.0e")
-        rank = c4.number_input("LoRA rank", 1, 256, defaults.lora_r)
+    percent = c1.number_input("Select top %", min_value=0.1, max_value=100.0, value=5.0, step=0.5)
+    max_length = (c2.number_input("Max tokens per example", 16, 8192, defaults.max_length, step=16)
+                  if spec.uses_model else defaults.max_length)
+    k, projector, k_slot = 8192, "auto", None
+    if spec.labels.gradient:
+        projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
+                                 "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
+        k_slot = c3.empty()  # the k slider, or the exact dimension once the LoRA rank is known
+    w = WarmupConfig()
+    w_percent, epochs, lr, rank = w.percent, w.epochs, defaults.lr, defaults.lora_r
+    if spec.uses_lora:
+        with st.expander("Warmup (LoRA)"):
+            c1, c2, c3, c4 = st.columns(4)
+            w_percent = c1.number_input("Warmup share %", 0.5, 100.0, w.percent)
+            epochs = c2.number_input("Epochs (checkpoints)", 1, 10, w.epochs)
+            lr = c3.number_input("Learning rate", 1e-6, 1e-1, defaults.lr, format="%.0e")
+            rank = c4.number_input("LoRA rank", 1, 256, defaults.lora_r)
+    if k_slot is not None:
+        plan = feature_plan(model or "tiny", projector, int(rank), home)
+        if plan.exact:
+            d = f"{plan.dim:,} coordinates" if plan.dim else "all the LoRA gradient's coordinates"
+            k_slot.caption(f"Exact LoRA gradients: {d} per example (no projection, so no k).")
+        else:
+            k = k_slot.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536],
+                                     value=8192)
     with st.expander("RAISE (method raise: a selector trained with PPO during fine-tuning)"):
         r = RaiseConfig()
         c1, c2, c3, c4 = st.columns(4)
@@ -129,7 +145,8 @@ with st.container(border=True):
         if method == "contrast":
             cfg.options = {"alpha": float(alpha)}
     prefs_name = None if prefs == "(none)" else prefs
-    if cfg is not None and checked is not None:
+    usable = checked is not None or not spec.uses_model  # a model-free method ignores the model field
+    if cfg is not None and usable:
         try:
             estimate = cost(store().url, pool, prefs_name, cfg.to_dict())
         except CurationError as e:
@@ -137,9 +154,10 @@ with st.container(border=True):
     if estimate is not None:
         st.info(f"Estimated cost: {estimate.summary()}.")
         st.caption(" ".join(estimate.notes))
-    if st.button("Launch in the background", type="primary", disabled=checked is None or cfg is None):
+    if st.button("Launch in the background", type="primary", disabled=not usable or cfg is None):
         with user_errors():
-            models.validate_model(model, home)  # again: the folder may have changed since the page drew
+            if spec.uses_model:
+                models.validate_model(model, home)  # again: the folder may have changed since the page drew
             run_id = runs.create_run(store(), pool, prefs_name, cfg,
                                      meta={"estimate": estimate.to_dict()} if estimate else None, actor=actor())
             jobs.launch(store(), run_id, workspace())
@@ -191,7 +209,8 @@ def show_run(info: dict) -> None:
         st.caption(md_text(f"{info['selected']:,} selected{reuse} · done in {took}: {times}"))
         if st.button("Open in Explore", key=f"explore_{run_id}", icon=":material/scatter_plot:"):
             st.session_state["explore_run"] = run_id
-            st.switch_page("pages/explore.py")
+            st.session_state["scoring_open_explore"] = True
+            st.rerun()  # the whole page: switching from inside the 2 s fragment gave a blank page
     with st.expander("Log", expanded=status == "running"):
         st.code(jobs.tail(jobs.log_path(workspace(), run_id)) or "(empty)", language=None)
 

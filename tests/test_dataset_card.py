@@ -93,3 +93,22 @@ def test_the_curate_page_shows_the_card_and_folds_the_json(ws, tmp_path):
     (folded,) = [e for e in at.expander if e.label.startswith("Manifest (JSON")]
     assert folded.proto.expanded is False and folded.json
     assert any(c.value.replace("\\", "").endswith(".card.md") for c in at.caption)
+
+
+def test_a_model_free_run_s_card_says_no_model_was_used(tmp_path):
+    """Issue 22: a BM25 run's card said "Model: tiny" (the form's default model, in its config)."""
+    from curation.bench.reliability import make_pool
+    from curation.config import ScoreConfig, SelectConfig
+    from curation.runs.execute import create_run, execute_run
+    ws = Workspace.from_env(tmp_path / "ws").ensure()
+    store = Store(ws.db_url)
+    make_pool(store, tmp_path, 8, name="b")
+    cfg = ScoreConfig(method="random")
+    cfg.select = SelectConfig(percent=None, n=3)
+    run = create_run(store, "b", None, cfg, ws=ws)
+    execute_run(store, run, ws=ws)
+    res = export_selection(store, run, "messages", ws, name="free")
+    assert cfg.model.name_or_path == "tiny"  # what the config still says
+    manifest = json.loads(res.manifest_path.read_text())
+    assert manifest["run"]["model"] is None and manifest["run"]["uses_model"] is False
+    assert table(res.card_path.read_text())["Model"] == "none (this method uses no model)"

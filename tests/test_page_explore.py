@@ -312,3 +312,12 @@ def test_map_selection_previews_before_bulk_actions(run):
     assert not at.exception, [e.value for e in at.exception]
     frame = explore.run_scores_frame(Store.open(Workspace.from_env()), run.run_id)
     assert sorted(frame.loc[frame["override"] == "exclude", "example_id"]) == sorted(inside.tolist())
+
+
+def test_the_kept_table_shows_each_prompt(run, ws):
+    """Issue 22: the kept table had ids, scores and sources but no prompt."""
+    at = open_page()
+    table = next(d for d in at.dataframe if "state" in d.value.columns)
+    assert list(table.proto.column_order[:3]) == ["rank", "score", "prompt"]
+    first = table.value.iloc[0]
+    assert first["prompt"] and first["prompt"] == explore.prompt_excerpts(Store.open(ws), [first["example_id"]], 100)[0]

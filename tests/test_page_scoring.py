@@ -138,7 +138,18 @@ def test_a_running_run_shows_stage_k_of_n_elapsed_overall_eta_and_its_log(ws):
     assert plain(at.get("progress")[0].proto.text).startswith(f"stage 4 of {n}: train features epoch_1")
 
 
-def test_a_done_run_opens_in_explore(ws):
+def test_a_done_run_opens_in_explore(ws, monkeypatch):
+    """The switch happens at the page's top level, never inside the fragment that reruns every
+    2 s (issue 22: from there it gave a blank page 2 times of 3)."""
+    import inspect
+
+    import streamlit as st
+    real, fragments = st.switch_page, []
+
+    def switch_page(page):
+        fragments.append(any(f.function == "run_list" for f in inspect.stack()))  # the fragment's function
+        return real(page)
+    monkeypatch.setattr(st, "switch_page", switch_page)
     store = Store.open(ws)
     run = build_synthetic_run(store, ws.home / "runs" / "synthetic")
     at = open_scoring()
@@ -148,3 +159,35 @@ def test_a_done_run_opens_in_explore(ws):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["explore_run"] == run.run_id
     assert at.title[0].value == "Explore" and widget(at.selectbox, "Run").value == run.run_id
+    assert fragments == [False]
+
+
+def test_a_model_free_method_shows_no_model_lora_or_feature_settings(ws):
+    """Issue 22: the form showed LoRA, k and feature options for BM25."""
+    ensure_demo(Store.open(ws))
+    at = open_scoring()
+    assert {"Features"} <= {s.label for s in at.selectbox} and any(e.label == "Warmup (LoRA)" for e in at.expander)
+    for method in ("bm25", "dsir", "random"):
+        widget(at.selectbox, "Method").set_value(method).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Features" not in {s.label for s in at.selectbox}
+        assert not [w for w in at.select_slider if w.label == "Projection dim k"]
+        assert "Max tokens per example" not in {n.label for n in at.number_input}
+        assert not any(e.label == "Warmup (LoRA)" for e in at.expander)
+        assert any(b.label == "Launch in the background" and not b.disabled for b in at.button)
+
+
+def test_exact_features_show_their_dimension_not_k(ws):
+    """Issue 22: the k slider said 8192 while the tiny model's features are exact."""
+    from pathlib import Path
+
+    from curation.runs.progress import feature_plan
+    ensure_demo(Store.open(ws))
+    at = open_scoring()
+    rank = int(widget(at.number_input, "LoRA rank").value)
+    plan = feature_plan("tiny", "auto", rank, Path(ws.home))
+    assert plan.exact and plan.dim
+    assert not [w for w in at.select_slider if w.label == "Projection dim k"]
+    assert any(f"Exact LoRA gradients: {plan.dim:,} coordinates" in c.value for c in at.caption)
+    widget(at.selectbox, "Features").set_value("sparse_jl").run()
+    assert widget(at.select_slider, "Projection dim k").value == 8192

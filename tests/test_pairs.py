@@ -237,3 +237,22 @@ def test_cli_prefs_archive_unarchive_delete(ws, capsys):
         catalog.create_prefset(store, "used")
     assert main(["prefs", "unarchive", "used"]) == 0 and main(["prefs", "delete", "spare"]) == 0
     assert [p["name"] for p in catalog.list_prefsets(store)] == ["used"]
+
+
+def test_similarity_is_computed_once_per_pair_of_texts(monkeypatch):
+    """Issue 22: the Preferences page re-ran difflib on every pair of its set on each rerun
+    (a 2,308-pair set: 8-16 s per click); now only a pair's first check pays."""
+    from curation.data import pairs as pairs_mod
+    from curation.review.heldout import label_contrast
+    calls = []
+    real = pairs_mod.SequenceMatcher
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(pairs_mod, "SequenceMatcher", counting)
+    pairs = [{"chosen": f"The answer is {i} apples, counted twice.", "rejected": f"The answer is {i + 1} apples."}
+             for i in range(50)]
+    first = label_contrast(pairs)
+    assert len(calls) == 50
+    assert label_contrast([dict(p) for p in pairs]) == first and len(calls) == 50

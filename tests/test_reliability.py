@@ -86,6 +86,44 @@ def test_each_scenario_gets_a_fresh_schema_in_the_postgresql_database(postgres, 
     assert "pool" not in inspect(engine).get_table_names()  # nothing landed in the database's public schema
 
 
+def test_same_named_uploads_imported_at_once_never_mix(tmp_path):
+    """Issue 22. Before: an import still streaming A's pool.jsonl read B's (181,944 of 200,000 mixed)."""
+    res = rel.upload_race(tmp_path, rows=2000, rounds=1)
+    assert res == {"uploads": 2, "rows_each": 2000, "imported": 4000, "lost_rows": 0, "mixed_rows": 0,
+                   "shared_files": 0, "crashed": 0}
+
+
+def test_an_export_killed_between_its_renames_leaves_a_whole_export(tmp_path):
+    """Issue 22. Before: killed between renames, the data file had 300 lines and the manifest 150,
+    and temp files stayed; killed after its swap, the database's row still described the
+    replaced file (now the next export records it from the manifest)."""
+    res = rel.export_kill(tmp_path)
+    assert res == {"kills": 2, "killed_at_publish": 2, "exports_missing": 0, "exports_inconsistent": 0,
+                   "temp_left_after_next_export": 0, "db_row_disagreeing": 0}
+
+
+@pytest.mark.skipif(rel._tmpfs_prefix() is None, reason="no tmpfs can be mounted here (unshare --user --mount)")
+def test_a_full_disk_is_a_clear_error_and_writes_nothing_half(tmp_path):
+    """Issue 22, on a real 1 MiB / 64 KiB tmpfs. Before: a traceback naming neither disk nor space."""
+    res = rel.full_disk(tmp_path)
+    assert res["clear_errors"] == 2 and res["integrity_ok"], res
+    assert (res["lost_rows"], res["mixed_rows"], res["half_written"]) == (0, 0, 0), res
+    assert str(tmp_path / "big" / "curation.db") in res["import_message"]
+
+
+def test_sandboxed_shared_memory_does_not_stay_on_the_host(tmp_path):
+    res = rel.ipc(tmp_path, calls=1)
+    if res["segments_made"] == 0:
+        pytest.skip("the sandbox cannot run here")
+    assert res["segments_left_on_host"] == 0
+
+
+def test_a_rebound_host_gets_no_websocket(tmp_path):
+    """The server as `streamlit run app.py` starts it. Before: Host/Origin evil.example got 101."""
+    res = rel.rebinding(tmp_path)
+    assert res == {"foreign_hosts": 3, "foreign_accepted": 0, "loopback_accepted": 2, "loopback_hosts": 2}
+
+
 def test_reliability_is_a_bench_kind():
     from curation.bench import BENCHES
     assert "reliability" in BENCHES

@@ -29,7 +29,7 @@ from curation.data.store import STAGING_PREFIX, Example, ImportReport, Pool, Pre
 from curation.data.store.db import retry_locked
 from curation.data.store.models import utcnow
 from curation.data.users import Actor, require
-from curation.errors import CurationError
+from curation.errors import CurationError, writing
 
 BATCH = 2000
 MAX_STORED_PROBLEMS = 10_000
@@ -125,6 +125,22 @@ class _Abort(Exception):
 def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
                 strict: bool = False, progress: Progress | None = None, append: bool = False,
                 actor: Actor | None = None) -> ImportResult:
+    """`_import_pool` as ``actor`` (a curator); a full disk is a `DiskFullError` naming the
+    database and the file's size."""
+    require(actor, "import")
+    with writing(store.where, _file_size(path), f"importing {Path(path).name}"):
+        return _import_pool(store, path, name, fmt, strict, progress, append)
+
+
+def _file_size(path: str | Path) -> int | None:
+    try:
+        return Path(path).stat().st_size
+    except (OSError, ValueError):
+        return None
+
+
+def _import_pool(store: Store, path: str | Path, name: str | None, fmt: str | None,
+                 strict: bool, progress: Progress | None, append: bool) -> ImportResult:
     """Stream `path` into a new pool named `name` (default: the file stem), or with ``append``
     into that existing pool (content it already holds is skipped as duplicate; its stored
     gradient features stay valid and only the new examples get features on the next run).
@@ -134,7 +150,6 @@ def import_pool(store: Store, path: str | Path, name: str | None = None, fmt: st
     transaction then publishes them (a rename, or for ``append`` a move into the pool). A
     failure drops the staging rows; a kill leaves them hidden until the next import's clean-up.
     """
-    require(actor, "import")
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")
@@ -339,9 +354,16 @@ def _dedupe_uids(s, pools: list[int], rows: list[dict]) -> None:
 def import_prefs(store: Store, path: str | Path, name: str | None = None, fmt: str | None = None,
                  subtask_field: str | None = None, subtasks: int | None = None, strict: bool = False,
                  actor: Actor | None = None) -> ImportResult:
-    """Read a preference file and store it as a new preference set; ties of pairwise
-    judgements are skipped and counted in the report."""
+    """Read a preference file and store it as a new preference set (in one transaction: a full
+    disk leaves nothing, and is a `DiskFullError`); ties of pairwise judgements are skipped and
+    counted in the report."""
     require(actor, "import")
+    with writing(store.where, _file_size(path), f"importing {Path(path).name}"):
+        return _import_prefs(store, path, name, fmt, subtask_field, subtasks, strict)
+
+
+def _import_prefs(store: Store, path: str | Path, name: str | None, fmt: str | None,
+                  subtask_field: str | None, subtasks: int | None, strict: bool) -> ImportResult:
     path = Path(path)
     if not path.is_file():
         raise CurationError(f"{path}: no such file")

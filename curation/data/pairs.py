@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 FIELDS = ("subtask", "prompt", "chosen", "rejected")
@@ -119,9 +120,12 @@ def _duplicates(d: PairDraft, existing: Sequence[dict]) -> list[Problem]:
     return []
 
 
+@lru_cache(maxsize=1 << 16)
 def similarity(a: str, b: str) -> float:
     """How alike two responses are, 0..1: difflib's ratio (as `heldout.label_contrast`), or the
-    Jaccard index of their word sets when they are too long for difflib."""
+    Jaccard index of their word sets when they are too long for difflib. Memoised: difflib takes
+    milliseconds a pair, and the Preferences page checks every pair of its set on each rerun
+    (a 2,308-pair set: seconds per click)."""
     if len(a) + len(b) > SEQUENCE_MATCH_MAX:
         wa, wb = set(re.findall(r"\w+", a.casefold())), set(re.findall(r"\w+", b.casefold()))
         return len(wa & wb) / len(wa | wb) if wa | wb else 1.0

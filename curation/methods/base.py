@@ -89,6 +89,10 @@ class Method(ABC):
     labels: ClassVar[ScoreLabels] = ScoreLabels("this method", "the method's score (no description)",
                                                 per_subtask="mean score")
     needs_pairs: ClassVar[bool] = True
+    # what the run's settings apply to (the Scoring form hides the rest, the dataset card says
+    # "no model" when False): a language model at all, and a LoRA fine-tune (warmup or episodes)
+    uses_model: ClassVar[bool] = True
+    uses_lora: ClassVar[bool] = False
     shards_features: ClassVar[bool] = False  # True: `--shard i/N` ranks split its train features
     description: ClassVar[str] = ""
     # the options ``ScoreConfig.options`` may set: a dict of defaults, or an options dataclass

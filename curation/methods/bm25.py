@@ -20,9 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-import bm25s
+from typing import TYPE_CHECKING
+
 import numpy as np
-from bm25s.tokenization import Tokenizer
 
 from curation.engine.influence import aggregate, subtask_index
 from curation.errors import CurationError
@@ -57,7 +57,13 @@ def pair_query(pair: ValPair) -> str:
     return f"{pair.prompt}\n{pair.chosen}"
 
 
+if TYPE_CHECKING:  # bm25s (and numba under it) takes ~1 s to import: only a BM25 run needs it
+    import bm25s
+    from bm25s.tokenization import Tokenizer
+
+
 def new_tokenizer() -> Tokenizer:
+    from bm25s.tokenization import Tokenizer
     return Tokenizer(stopwords=STOPWORDS)
 
 
@@ -76,6 +82,7 @@ def build_index(docs: list[array], tok: Tokenizer, opts: dict[str, Any]) -> bm25
     """A bm25s index over pre-tokenized documents, sharing the tokenizer's vocabulary ids."""
     if opts["variant"] not in VARIANTS:
         raise CurationError(f"bm25: variant must be one of {', '.join(VARIANTS)}, got {opts['variant']!r}")
+    import bm25s
     retriever = bm25s.BM25(k1=float(opts["k1"]), b=float(opts["b"]), method=opts["variant"])
     retriever.index((docs, tok.get_vocab_dict()), show_progress=False)
     return retriever
@@ -101,6 +108,7 @@ class BM25Method(Method):
 
     name = "bm25"
     option_spec = DEFAULTS
+    uses_model = False  # text statistics only
     labels = ScoreLabels("BM25", "BM25 lexical match of the example's text with each pair's prompt + chosen, "
                                  "averaged per subtask; the best subtask is the score",
                          per_subtask="mean BM25 score", per_pair="BM25 score")
@@ -155,6 +163,7 @@ def _pair_terms(workdir: Path, example_id: int, pairs: Sequence[ValPair]):
     index_dir = workdir / INDEX_DIR
     if not (index_dir / IDS_FILE).is_file() or not pairs:
         return None
+    import bm25s
     retriever = bm25s.BM25.load(index_dir, mmap=True, show_progress=False)
     tok = new_tokenizer()
     tok.load_vocab(index_dir)

@@ -25,11 +25,9 @@ sparse counts and the ``[n_subtasks, buckets]`` log-ratio table.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from sklearn.feature_extraction import FeatureHasher
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from curation.engine.influence import subtask_index
 from curation.errors import CurationError
@@ -50,8 +48,13 @@ WEIGHTS_FILE = "dsir_log_ratio.npy"  # [n_subtasks, buckets] float64, under the 
 DEFAULTS = {"buckets": 10_000, "eps": 1e-8, "resample": True, "seed": None, "chunk": 2048}
 
 
+if TYPE_CHECKING:  # scikit-learn takes ~2 s to import: only a DSIR run needs it
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+
 def vectorizer(buckets: int) -> HashingVectorizer:
     """Raw hashed unigram + bigram counts (no sign trick, no normalisation)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
     return HashingVectorizer(n_features=buckets, ngram_range=(1, 2), alternate_sign=False, norm=None)
 
 
@@ -84,6 +87,7 @@ class DSIR(Method):
 
     name = "dsir"
     option_spec = DEFAULTS
+    uses_model = False  # text statistics only
     labels = ScoreLabels("DSIR", "log importance weight of the example's hashed n-grams, likelier under a subtask's "
                                  "pairs than under the pool; the best subtask is the score (plus seeded Gumbel "
                                  "noise when resampling)", per_subtask="log importance weight")
@@ -136,6 +140,7 @@ class DSIR(Method):
 def _bucket_counts(grams: list[str], buckets: int) -> dict[int, tuple[int, list[str]]]:
     """bucket -> (count, the example's n-grams hashed there), hashed exactly as the vectorizer
     does (sklearn's FeatureHasher is what HashingVectorizer uses underneath)."""
+    from sklearn.feature_extraction import FeatureHasher
     X = FeatureHasher(n_features=buckets, input_type="string", alternate_sign=False).transform([[g] for g in grams])
     out: dict[int, tuple[int, list[str]]] = {}
     for gram, bucket in zip(grams, X.indices):

@@ -57,6 +57,7 @@ class Fusion(Method):
     """Examples that several runs rank high score high; the weights say whose ranks count more."""
 
     name = "fusion"
+    uses_model = False  # text statistics only
     labels = ScoreLabels("Fusion", f"weighted reciprocal-rank fusion of finished runs: the sum over input "
                                    f"runs of weight / ({K} + the example's rank in that run)")
     needs_pairs = False

@@ -171,6 +171,7 @@ class GradientMethod(Method):
     """A method of the LESS family: only the validation side differs between them."""
 
     shards_features = True
+    uses_lora = True  # the warmup
     # length_strata k > 1: rank within k output-length bands and interleave (`select.length_stratified`)
     option_defaults: dict = {"checkpoint_weights": "lr", "length_strata": 0}
 

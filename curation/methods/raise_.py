@@ -49,6 +49,7 @@ class Raise(Method):
 
     name = "raise"
     option_spec = RaiseConfig
+    uses_lora = True  # every episode fine-tunes a LoRA adapter
     labels = ScoreLabels("RAISE", "how often and how early the PPO-trained selector picks the example in its "
                                   "training schedule (never picked: the selector's own score, below 1)")
     description = "PPO-trained dynamic selector; a training schedule plus a static selection (RAISE)"

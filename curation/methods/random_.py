@@ -12,6 +12,7 @@ class RandomMethod(Method):
     """Uniform scores from a seeded generator: same seed, same pool -> same selection."""
 
     name = "random"
+    uses_model = False  # text statistics only
     labels = ScoreLabels("Random", "a seeded uniform random number (the random baseline), so it says nothing "
                                    "about the example")
     needs_pairs = False

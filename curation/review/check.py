@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -300,9 +300,11 @@ def status_path(ws: Workspace, run_id: int) -> Path:
     return ws.run_dir(run_id) / STATUS_FILE
 
 
-def launch_check(store: Store, run_id: int, ws: Workspace | None = None, actor: Actor | None = None) -> int:
-    """Start ``python -m curation check RUN_ID --record`` detached (it survives the browser), as
-    the same user (``--as``); refused while another check of the run is alive."""
+def launch_check(store: Store, run_id: int, ws: Workspace | None = None, actor: Actor | None = None,
+                 args: Sequence[str] = ()) -> int:
+    """Start ``python -m curation check RUN_ID --record [ARGS]`` detached (it survives the browser),
+    as the same user (``--as``); refused while another check of the run is alive. `args` are the
+    CLI's own options (``--seeds``, ``--percent``), passed on as given."""
     actor = require(actor, "check")
     ws = (ws or Workspace.from_env()).ensure()
     require_ready(_base_run(store, run_id)[0], CheckConfig())  # refuse now (unfinished, too few pairs), not in the log
@@ -315,7 +317,7 @@ def launch_check(store: Store, run_id: int, ws: Workspace | None = None, actor: 
     started = time.time()
     with open(log, "ab") as out:
         who = [] if actor.local else ["--as", actor.name]
-        proc = subprocess.Popen([sys.executable, "-m", "curation", *who, "check", str(run_id), "--record"],
+        proc = subprocess.Popen([sys.executable, "-m", "curation", *who, "check", str(run_id), "--record", *args],
                                 cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     st = check_status(ws, run_id)

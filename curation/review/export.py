@@ -33,7 +33,7 @@ from curation.data.names import check_name
 from curation.data.store import Example, Export, PreferenceSet, Run, Store
 from curation.data.store.models import utcnow
 from curation.data.users import Actor, author_of
-from curation.errors import CurationError
+from curation.errors import CurationError, writing
 from curation.review.curate import CuratedSelection, curated_selection_in, override_details, override_details_in
 from curation.review.mdsafe import escape
 from curation.review.trainers import FORMAT_LABELS, FORMATS, side_files, trainer_info  # noqa: F401  (FORMAT_LABELS: re-export)
@@ -195,10 +195,11 @@ def _swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def drop_stale_exports(folder: Path) -> list[str]:
+def drop_stale_exports(folder: Path, published: list[Path] | None = None) -> list[str]:
     """Clean up after exports that were killed (call under `_folder_lock`): a half-written hidden
     folder (or a temp file of an older version) is removed; a previous export left aside by a kill
-    mid-swap is moved back, or removed when the new one made it into place. Returns what it did."""
+    mid-swap is moved back, or removed when the new one made it into place (that export's folder
+    is appended to `published`: its process died before recording it). Returns what it did."""
     done = []
     for entry in sorted(folder.iterdir()):
         if not entry.name.startswith("."):
@@ -211,6 +212,8 @@ def drop_stale_exports(folder: Path) -> list[str]:
             if final.exists():
                 shutil.rmtree(entry)
                 done.append(f"removed {entry.name}")
+                if published is not None:
+                    published.append(final)
             else:
                 os.rename(entry, final)
                 done.append(f"restored {final.name}")
@@ -276,21 +279,53 @@ def export_selection(store: Store, run_id: int, fmt: str, ws: Workspace, percent
     folder = ws.ensure().exports
     final = folder / name
     with _folder_lock(folder):
-        drop_stale_exports(folder)
+        published: list[Path] = []
+        drop_stale_exports(folder, published)
+        for done in published:
+            record_published(store, done)
         if existing_export(ws, name) and not overwrite:
             raise CurationError(f"an export named '{name}' already exists ({final}); choose another name, or "
                                 "overwrite it (--overwrite; on the Curate page, tick 'Overwrite')")
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=TMP))
-        try:
-            os.chmod(tmp, dir_mode())
-            res, body = _write_export(store, sel, fmt, ids, overrides, example_ids is not None, tmp, final, by)
-            _swap_in(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
-    with store.session() as s:
+        with writing(final, what=f"writing the export of {len(ids):,} examples"):
+            res, body = _publish(store, sel, fmt, ids, overrides, example_ids is not None, final, by)
+    with writing(store.where, what="recording the export"), store.session() as s:
         s.add(Export(run_id=run_id, path=str(res.path), fmt=fmt, n_examples=len(ids), file_sha256=res.sha256,
                      manifest_sha256=hashlib.sha256(body).hexdigest()))
     return res
+
+
+def _publish(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[int], overrides: list[dict],
+             by_filter: bool, final: Path, by: str) -> tuple[ExportResult, bytes]:
+    """`_write_export` into a hidden folder, then `_swap_in`; the hidden folder never outlives it."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP))
+    try:
+        os.chmod(tmp, dir_mode())
+        res, body = _write_export(store, sel, fmt, ids, overrides, by_filter, tmp, final, by)
+        _swap_in(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
+    return res, body
+
+
+def record_published(store: Store, final: Path) -> bool:
+    """Record the export in `final` from its own manifest unless the database's newest row for
+    its file already says so (an exporter killed after its swap never wrote its row: the
+    database then described the replaced file). Returns whether a row was added."""
+    try:
+        body = next(final.glob("*.manifest.json")).read_bytes()
+        manifest = json.loads(body)
+        path, sha = final / manifest["file"], manifest["file_sha256"]
+    except (StopIteration, OSError, ValueError, KeyError):
+        return False
+    with store.session() as s:
+        newest = s.scalar(select(Export.file_sha256).where(Export.path == str(path)).order_by(Export.id.desc()).limit(1))
+        if newest == sha:
+            return False
+        run_id = manifest.get("run", {}).get("id")
+        s.add(Export(run_id=run_id if run_id is not None and s.get(Run, run_id) else None, path=str(path),
+                     fmt=manifest.get("format", "?"), n_examples=manifest.get("counts", {}).get("exported", 0),
+                     file_sha256=sha, manifest_sha256=hashlib.sha256(body).hexdigest()))
+    return True
 
 
 def existing_export(ws: Workspace, name: str) -> Path | None:
@@ -333,6 +368,14 @@ def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[i
     return res, body
 
 
+def uses_model(method: str) -> bool:
+    """Whether runs of `method` use a language model (BM25, DSIR, random and fusion do not: their
+    config still names the form's default model, which the card must not claim was used)."""
+    from curation.methods import REGISTRY  # lazily: importing the methods loads torch
+    cls = REGISTRY.get(method)
+    return True if cls is None else cls.uses_model
+
+
 def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:
     """Exactly the given examples, in rank order; each must be scored by the run."""
     ids = sel.in_rank_order(example_ids)
@@ -360,7 +403,8 @@ def build_manifest(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[
         "format": fmt,
         "file_sha256": sha,
         "scope": "filter" if by_filter else "curated selection",
-        "run": {"id": sel.run_id, "method": method, "model": cfg.get("model"),
+        "run": {"id": sel.run_id, "method": method, "model": cfg.get("model") if uses_model(method) else None,
+                "uses_model": uses_model(method),
                 "seeds": {"warmup": (cfg.get("warmup") or {}).get("seed"),
                           "projection": (cfg.get("features") or {}).get("seed")},
                 "warmup": cfg.get("warmup"), "projector": meta.get("projector"), "config": cfg, "meta": meta},
@@ -396,7 +440,8 @@ def dataset_card(manifest: dict) -> str:
     counts, the held-out verdict, the file. Every user value (names, subtasks, reasons, paths)
     is escaped; the card's own words are left readable as plain text."""
     run, counts = manifest["run"], manifest["counts"]
-    rows = [("Method", f"{_u(run['method'])} (run #{run['id']})"), ("Model", _model_name(run.get("model"))),
+    model = _model_name(run.get("model")) if run.get("uses_model", True) else "none (this method uses no model)"
+    rows = [("Method", f"{_u(run['method'])} (run #{run['id']})"), ("Model", model),
             ("Pool", f"{_u(manifest['pool'])} ({counts['pool']:,} examples)"),
             ("Preference pairs", _pairs_line(manifest)), ("Budget", _budget_line(manifest)),
             ("Overrides", _overrides_line(counts)), ("Exported", _exported_line(manifest)),

@@ -288,6 +288,25 @@ def feature_dim(cfg: ScoreConfig, lora_dim: int | None) -> int:
     return lora_dim if projector_kind(cfg, lora_dim) == "identity" and lora_dim else cfg.features.k
 
 
+@dataclass(frozen=True)
+class FeaturePlan:
+    """The gradient features a run would store: exact (projector identity) or projected to k."""
+
+    exact: bool
+    dim: int | None  # coordinates per row: the LoRA gradient's d when exact, else k (None: d unknown)
+
+
+def feature_plan(model: str, projector: str, lora_r: int, home: Path, k: int = 8192) -> FeaturePlan:
+    """What "Projection dim k" means for this model and LoRA rank: nothing when the features are
+    exact (the Scoring form then shows d instead of a k that would not be used)."""
+    from curation.config import FeatureConfig
+    from curation.engine.warmup import WarmupConfig
+    cfg = ScoreConfig(method="rose", features=FeatureConfig(k=k, projector=projector))
+    d = lora_dim(model_arch(model, home), lora_r, WarmupConfig().target_modules)
+    exact = projector_kind(cfg, d) == "identity"
+    return FeaturePlan(exact, d if exact else k)
+
+
 def disk_bytes(cfg: ScoreConfig, facts: Facts) -> tuple[float, str]:
     """(bytes written, what they are): features (and warmup checkpoints) for gradient methods."""
     n, epochs = facts.n, cfg.warmup.epochs

@@ -122,6 +122,13 @@ class Store:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def where(self) -> str:
+        """What a write goes to, for messages: the SQLite file, or "the database" (a server
+        URL may hold a password)."""
+        db = self.engine.url.database if self.is_sqlite else None
+        return db if db and db != ":memory:" else "the database"
+
     @contextmanager
     def session(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Session]:
         """A transaction (see the module docstring for ``write`` and ``snapshot``)."""
