@@ -133,7 +133,8 @@ def test_check_launch_passes_seeds_and_percent_on(ws, tmp_path, monkeypatch, cap
         started.append(cmd)
         return Proc()
     monkeypatch.setattr("curation.review.check.subprocess.Popen", popen)
-    monkeypatch.setattr("curation.review.check._base_run", lambda store, rid: None)  # a run with pairs is slow
+    monkeypatch.setattr("curation.review.check._base_run", lambda store, rid: (None, None))  # a run with pairs is slow
+    monkeypatch.setattr("curation.review.check.require_ready", lambda run, cfg: None)
     assert cli.main(["check", str(run_id), "--launch", "--seeds", "4", "5", "--percent", "2.5"]) == 0
     assert started[0][-8:] == ["check", str(run_id), "--record", "--seeds", "4", "5", "--percent", "2.5"]
     assert cli.make_parser().parse_args(started[0][3:]).seeds == [4, 5]
