@@ -25,11 +25,12 @@ sparse counts and the ``[n_subtasks, buckets]`` log-ratio table.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from sklearn.feature_extraction import FeatureHasher
-from sklearn.feature_extraction.text import HashingVectorizer
+
+if TYPE_CHECKING:  # sklearn (with scipy.stats, pandas) costs ~1.7 s to import: only a dsir run pays it
+    from sklearn.feature_extraction.text import HashingVectorizer
 
 from curation.engine.influence import subtask_index
 from curation.errors import CurationError
@@ -52,6 +53,8 @@ DEFAULTS = {"buckets": 10_000, "eps": 1e-8, "resample": True, "seed": None, "chu
 
 def vectorizer(buckets: int) -> HashingVectorizer:
     """Raw hashed unigram + bigram counts (no sign trick, no normalisation)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     return HashingVectorizer(n_features=buckets, ngram_range=(1, 2), alternate_sign=False, norm=None)
 
 
@@ -136,6 +139,8 @@ class DSIR(Method):
 def _bucket_counts(grams: list[str], buckets: int) -> dict[int, tuple[int, list[str]]]:
     """bucket -> (count, the example's n-grams hashed there), hashed exactly as the vectorizer
     does (sklearn's FeatureHasher is what HashingVectorizer uses underneath)."""
+    from sklearn.feature_extraction import FeatureHasher
+
     X = FeatureHasher(n_features=buckets, input_type="string", alternate_sign=False).transform([[g] for g in grams])
     out: dict[int, tuple[int, list[str]]] = {}
     for gram, bucket in zip(grams, X.indices):
