@@ -148,3 +148,22 @@ def test_a_done_run_opens_in_explore(ws):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["explore_run"] == run.run_id
     assert at.title[0].value == "Explore" and widget(at.selectbox, "Run").value == run.run_id
+
+
+def test_tiny_on_a_foreign_pool_says_why_and_offers_smollm2_but_not_on_the_demo(ws):
+    from test_poolfit import foreign_pool
+
+    store = Store.open(ws)
+    ensure_demo(store)
+    pool = foreign_pool(store, ws)
+    at = open_scoring()  # opens on the newest imported pool: the foreign one
+    assert widget(at.selectbox, "Pool").value == pool
+    assert widget(at.selectbox, "Model").value == "tiny"  # smollm2 is not fetched in this workspace
+    warned = [plain(w.value) for w in at.warning if "does not know this pool" in plain(w.value)]
+    assert warned and "tokens on average" in warned[0] and "model fetch smollm2" in warned[0]
+    assert any(b.label == "Fetch smollm2" for b in at.button)
+    widget(at.selectbox, "Pool").set_value("demo").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert widget(at.selectbox, "Model").value == "tiny"
+    assert not any("does not know this pool" in plain(w.value) for w in at.warning)
+    assert not any(b.label == "Fetch smollm2" for b in at.button)

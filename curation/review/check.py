@@ -275,6 +275,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
         notes.append(f"the pool has {len(ids):,} examples now and had {n_scored:,} when run {run_id} "
                      "was scored: this checks a selection from the pool as it is now")
     chosen = _top(ids, scores, n)
+    if model_warning := (run.meta or {}).get("model_warning"):
+        notes.append(model_warning)
     if run.method == "rose" and (warning := label_contrast(pairs).get("warning")):
         notes.append(warning)
     for i, method in enumerate(cfg.baselines):
@@ -304,7 +306,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     report = {"run_id": run_id, "method": run.method, "heldout": held_stats, "agreement": agree,
               "composition": composition(store, run.pool_id, chosen.tolist()),
               "flags": answer_flags(store, chosen.tolist(), run.config.get("options", {}).get("reward")),
-              "verdict": sentence, "label": label, "budget": n, "pool_size": int(len(ids)),
+              "verdict": sentence, "label": label, "model_warning": model_warning,
+              "budget": n, "pool_size": int(len(ids)),
               "split": {"scoring": [pairs[i]["id"] for i in scoring], "heldout": [pairs[i]["id"] for i in held]},
               "notes": notes, "config": dataclasses.asdict(cfg), "wall_s": round(time.time() - started, 1),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -313,7 +316,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     merge_run_meta(store, run_id, check={"label": label, "verdict": sentence, "finished": report["finished"],
                                          "accuracy": held_stats["accuracy"], "ci95": held_stats["ci95"],
                                          "random_accuracy": held_stats["random_accuracy"], "flags": len(report["flags"]),
-                                         "budget": n, "pool_size": int(len(ids))})
+                                         "budget": n, "pool_size": int(len(ids)),
+                                         **({"model_warning": model_warning} if model_warning else {})})
     note("done", steps, steps)
     return report
 

@@ -52,6 +52,7 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
     """
     method = get_method(config.method)
     ws = (ws or Workspace.from_env()).ensure()
+    warning = _model_warning(store, pool, config, ws)
     with store.session() as s:
         p = get_pool(s, pool)
         ps = get_prefset(s, prefs) if prefs else None
@@ -59,13 +60,24 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
         if pairs is None:
             pairs = pairs_snapshot(s, ps.id if ps else None)
+        extra = {"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})}
+        if warning:
+            extra["model_warning"] = warning
         run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
-                  status="queued", stage_times={},
-                  meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})})
+                  status="queued", stage_times={}, meta=extra)
         s.add(run)
         s.flush()
         run.workdir = str(ws.run_dir(run.id))
         return run.id
+
+
+def _model_warning(store: Store, pool: str, config: ScoreConfig, ws: Workspace) -> str | None:
+    """Why the run's model will not describe the pool (the tiny model on a foreign pool), kept
+    in ``meta.model_warning`` so Explore, check and the dataset card say it too."""
+    if config.method not in MODEL_METHODS:
+        return None
+    from curation.engine.poolfit import model_warning
+    return model_warning(store, pool, config.model.name_or_path, ws.home)
 
 
 def _fetcher(store: Store):
