@@ -613,6 +613,8 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--n", type=int, help="examples the engine featurizes (default 1024)")
     bp.add_argument("--device", help="cpu (default) | cuda | auto")
     bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
+    bp.add_argument("--threads-compare", action="store_true",
+                    help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
     return p
 

@@ -127,11 +127,14 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
                        scores_of=lambda other: load_scores(store, other))
 
 
-def _use_threads(config: ScoreConfig) -> None:
-    """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads)."""
+def _use_threads(config: ScoreConfig) -> dict:
+    """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads);
+    returns the plan (setting, threads, and for "auto" the cores and load that decided it)."""
     import torch
 
-    torch.set_num_threads(config.threads)
+    plan = config.thread_plan()
+    torch.set_num_threads(plan["threads"])
+    return plan
 
 
 def _set(store: Store, run_id: int, attempts: int = 4, **values) -> None:
@@ -201,7 +204,7 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
     reporter = Reporter(store, run_id, echo)
     try:
         inputs = _inputs(store, run, ws, reporter)
-        _use_threads(inputs.config)
+        reporter.note(threads=_use_threads(inputs.config))
         inputs.workdir.mkdir(parents=True, exist_ok=True)
         _build_tiny_first(run.method, inputs.config, ws, reporter)
         out = get_method(run.method).score(inputs)

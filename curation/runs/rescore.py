@@ -95,7 +95,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     if stored_features(store, run_id, ws) is None:
         raise CurationError(f"run {run_id}'s train features are not stored for the whole pool "
                             f"'{pool}' any more; launch a scoring run")
-    cfg.threads = max(cfg.threads, os.cpu_count() or 1)  # the curator is waiting: use the machine
+    cfg.threads = max(cfg.thread_plan()["threads"], os.cpu_count() or 1)  # the curator is waiting: use the machine
     new_id = create_run(store, pool, prefs, cfg, ws)
     merge_run_meta(store, new_id, rescored_from=run_id)
     execute_run(store, new_id, ws, echo=echo)
