@@ -124,7 +124,8 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
     return ScoreInputs(example_ids=[r[0] for r in rows], fetch=_fetcher(store), pairs=pairs, config=config,
                        workdir=Path(run.workdir), workspace=ws, reporter=reporter, pool=pool,
                        content_hashes=[r[1] for r in rows], fetch_hashes=_hash_fetcher(store, run.pool_id),
-                       scores_of=lambda other: load_scores(store, other))
+                       scores_of=lambda other: load_scores(store, other),
+                       feature_hint=(run.meta or {}).get("feature_hint"))
 
 
 def _use_threads(config: ScoreConfig) -> dict:
