@@ -386,10 +386,13 @@ def cmd_check(a: argparse.Namespace) -> int:
     from curation.review.check import CheckConfig, launch_check, record_failure, recording_progress, run_check
     from curation.workspace import Workspace
     store, ws = _store(), Workspace.from_env()
+    cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
+    from curation.review.check import estimate_check
+    from curation.runs.progress import approx_duration
+    print(f"estimated: {approx_duration(estimate_check(store, a.run_id, cfg)['seconds'])}", file=sys.stderr)
     if a.launch:
         print(f"check of run {a.run_id} started in the background (pid {launch_check(store, a.run_id, ws)})")
         return 0
-    cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
     bars = StageBars()
     progress = recording_progress(ws, a.run_id) if a.record else None
 

@@ -11,7 +11,8 @@ import torch
 # Tiny test models are dominated by per-op overhead, and on a small shared CPU a second
 # intra-op thread makes them up to 100x slower (OpenMP threads spin against other processes).
 torch.set_num_threads(1)
-os.environ["CURATION_THREADS"] = "1"  # runs' threads = "auto" would otherwise follow the machine's load
+os.environ["CURATION_THREADS"] = "1"
+os.environ["CURATION_CPU_PROBE"] = "0"  # estimates would follow the machine's load (runs.progress.cpu_contention)  # runs' threads = "auto" would otherwise follow the machine's load
 
 VOCAB = 100
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]

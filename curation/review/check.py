@@ -144,6 +144,52 @@ def _budget(store: Store, n_pool: int, run_id: int, cfg: CheckConfig) -> int:
     return budget_from(percent, n, n_pool)
 
 
+def finetune_epochs(cfg: CheckConfig, n: int) -> int:
+    """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
+    per_epoch = -(-max(n, 1) // cfg.batch_size)
+    wanted = max(cfg.epochs, -(-cfg.min_steps // per_epoch))
+    return max(1, min(wanted, cfg.max_steps // per_epoch))
+
+
+def check_seconds(cfg: CheckConfig, budget: int, example_epoch_s: float, scoring_s: float,
+                  bm25_s: float, factor: float = 1.0) -> float:
+    """A check's modelled wall time: the re-scoring sub-runs (the run's own method and the
+    gradient baselines cost what its scoring part cost; BM25 its own), then 2 fine-tunes per seed
+    of ``finetune_epochs`` epochs over the budget, at the run's measured warmup seconds per
+    example and epoch (x2: r 16 on every linear layer against the warmup's r 8 on attention),
+    times ``factor`` (measured / estimated over earlier checks on this machine)."""
+    subs = scoring_s * (1 + sum(b != "bm25" for b in cfg.baselines)) + bm25_s * ("bm25" in cfg.baselines)
+    tune = 2 * len(cfg.seeds) * finetune_epochs(cfg, budget) * budget * example_epoch_s * 2.0
+    return factor * (subs + tune)
+
+
+def estimate_check(store: Store, run_id: int, cfg: CheckConfig | None = None) -> dict[str, Any]:
+    """Seconds a check of ``run_id`` should take, before launch (`check_seconds` on the run's own
+    stage times), calibrated on earlier checks of this workspace; ``{"seconds", "budget", "calibrated_on"}``."""
+    from curation.runs.progress import DEMO_TOKENS, Facts, row_seconds
+
+    cfg = cfg or CheckConfig()
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+        n_pool = int(s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id)) or 0)
+        times, config = dict(run.stage_times or {}), run.config or {}
+        earlier = [(r.meta or {}).get("check") or {} for r in s.scalars(
+            select(Run).where(Run.id != run_id).order_by(Run.id.desc()).limit(50))]
+    budget = _budget(store, n_pool, run_id, cfg)
+    warm = config.get("warmup") or {}
+    warm_n = max(1, round(n_pool * float(warm.get("percent", 5.0)) / 100))
+    warm_s = times.get("warmup", 0.0)
+    per_example = (warm_s / (warm_n * int(warm.get("epochs", 4))) if warm_s > 1.0 else
+                   row_seconds(Facts(n=n_pool, n_pairs=0, tokens=DEMO_TOKENS, params=1_300_000, lora_dim=None)))
+    scoring = sum(v for k, v in times.items() if k.startswith(("validation features", "score", "select", "load model")))
+    pairs = [c for c in earlier if c.get("wall_s") and c.get("estimate_s")]
+    factor = (sum(c["wall_s"] for c in pairs[:5]) / sum(c["estimate_s"] for c in pairs[:5])) if pairs else 1.0
+    seconds = check_seconds(cfg, budget, per_example, scoring, 1e-4 * n_pool + 2.0, min(20.0, max(0.05, factor)))
+    return {"seconds": round(seconds, 1), "budget": budget, "calibrated_on": min(len(pairs), 5)}
+
+
 def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
     """The top ``n`` ids the way every selection is made (`select.select_top`: ties by id)."""
     from curation.engine.select import select_top
@@ -230,10 +276,7 @@ class _Tuner:
                 shutil.rmtree(old, ignore_errors=True)
 
     def epochs_for(self, n: int) -> int:
-        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
-        per_epoch = -(-n // self.cfg.batch_size)
-        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
-        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
+        return finetune_epochs(self.cfg, n)
 
     def margins(self, example_ids: list[int], seed: int) -> np.ndarray:
         examples = self.fetch([int(i) for i in example_ids])
@@ -258,6 +301,7 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     note = progress or (lambda stage, done, total: None)
     started = time.time()
     run, pool, prefs = _base_run(store, run_id)
+    estimate = estimate_check(store, run_id, cfg)["seconds"]  # kept beside the wall time: later estimates calibrate on it
     agree, notes = {}, []
     pairs = run.meta["pairs"]
     scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed,
@@ -316,7 +360,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     merge_run_meta(store, run_id, check={"label": label, "verdict": sentence, "finished": report["finished"],
                                          "accuracy": held_stats["accuracy"], "ci95": held_stats["ci95"],
                                          "random_accuracy": held_stats["random_accuracy"], "flags": len(report["flags"]),
-                                         "budget": n, "pool_size": int(len(ids)),
+                                         "budget": n, "pool_size": int(len(ids)), "wall_s": report["wall_s"],
+                                         **({"estimate_s": estimate} if estimate else {}),
                                          **({"model_warning": model_warning} if model_warning else {})})
     note("done", steps, steps)
     return report
