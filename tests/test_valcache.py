@@ -63,3 +63,15 @@ def test_rescore_after_adding_one_pair_computes_that_pair_only(ws, micro_model, 
     again = rescore(store, res.run_id, method="less", ws=ws)  # nothing new: no gradient, no model
     assert seen == {"val_items": 0, "loads": 0}
     assert show_run(store, again.run_id)["meta"]["model_loaded"] is False
+
+
+def test_a_checks_scoring_sub_run_uses_the_runs_stored_features_without_the_model(ws, micro_model, monkeypatch):
+    from curation.review.check import _base_run, _sub_run
+
+    store = Store.open(ws)
+    ensure_demo(store)
+    first = run(store, ws, cfg_for(micro_model))
+    seen = counting(monkeypatch)
+    base, pool, prefs = _base_run(store, first["id"])
+    ids, scores = _sub_run(store, ws, base, pool, prefs, "less", base.meta["pairs"][:6], first["id"])
+    assert seen == {"val_items": 0, "loads": 0} and len(ids) == len(scores) == 3000

@@ -116,7 +116,10 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     if method == "fusion":  # each input re-scored with ``pairs`` only, then fused the same way
         return _fused_sub_run(store, ws, run, pool, pairs, base_id)
     cfg = ScoreConfig.from_dict(run.config).for_method(method)
-    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True})
+    meta = {"check_of": base_id, "internal": True}
+    if fid := ((run.meta or {}).get("features") or {}).get("id"):  # the run's stored features: no model load
+        meta["feature_hint"] = {"set": fid, "warmup": (run.meta or {}).get("warmup")}
+    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta=meta)
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)
 
