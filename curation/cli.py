@@ -149,16 +149,17 @@ class StageBars:
             self.bar.close()
 
 
-def _score_config(a: argparse.Namespace):
+def _score_config(a: argparse.Namespace, store=None):
     from curation.config import ScoreConfig
     cfg = ScoreConfig.from_file(a.config) if a.config else ScoreConfig()
     cfg.method = a.method or cfg.method
-    if a.model:
-        cfg.model.name_or_path = a.model
+    model = a.model or (_default_model(store, a) if store is not None and not a.config else None)
+    if model:
+        cfg.model.name_or_path = model
         if not a.config:  # a config file says exactly what it wants; otherwise size-based defaults
             from curation.engine.models import defaults_for
             from curation.workspace import Workspace
-            defaults_for(a.model, Workspace.from_env().home).apply(cfg)
+            defaults_for(model, Workspace.from_env().home).apply(cfg)
     if a.percent is not None or a.n is not None:
         from curation.config import SelectConfig
         cfg.select = SelectConfig(percent=a.percent, n=a.n)
@@ -168,12 +169,28 @@ def _score_config(a: argparse.Namespace):
     return cfg
 
 
+def _default_model(store, a: argparse.Namespace) -> str | None:
+    """No --model: `tiny` on the demo, `smollm2` on a foreign pool when it is fetched (else tiny,
+    with the reason on stderr; the run keeps it in meta.model_warning)."""
+    from curation.runs.progress import MODEL_METHODS
+    if (a.method or "rose") not in MODEL_METHODS:
+        return None
+    from curation.engine.poolfit import default_model
+    from curation.workspace import Workspace
+    model, fit = default_model(store, a.pool, Workspace.from_env().home)
+    if fit is not None and fit.foreign:
+        print(f"model: {model} (the tiny model splits this pool's words into {fit.tokens_per_word:.1f} tokens "
+              f"against {fit.demo_tokens_per_word:.1f} on the demo)" if model != "tiny" else
+              f"warning: {fit.warning()}", file=sys.stderr)
+    return model
+
+
 def _checked(store, a: argparse.Namespace):
     """(config, meta): the model checked before the run exists, the cost estimated (stderr)."""
     from curation.engine.models import validate_model
     from curation.runs.execute import estimate_cost
     from curation.workspace import Workspace
-    cfg, home = _score_config(a), Workspace.from_env().home
+    cfg, home = _score_config(a, store), Workspace.from_env().home
     validate_model(cfg.model.name_or_path, home, allow_download=cfg.model.allow_download)
     est = estimate_cost(store, a.pool, a.prefs, cfg, home)
     print(f"estimated: {est.summary()}", file=sys.stderr)
@@ -373,11 +390,14 @@ def cmd_check(a: argparse.Namespace) -> int:
     from curation.review.check import CheckConfig, launch_check, record_failure, recording_progress, run_check
     from curation.workspace import Workspace
     store, ws = _store(), Workspace.from_env()
+    cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
+    from curation.review.check import estimate_check
+    from curation.runs.progress import approx_duration
+    print(f"estimated: {approx_duration(estimate_check(store, a.run_id, cfg)['seconds'])}", file=sys.stderr)
     if a.launch:
         pid = launch_check(store, a.run_id, ws, actor=a.actor, args=_check_options(a))
         print(f"check of run {a.run_id} started in the background (pid {pid})")
         return 0
-    cfg = CheckConfig(**{k: v for k, v in (("seeds", a.seeds), ("percent", a.percent)) if v is not None})
     bars = StageBars()
     progress = recording_progress(ws, a.run_id) if a.record else None
 
@@ -397,6 +417,8 @@ def cmd_check(a: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(report["verdict"])
+        if report.get("model_warning"):
+            print(f"warning: {report['model_warning']}")
         for m, ag in report["agreement"].items():
             if ag:
                 rho = "n/a" if ag["spearman"] is None else f"{ag['spearman']:.2f}"
@@ -646,6 +668,8 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--n", type=int, help="examples the engine featurizes (default 1024)")
     bp.add_argument("--device", help="cpu (default) | cuda | auto")
     bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
+    bp.add_argument("--threads-compare", action="store_true",
+                    help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
     return p
 

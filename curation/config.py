@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
 
 PROJECTORS = ("auto", "identity", "sparse_jl", "dense_rademacher")
+THREADS_AUTO = "auto"
+THREADS_ENV = "CURATION_THREADS"  # an operator's fixed count for "auto" (the tests pin 1)
 AUTOCAST = ("auto", "off", "bfloat16")
 
 
@@ -77,6 +80,19 @@ class SelectConfig:
             raise CurationError(f"select.n must be >= 1, got {self.n}")
 
 
+def free_threads(cores: int, load1: float) -> int:
+    """Threads for a run: the cores the 1-minute load average leaves free, rounded, 1 to ``cores``
+    (2 cores at load 0.3 -> 2; at 0.6 -> 1: a half-busy core makes a spinning thread wait)."""
+    return max(1, min(cores, round(cores - max(load1, 0.0))))
+
+
+def machine_load() -> tuple[int, float]:
+    """(cores this process may run on, 1-minute load average)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores, load
+
+
 @dataclass
 class ScoreConfig:
     method: str = "rose"
@@ -86,13 +102,26 @@ class ScoreConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings, parsed by the method
-    # CPU threads for torch in the run's process. 1 by default: on small shared CPUs extra
-    # intra-op threads spin against other processes (measured 3-30x slower on 2 loaded cores).
-    threads: int = 1
+    # CPU threads for torch in the run's process. "auto": the cores the 1-minute load average
+    # leaves free (`free_threads`), so an idle 2-core machine uses both and a loaded one keeps
+    # to 1 (on small shared CPUs extra intra-op threads spin against other processes: measured
+    # 3-30x slower on 2 loaded cores). What a run used is recorded in its meta.threads.
+    threads: int | str = THREADS_AUTO
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise CurationError(f"threads must be >= 1, got {self.threads}")
+        if self.threads == THREADS_AUTO:
+            return
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise CurationError(f"threads must be 'auto' or an integer >= 1, got {self.threads!r}")
+
+    def thread_plan(self) -> dict[str, Any]:
+        """The thread count this process should use now, with what decided it (stored on the run)."""
+        if self.threads != THREADS_AUTO:
+            return {"setting": self.threads, "threads": int(self.threads)}
+        if (env := os.environ.get(THREADS_ENV, "").strip()).isdigit() and int(env) >= 1:
+            return {"setting": THREADS_AUTO, "threads": int(env), "from": THREADS_ENV}
+        cores, load = machine_load()
+        return {"setting": THREADS_AUTO, "threads": free_threads(cores, load), "cores": cores, "load1": round(load, 2)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "beta": self.beta, "model": self.model.to_dict(),

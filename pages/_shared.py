@@ -170,7 +170,8 @@ def show_rescored(res) -> None:
 def check_panel(run_id: int, key: str):
     """The run's held-out check: its verdict (warning unless better than random), a running
     check's progress, and a button that launches one in the background; returns its state."""
-    from curation.review.check import check_state, launch_check
+    from curation.review.check import check_state, estimate_check, launch_check
+    from curation.runs.progress import approx_duration
 
     state = check_state(store(), run_id, workspace())
     if state.summary:
@@ -185,8 +186,14 @@ def check_panel(run_id: int, key: str):
                 "selections of the same size, and tells whether the selection helps on pairs it never saw.")
     if line := state.progress_line():
         st.caption(line)
+    cost = None if state.running else estimate_check(store(), run_id)
+    if cost:
+        st.caption(f"A check of this run: {approx_duration(cost['seconds'])} (its {cost['budget']:,}-example selection "
+                   "and random selections of the same size, fine-tuned per seed; estimated from this run's own "
+                   "stage times" + (f" and {cost['calibrated_on']} earlier check(s)" if cost["calibrated_on"] else "")
+                   + ").")
     if st.button("Run a held-out check", key=f"check-{key}", disabled=state.running,
-                 help="Background job: about a minute on the demo (tiny model), longer on real models."):
+                 help="Background job: fine-tunes on the selection and on random selections, per seed."):
         with user_errors():
             launch_check(store(), run_id, workspace(), actor=actor())
             st.rerun()

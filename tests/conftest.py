@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 # Tiny test models are dominated by per-op overhead, and on a small shared CPU a second
 # intra-op thread makes them up to 100x slower (OpenMP threads spin against other processes).
 torch.set_num_threads(1)
+os.environ["CURATION_THREADS"] = "1"
+os.environ["CURATION_CPU_PROBE"] = "0"  # estimates would follow the machine's load (runs.progress.cpu_contention)  # runs' threads = "auto" would otherwise follow the machine's load
 
 
 

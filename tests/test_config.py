@@ -54,3 +54,39 @@ def test_feature_autocast_is_bf16_on_cuda_only_by_default():
     assert FeatureConfig(autocast="bfloat16").autocast_for("cpu") == "bfloat16"
     with pytest.raises(CurationError, match="autocast"):
         FeatureConfig(autocast="fp8")
+
+
+def test_threads_auto_takes_the_cores_the_load_leaves_free(monkeypatch):
+    """Issue 20, item 5: an idle 2-core machine uses both cores, a loaded one keeps to one."""
+    from curation import config as config_mod
+    from curation.config import ScoreConfig, free_threads
+
+    assert [free_threads(2, load) for load in (0.0, 0.3, 0.6, 1.4, 5.0)] == [2, 2, 1, 1, 1]
+    assert free_threads(16, 3.2) == 13 and free_threads(1, 0.0) == 1
+    cfg = ScoreConfig()
+    assert cfg.threads == "auto" and ScoreConfig.from_dict(cfg.to_dict()).threads == "auto"
+    monkeypatch.setenv("CURATION_THREADS", "3")
+    assert cfg.thread_plan() == {"setting": "auto", "threads": 3, "from": "CURATION_THREADS"}
+    monkeypatch.delenv("CURATION_THREADS")
+    monkeypatch.setattr(config_mod, "machine_load", lambda: (2, 0.1))
+    assert cfg.thread_plan() == {"setting": "auto", "threads": 2, "cores": 2, "load1": 0.1}
+    monkeypatch.setattr(config_mod, "machine_load", lambda: (2, 1.7))
+    assert cfg.thread_plan()["threads"] == 1
+    assert ScoreConfig(threads=3).thread_plan() == {"setting": 3, "threads": 3}
+    for bad in (0, "many", 1.5, True):
+        with pytest.raises(CurationError, match="threads must be"):
+            ScoreConfig(threads=bad)
+
+
+def test_a_run_records_the_threads_it_used(ws):
+    from curation.data.demo import ensure_demo
+    from curation.data.store import Run, Store
+    from curation.runs.execute import create_run, execute_run
+
+    store = Store.open(ws)
+    ensure_demo(store)
+    run_id = create_run(store, "demo", "demo", ScoreConfig(method="bm25"), ws)
+    execute_run(store, run_id, ws)
+    with store.session() as s:
+        used = s.get(Run, run_id).meta["threads"]
+    assert used == {"setting": "auto", "threads": 1, "from": "CURATION_THREADS"}  # conftest pins it

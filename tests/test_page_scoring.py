@@ -191,3 +191,22 @@ def test_exact_features_show_their_dimension_not_k(ws):
     assert any(f"Exact LoRA gradients: {plan.dim:,} coordinates" in c.value for c in at.caption)
     widget(at.selectbox, "Features").set_value("sparse_jl").run()
     assert widget(at.select_slider, "Projection dim k").value == 8192
+
+
+def test_tiny_on_a_foreign_pool_says_why_and_offers_smollm2_but_not_on_the_demo(ws):
+    from test_poolfit import foreign_pool
+
+    store = Store.open(ws)
+    ensure_demo(store)
+    pool = foreign_pool(store, ws)
+    at = open_scoring()  # opens on the newest imported pool: the foreign one
+    assert widget(at.selectbox, "Pool").value == pool
+    assert widget(at.selectbox, "Model").value == "tiny"  # smollm2 is not fetched in this workspace
+    warned = [plain(w.value) for w in at.warning if "does not know this pool" in plain(w.value)]
+    assert warned and "tokens on average" in warned[0] and "model fetch smollm2" in warned[0]
+    assert any(b.label == "Fetch smollm2" for b in at.button)
+    widget(at.selectbox, "Pool").set_value("demo").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert widget(at.selectbox, "Model").value == "tiny"
+    assert not any("does not know this pool" in plain(w.value) for w in at.warning)
+    assert not any(b.label == "Fetch smollm2" for b in at.button)

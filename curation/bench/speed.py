@@ -558,6 +558,53 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def threads_compare(cfg: SpeedConfig, thread_counts: Sequence[int] = (1, 2), model: nn.Module | None = None,
+                    tokenizer=None, workspace: Path | None = None, log: Log | None = None) -> dict[str, Any]:
+    """The engine's train features (batched, sparse JL) at each thread count, side by side on
+    the same model and examples: interleaved repeats, best of each (`--threads-compare`).
+    Records the cores and the 1-minute load, since a second thread only helps on a free core."""
+    import os
+
+    log = log or (lambda msg: None)
+    before = torch.get_num_threads()
+    if model is None:
+        from curation.workspace import Workspace
+
+        log(f"loading model {cfg.model!r}")
+        model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model, device=cfg.device,
+                                                  max_length=cfg.max_length), workspace or Workspace.from_env().home)
+    model = prepare_model(model, cfg.seed)
+    items = pool_items(tokenizer, cfg.pool, cfg.n, cfg.max_length)
+    moments = random_moments(model, items[0], cfg.seed)
+    device, pad = next(model.parameters()).device, pad_token_id(tokenizer)
+    run = lambda: ordered_features(model, items, SFTObjective(), SparseJLProjector(cfg.k, cfg.seed), moments,
+                                   cfg.batch_size, pad, autocast=cfg.autocast_for(device.type))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    seconds: dict[int, list[float]] = {t: [] for t in thread_counts}
+    try:
+        for rep in range(cfg.repeats):
+            for t in thread_counts:
+                torch.set_num_threads(t)
+                log(f"repeat {rep + 1}/{cfg.repeats}: {t} thread(s)")
+                seconds[t].append(timed(run, device)[0])
+    finally:
+        torch.set_num_threads(before)
+    best = {t: min(s) for t, s in seconds.items()}
+    base = best[thread_counts[0]]
+    return {"model": cfg.model, "n": cfg.n, "k": cfg.k, "max_length": cfg.max_length, "device": str(device),
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load1_before": load, "load1_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "threads": {str(t): {"seconds": best[t], "all_seconds": seconds[t], "examples_per_s": cfg.n / best[t],
+                                 "speedup": base / best[t]} for t in thread_counts}}
+
+
+def threads_summary(r: dict[str, Any]) -> str:
+    rows = [f"{t} thread(s): {v['examples_per_s']:.2f} examples/s, {v['seconds']:.1f} s, x{v['speedup']:.2f}"
+            for t, v in r["threads"].items()]
+    return (f"threads on {r['model']} ({r['n']} examples, k {r['k']}, {r['cores']} cores, load "
+            f"{r['load1_before']:.2f} before):\n" + "\n".join(rows))
+
+
 def config_from_args(args: argparse.Namespace) -> SpeedConfig:
     """CLI options over the full (or, with --quick, the small) defaults."""
     given = {name: getattr(args, name, None) for name in ("model", "k", "n", "device", "threads")}
@@ -580,5 +627,9 @@ def main(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"[bench speed {time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    if getattr(args, "threads_compare", False):
+        r = threads_compare(cfg, log=log)
+        print(json.dumps(r) if args.json else threads_summary(r))
+        return 0
     emit(run_speed(cfg, log=log), args.json)
     return 0

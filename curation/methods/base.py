@@ -50,6 +50,9 @@ class ScoreInputs:
     fetch_hashes: Callable[[Sequence[str]], list[Messages]] | None = None
     # (example ids, scores) of another finished run, in id order (fusion reads its inputs)
     scores_of: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
+    # the stored feature set a re-score uses ({"set": id, "warmup": the base run's meta.warmup}):
+    # with it a gradient method need not load the model to find its features
+    feature_hint: dict | None = None
 
 
 @dataclass

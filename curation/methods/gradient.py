@@ -19,13 +19,22 @@ import torch
 
 from curation.engine.distributed import file_lock
 from curation.engine.features import FeatureManifest, FeatureStore, FeatureWriter
-from curation.engine.featuresets import FeatureSet, FeatureSetKey, content_keys, existing_shard_size, locked, write_view
+from curation.engine.featuresets import (
+    FeatureSet,
+    FeatureSetKey,
+    content_keys,
+    existing_shard_size,
+    find_set,
+    locked,
+    write_view,
+)
 from curation.engine.grads import iter_features
 from curation.engine.influence import ScoringInputs, normalise_rows, score
 from curation.engine.model import encode, encode_pair, fixed_length_buckets, length_buckets, pad_token_id, tokenizer_hash
 from curation.engine.models import load_model
 from curation.engine.objectives import Batch, LogProbObjective, Objective, SFTObjective, collate, sft_item
 from curation.engine.projection import DenseRademacherProjector, IdentityProjector, Projector, SparseJLProjector
+from curation.engine.valcache import ValCache, item_key
 from curation.engine.warmup import (
     Checkpoint,
     complete_warmup,
@@ -208,15 +217,23 @@ class GradientMethod(Method):
 
         Train features come from the workspace feature store (`curation.engine.featuresets`): rows
         any earlier run computed for the same key are reused, only the rest are extracted.
+        Validation features of ROSE, LESS and contrast come from the validation cache
+        (`curation.engine.valcache`): only pairs no earlier run saw are computed. The model is
+        loaded only when something needs it: a re-score whose features are all stored loads none.
         """
         cfg, rep = inputs.config, inputs.reporter
         rep.stage("load model")
-        model, tok = load_model(cfg.model, inputs.workspace.home, progress=lambda s, d, t: rep.update(d, t))
+        loader = _Loader(cfg, inputs.workspace.home, rep)
         keys = content_keys(inputs.content_hashes)
-        ckpts, warmup = self._warmup(model, tok, inputs, keys)
-        projector = make_projector(cfg.features, lora_layout(ckpts[0]))
-        fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
-                               pool=inputs.pool)
+        known = self._known_features(inputs, keys)
+        if known is None:
+            model, tok = loader.get()
+            ckpts, warmup = self._warmup(model, tok, inputs, keys)
+            projector = make_projector(cfg.features, lora_layout(ckpts[0]))
+            fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
+                                   pool=inputs.pool)
+        else:
+            fset, ckpts, warmup, projector = known
         plan = fset.plan(keys, inputs.content_hashes)
         rep.note(features={"id": fset.id, "reused": None})  # in use from now on (`features rm` checks)
         fstore = FeatureStore(inputs.workdir / "features")
@@ -225,13 +242,17 @@ class GradientMethod(Method):
             pending = plan.pending(i)
             if sharded and not pending:
                 continue
-            peft_model, moments = load_checkpoint(model, ckpt)
+            peft_model = moments = tok = None
+            if pending or (not sharded and self._val_needs_model(inputs, fset, ckpt)):
+                model, tok = loader.get()
+                peft_model, moments = load_checkpoint(model, ckpt)
             for segment in pending:
                 extracted += self._segment_features(peft_model, tok, moments, projector, segment, i, ckpt, inputs)
             if not sharded:
                 write_view(fstore.path("train", i), fset, plan, i, inputs.example_ids)
-                self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs)
-            model = peft_model.unload()  # back to the bare base model for the next adapter
+                self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs, fset)
+            if peft_model is not None:
+                loader.model = peft_model.unload()  # back to the bare base model for the next adapter
         if sharded:  # this rank's shards are done; an unsharded pass merges and scores
             return None
         rep.stage("score", len(inputs.example_ids))
@@ -250,8 +271,8 @@ class GradientMethod(Method):
         out = ScoreOutput(scores=result.scores, subtasks=result.subtasks, subtask_means=result.subtask_means,
                           per_checkpoint=result.per_checkpoint, driver=result.driver,
                           meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
-                                "tokenizer_hash": tokenizer_hash(tok), "features": features,
-                                "warmup": warmup})
+                                "tokenizer_hash": fset.key.tokenizer_hash, "features": features,
+                                "warmup": warmup, "model_loaded": loader.loaded})
         return self.stratify(out, inputs)
 
     def stratify(self, out: ScoreOutput, inputs: ScoreInputs) -> ScoreOutput:
@@ -272,6 +293,41 @@ class GradientMethod(Method):
         out.per_checkpoint = None
         out.meta["length_strata"] = {"strata": strata, "scores": "percentile within the output-length band"}
         return out
+
+    def _known_features(self, inputs: ScoreInputs, keys: np.ndarray):
+        """(feature set, checkpoints, warmup, projector) without loading the model, when the run
+        names the stored set it re-scores with (`ScoreInputs.feature_hint`), the set matches this
+        run's settings and holds every row; else None (the model decides the key)."""
+        hint, cfg = inputs.feature_hint or {}, inputs.config
+        if not hint.get("set") or self.side_alpha(inputs) is None:
+            return None
+        try:
+            fset = find_set(inputs.workspace.home, hint["set"])
+        except CurationError:
+            return None
+        key, root = fset.key, inputs.workspace.home / WARMUP_SUBDIR / fset.key.warmup
+        if (key.model, key.max_length, key.dtype) != (cfg.model.name_or_path, cfg.model.max_length, cfg.features.dtype):
+            return None
+        if not complete_warmup(root, cfg.warmup.epochs):
+            return None
+        ckpts = list_checkpoints(root)[: cfg.warmup.epochs]
+        projector = make_projector(cfg.features, lora_layout(ckpts[0]))
+        if tuple(c.path.name for c in ckpts) != key.checkpoints or projector.spec() != key.projector:
+            return None
+        if fset.coverage(keys) != len(keys):
+            return None
+        warmup = hint.get("warmup") or {"key": key.warmup, "reused_from_earlier_pool": False}
+        return fset, ckpts, warmup, projector
+
+    def _val_cache(self, inputs: ScoreInputs, fset: FeatureSet, ckpt: Checkpoint) -> ValCache:
+        return ValCache(inputs.workspace.home, fset.id, ckpt.path.name, "logprob")
+
+    def _val_needs_model(self, inputs: ScoreInputs, fset: FeatureSet, ckpt: Checkpoint) -> bool:
+        """Whether this checkpoint's validation features need the model (a pair not cached yet,
+        or a method whose validation side is not cached: NICE samples, ROSE per token)."""
+        if self.side_alpha(inputs) is None:
+            return True
+        return bool(self._val_cache(inputs, fset, ckpt).missing(side_keys(inputs.pairs)))
 
     def _weights_rule(self, inputs: ScoreInputs) -> str:
         return self.options(inputs)["checkpoint_weights"]
@@ -322,7 +378,7 @@ class GradientMethod(Method):
                 rep.update(0)
 
         with locked(directory.parent / f".{directory.name}{rank_tag}.lock", wait=waiting):
-            writer = FeatureWriter(directory, self._manifest(tok, ckpt, projector, segment.keys.tolist(),
+            writer = FeatureWriter(directory, self._manifest(tokenizer_hash(tok), ckpt, projector, segment.keys.tolist(),
                                                              inputs, existing_shard_size(directory)), inputs.rank)
             pending = writer.pending_shards()
             if not pending:
@@ -340,25 +396,25 @@ class GradientMethod(Method):
                 rep.update(done)
             return done
 
-    def _manifest(self, tok, ckpt: Checkpoint, projector: Projector, ids: list[int], inputs,
+    def _manifest(self, tok_hash: str, ckpt: Checkpoint, projector: Projector, ids: list[int], inputs,
                   shard_size: int | None = None) -> FeatureManifest:
         f = inputs.config.features
-        return FeatureManifest(model=inputs.config.model.name_or_path, tokenizer_hash=tokenizer_hash(tok),
+        return FeatureManifest(model=inputs.config.model.name_or_path, tokenizer_hash=tok_hash,
                                checkpoint=ckpt.path.name, projector=projector.spec(), k=projector.k,
                                dtype=f.dtype, example_ids=ids, shard_size=shard_size or f.shard_size)
 
-    def _val_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
-        cfg = inputs.config
+    def _val_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs, fset: FeatureSet) -> None:
+        cfg, tok_hash = inputs.config, fset.key.tokenizer_hash
         ids = list(range(len(inputs.pairs)))
         if (alpha := self.side_alpha(inputs)) is not None:
-            self._side_features(model, tok, projector, fstore, i, ckpt, inputs)
-            val = fstore.writer("val", i, self._manifest(tok, ckpt, projector, ids, inputs))
+            self._side_features(model, tok, projector, fstore, i, ckpt, inputs, fset)
+            val = fstore.writer("val", i, self._manifest(tok_hash, ckpt, projector, ids, inputs))
             if pending := val.pending_shards():
                 mixed = mix_sides(*(fstore.reader(s, i).load_all() for s in SIDES), alpha, cfg.features.dtype)
                 for index, start, end in pending:
                     val.write_shard(index, mixed[start:end])
             return
-        writer = fstore.writer("val", i, self._manifest(tok, ckpt, projector, ids, inputs))
+        writer = fstore.writer("val", i, self._manifest(tok_hash, ckpt, projector, ids, inputs))
         pending = writer.pending_shards()
         if not pending:
             return
@@ -370,18 +426,50 @@ class GradientMethod(Method):
         for index, start, end in pending:
             writer.write_shard(index, feats[start:end])
 
-    def _side_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs) -> None:
+    def _side_features(self, model, tok, projector, fstore, i, ckpt, inputs: ScoreInputs, fset: FeatureSet) -> None:
         """Both answers' gradients of every pair at checkpoint ``i``: projected, not normalised,
-        float32 (their lengths decide the mix)."""
+        float32 (their lengths decide the mix). Items the validation cache holds are read from
+        it; only the others are computed (each padded by its own length: the same bits as in
+        any batch), then cached."""
         cfg, n = inputs.config, len(inputs.pairs)
-        manifest = dataclasses.replace(self._manifest(tok, ckpt, projector, list(range(n)), inputs), dtype="float32")
+        manifest = dataclasses.replace(self._manifest(fset.key.tokenizer_hash, ckpt, projector, list(range(n)), inputs),
+                                       dtype="float32")
         writers = [fstore.writer(s, i, manifest) for s in SIDES]
         if not any(w.pending_shards() for w in writers):
             return
-        inputs.reporter.stage(f"validation features {ckpt.path.name}", 2 * n)
-        feats = ordered_features(model, side_items(inputs.pairs, tok, cfg.model.max_length), LogProbObjective(),
-                                 projector, None, cfg.features.batch_size, pad_token_id(tok), fixed_length=False,
-                                 autocast=extraction_precision(cfg, model), normalize=False)
-        for writer, part in zip(writers, (feats[:n], feats[n:])):
+        cache, keys = self._val_cache(inputs, fset, ckpt), side_keys(inputs.pairs)
+        missing = cache.missing(keys)
+        inputs.reporter.stage(f"validation features {ckpt.path.name}", len(missing))
+        if missing:
+            items = side_items(inputs.pairs, tok, cfg.model.max_length)
+            feats = ordered_features(model, [items[j] for j in missing], LogProbObjective(), projector, None,
+                                     cfg.features.batch_size, pad_token_id(tok), cfg.model.max_length,
+                                     autocast=extraction_precision(cfg, model), normalize=False)
+            cache.put([keys[j] for j in missing], feats)
+            inputs.reporter.update(len(missing))
+        rows = cache.load(keys)
+        for writer, part in zip(writers, (rows[:n], rows[n:])):
             for index, start, end in writer.pending_shards():
                 writer.write_shard(index, part[start:end])
+
+
+def side_keys(pairs: Sequence[ValPair]) -> list[str]:
+    """Validation-cache keys of `side_items`: every pair's chosen answer, then every rejected one."""
+    return [item_key(p.prompt_messages, p.chosen) for p in pairs] + [item_key(p.prompt_messages, p.rejected)
+                                                                      for p in pairs]
+
+
+class _Loader:
+    """The base model and tokenizer, loaded on first use (a re-score with every feature stored
+    needs neither): ``loaded`` says whether it happened."""
+
+    def __init__(self, cfg, home, rep):
+        self.cfg, self.home, self.rep = cfg, home, rep
+        self.model, self.tok, self.loaded = None, None, False
+
+    def get(self):
+        if not self.loaded:
+            self.model, self.tok = load_model(self.cfg.model, self.home,
+                                              progress=lambda s, d, t: self.rep.update(d, t))
+            self.loaded = True
+        return self.model, self.tok

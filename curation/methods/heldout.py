@@ -253,6 +253,14 @@ class TuneConfig:
     lora_alpha: int = 32
 
 
+def finetune_epochs(cfg: TuneConfig, n: int) -> int:
+    """Epochs of a check's fine-tune on ``n`` examples: at least ``epochs`` and ``min_steps``, at
+    most ``max_steps`` (but one whole epoch)."""
+    per_epoch = -(-max(n, 1) // cfg.batch_size)
+    wanted = max(cfg.epochs, -(-cfg.min_steps // per_epoch))
+    return max(1, min(wanted, cfg.max_steps // per_epoch))
+
+
 class Tuner:
     """Fine-tunes fresh LoRA adapters on selections and measures the held-out pairs' margins.
 
@@ -273,10 +281,7 @@ class Tuner:
         self.cfg, self.fetch, self.tuned = cfg, fetch, 0
 
     def epochs_for(self, n: int) -> int:
-        """At least ``epochs`` and ``min_steps``, at most ``max_steps`` (but one whole epoch)."""
-        per_epoch = -(-n // self.cfg.batch_size)
-        wanted = max(self.cfg.epochs, -(-self.cfg.min_steps // per_epoch))
-        return max(1, min(wanted, self.cfg.max_steps // per_epoch))
+        return finetune_epochs(self.cfg, n)
 
     def margins(self, example_ids: Sequence[int], seed: int) -> np.ndarray:
         examples = self.fetch([int(i) for i in example_ids])

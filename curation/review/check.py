@@ -42,8 +42,8 @@ from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.data.users import INTERNAL, Actor, require
 from curation.engine.features import atomic_write
 from curation.errors import CurationError
-from curation.methods.heldout import (TuneConfig, Tuner, compare_with_random, label_contrast, readiness, split_pairs,
-                                      verdict)
+from curation.methods.heldout import (TuneConfig, Tuner, compare_with_random, finetune_epochs, label_contrast,
+                                      readiness, split_pairs, verdict)
 from curation.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
@@ -110,8 +110,10 @@ def _sub_run(store: Store, ws: Workspace, run: Run, pool: str, prefs: str | None
     if method == "fusion":  # each input re-scored with ``pairs`` only, then fused the same way
         return _fused_sub_run(store, ws, run, pool, pairs, base_id)
     cfg = ScoreConfig.from_dict(run.config).for_method(method)
-    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta={"check_of": base_id, "internal": True},
-                     actor=INTERNAL)
+    meta = {"check_of": base_id, "internal": True}
+    if fid := ((run.meta or {}).get("features") or {}).get("id"):  # the run's stored features: no model load
+        meta["feature_hint"] = {"set": fid, "warmup": (run.meta or {}).get("warmup")}
+    sub = create_run(store, pool, prefs, cfg, ws=ws, pairs=pairs, meta=meta, actor=INTERNAL)
     execute_run(store, sub, ws=ws)
     return load_scores(store, sub)
 
@@ -137,6 +139,45 @@ def _budget(store: Store, n_pool: int, run_id: int, cfg: CheckConfig) -> int:
     from curation.review.curate import run_budget
     percent, n = (cfg.percent, None) if cfg.percent is not None else run_budget(store, run_id)
     return budget_from(percent, n, n_pool)
+
+
+def check_seconds(cfg: CheckConfig, budget: int, example_epoch_s: float, scoring_s: float,
+                  bm25_s: float, factor: float = 1.0) -> float:
+    """A check's modelled wall time: the re-scoring sub-runs (the run's own method and the
+    gradient baselines cost what its scoring part cost; BM25 its own), then one fine-tune per seed
+    and one per random draw, each of ``finetune_epochs`` epochs over the budget, at the run's
+    measured warmup seconds per example and epoch (x2: r 16 on every linear layer against the warmup's r 8 on attention),
+    times ``factor`` (measured / estimated over earlier checks on this machine)."""
+    subs = scoring_s * (1 + sum(b != "bm25" for b in cfg.baselines)) + bm25_s * ("bm25" in cfg.baselines)
+    tune = (len(cfg.seeds) + cfg.random_draws) * finetune_epochs(cfg, budget) * budget * example_epoch_s * 2.0
+    return factor * (subs + tune)
+
+
+def estimate_check(store: Store, run_id: int, cfg: CheckConfig | None = None) -> dict[str, Any]:
+    """Seconds a check of ``run_id`` should take, before launch (`check_seconds` on the run's own
+    stage times), calibrated on earlier checks of this workspace; ``{"seconds", "budget", "calibrated_on"}``."""
+    from curation.runs.progress import DEMO_TOKENS, Facts, row_seconds
+
+    cfg = cfg or CheckConfig()
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise CurationError(f"no run with id {run_id}")
+        n_pool = int(s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id)) or 0)
+        times, config = dict(run.stage_times or {}), run.config or {}
+        earlier = [(r.meta or {}).get("check") or {} for r in s.scalars(
+            select(Run).where(Run.id != run_id).order_by(Run.id.desc()).limit(50))]
+    budget = _budget(store, n_pool, run_id, cfg)
+    warm = config.get("warmup") or {}
+    warm_n = max(1, round(n_pool * float(warm.get("percent", 5.0)) / 100))
+    warm_s = times.get("warmup", 0.0)
+    per_example = (warm_s / (warm_n * int(warm.get("epochs", 4))) if warm_s > 1.0 else
+                   row_seconds(Facts(n=n_pool, n_pairs=0, tokens=DEMO_TOKENS, params=1_300_000, lora_dim=None)))
+    scoring = sum(v for k, v in times.items() if k.startswith(("validation features", "score", "select", "load model")))
+    pairs = [c for c in earlier if c.get("wall_s") and c.get("estimate_s")]
+    factor = (sum(c["wall_s"] for c in pairs[:5]) / sum(c["estimate_s"] for c in pairs[:5])) if pairs else 1.0
+    seconds = check_seconds(cfg, budget, per_example, scoring, 1e-4 * n_pool + 2.0, min(20.0, max(0.05, factor)))
+    return {"seconds": round(seconds, 1), "budget": budget, "calibrated_on": min(len(pairs), 5)}
 
 
 def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
@@ -236,6 +277,7 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     started = time.time()
     run, pool, prefs = _base_run(store, run_id)
     require_ready(run, cfg)
+    estimate = estimate_check(store, run_id, cfg)["seconds"]  # kept beside the wall time: later estimates calibrate on it
     agree, notes = {}, []
     pairs = run.meta["pairs"]
     scoring, held = split_pairs([p["subtask"] for p in pairs], cfg.heldout_share, cfg.split_seed,
@@ -251,6 +293,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
         notes.append(f"the pool has {len(ids):,} examples now and had {n_scored:,} when run {run_id} "
                      "was scored: this checks a selection from the pool as it is now")
     chosen = _top(ids, scores, n)
+    if model_warning := (run.meta or {}).get("model_warning"):
+        notes.append(model_warning)
     if run.method == "rose" and (warning := label_contrast(pairs).get("warning")):
         notes.append(warning)
     for i, method in enumerate(cfg.baselines):
@@ -279,7 +323,8 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     report = {"run_id": run_id, "method": run.method, "heldout": held_stats, "agreement": agree,
               "composition": composition(store, run.pool_id, chosen.tolist()),
               "flags": answer_flags(store, chosen.tolist(), run.config.get("options", {}).get("reward")),
-              "verdict": sentence, "label": label, "budget": n, "pool_size": int(len(ids)),
+              "verdict": sentence, "label": label, "model_warning": model_warning,
+              "budget": n, "pool_size": int(len(ids)),
               "split": {"scoring": [pairs[i]["id"] for i in scoring], "heldout": [pairs[i]["id"] for i in held]},
               "notes": notes, "config": dataclasses.asdict(cfg), "wall_s": round(time.time() - started, 1),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -288,7 +333,9 @@ def run_check(store: Store, run_id: int, cfg: CheckConfig | None = None, ws: Wor
     merge_run_meta(store, run_id, check={"label": label, "verdict": sentence, "finished": report["finished"],
                                          "accuracy": held_stats["accuracy"], "ci95": held_stats["ci95"],
                                          "random_accuracy": held_stats["random_accuracy"], "flags": len(report["flags"]),
-                                         "budget": n, "pool_size": int(len(ids))})
+                                         "budget": n, "pool_size": int(len(ids)), "wall_s": report["wall_s"],
+                                         **({"estimate_s": estimate} if estimate else {}),
+                                         **({"model_warning": model_warning} if model_warning else {})})
     note("done", steps, steps)
     return report
 

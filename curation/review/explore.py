@@ -50,6 +50,7 @@ class RunInfo:
     n_selected: int  # the automatic selection at scoring time (the budget lives in `selections`)
     checkpoint_lrs: list[float]
     subtasks: list[str]
+    model_warning: str | None = None  # why the run's model does not describe its pool (tiny on a foreign pool)
 
 
 def run_info(store: Store, run_id: int) -> RunInfo:
@@ -62,7 +63,7 @@ def run_info(store: Store, run_id: int) -> RunInfo:
         return RunInfo(run.id, s.get(Pool, run.pool_id).name, run.method, run.status,
                        Path(run.workdir) if run.workdir else None, run.n_selected,
                        list(meta.get("checkpoint_lrs") or []),
-                       list(meta.get("subtasks") or []))
+                       list(meta.get("subtasks") or []), meta.get("model_warning"))
 
 
 def auto_table(store: Store, run_id: int) -> tuple[str, pd.DataFrame] | None:

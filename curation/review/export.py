@@ -451,6 +451,8 @@ def dataset_card(manifest: dict) -> str:
             ("File", f"{_u(manifest.get('file', '(see the manifest)'))}, sha256 {manifest['file_sha256'][:16]}…")]
     if trainer := manifest.get("trainer"):
         rows.append(("Trainer", _trainer_line(trainer)))
+    if warning := (run.get("meta") or {}).get("model_warning"):
+        rows.insert(2, ("Model warning", _u(warning)))
     lines = [f"# Dataset card: {_u(manifest.get('file', 'export').removesuffix('.jsonl'))}", "",
              f"Chosen by ROSE Curator {manifest['tool_version']} on {manifest['created'][:19].replace('T', ' ')} UTC.", "",
              "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]

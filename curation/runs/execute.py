@@ -56,6 +56,7 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
     meta = {"created_by": author_of(actor, None, "score"), **(meta or {})}
     method = get_method(config.method)
     ws = (ws or Workspace.from_env()).ensure()
+    warning = _model_warning(store, pool, config, ws)
     with store.session() as s:
         p = get_pool(s, pool)
         ps = get_prefset(s, prefs) if prefs else None
@@ -63,13 +64,24 @@ def create_run(store: Store, pool: str, prefs: str | None, config: ScoreConfig,
             raise CurationError(f"method {config.method!r} needs a preference set with at least one pair")
         if pairs is None:
             pairs = pairs_snapshot(s, ps.id if ps else None)
+        extra = {"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})}
+        if warning:
+            extra["model_warning"] = warning
         run = Run(pool_id=p.id, prefs_id=ps.id if ps else None, method=config.method, config=config.to_dict(),
-                  status="queued", stage_times={},
-                  meta={"pairs": pairs, "pairs_sha256": pairs_hash(pairs), **(meta or {})})
+                  status="queued", stage_times={}, meta=extra)
         s.add(run)
         s.flush()
         run.workdir = str(ws.run_dir(run.id))
         return run.id
+
+
+def _model_warning(store: Store, pool: str, config: ScoreConfig, ws: Workspace) -> str | None:
+    """Why the run's model will not describe the pool (the tiny model on a foreign pool), kept
+    in ``meta.model_warning`` so Explore, check and the dataset card say it too."""
+    if config.method not in MODEL_METHODS:
+        return None
+    from curation.engine.poolfit import model_warning
+    return model_warning(store, pool, config.model.name_or_path, ws.home)
 
 
 def _fetcher(store: Store):
@@ -116,14 +128,18 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
     return ScoreInputs(example_ids=[r[0] for r in rows], fetch=_fetcher(store), pairs=pairs, config=config,
                        workdir=Path(run.workdir), workspace=ws, reporter=reporter, pool=pool,
                        content_hashes=[r[1] for r in rows], fetch_hashes=_hash_fetcher(store, run.pool_id),
-                       scores_of=lambda other: load_scores(store, other))
+                       scores_of=lambda other: load_scores(store, other),
+                       feature_hint=(run.meta or {}).get("feature_hint"))
 
 
-def _use_threads(config: ScoreConfig) -> None:
-    """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads)."""
+def _use_threads(config: ScoreConfig) -> dict:
+    """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads);
+    returns the plan (setting, threads, and for "auto" the cores and load that decided it)."""
     import torch
 
-    torch.set_num_threads(config.threads)
+    plan = config.thread_plan()
+    torch.set_num_threads(plan["threads"])
+    return plan
 
 
 def _set(store: Store, run_id: int, attempts: int = 4, **values) -> None:
@@ -193,7 +209,7 @@ def execute_run(store: Store, run_id: int, ws: Workspace | None = None, echo=Non
     reporter = Reporter(store, run_id, echo)
     try:
         inputs = _inputs(store, run, ws, reporter)
-        _use_threads(inputs.config)
+        reporter.note(threads=_use_threads(inputs.config))
         inputs.workdir.mkdir(parents=True, exist_ok=True)
         _build_tiny_first(run.method, inputs.config, ws, reporter)
         out = get_method(run.method).score(inputs)

@@ -29,8 +29,11 @@ their estimates (a run that took twice the estimate so far is expected to keep d
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,6 +61,12 @@ ROW_S_SMOLLM2 = 0.67  # seconds per train-feature row, smollm2 (134.5M) at 46.5 
 SMOLLM2_PARAMS = 134_515_008
 DEMO_TOKENS = 46.5  # the demo pool's mean characters (138) / 4 + 12 template tokens
 MIN_ROW_S = 0.002  # per-row overhead floor of the smallest models
+# per row and 8,192 feature coordinates: the tiny model's exact rows (d = 32,768) cost 0.039 and
+# 0.034 s on the demo (43 tokens) and 0.17 and 0.23 s on a T0 sample (273 tokens) in two runs
+# on a loaded 2-core machine: T0 / demo = 4.4 and 6.8 against 6.3 for tokens alone; this fixed
+# part makes the model's ratio 5.6, between the two
+ROW_DIM_S = 0.00024
+WARMUP_EPOCH_S = 2.0  # saving an epoch's adapter, Adam moments and resume state (T0: 24 s for 8 steps)
 TINY_BUILD_S = 150.0  # README: 2-3 minutes on 2 cores
 VAL_ROWS = {"rose": 2.0, "less": 2.0, "nice": 12.0, "contrast": 2.0, "auto": 2.0}  # rose, less, contrast: both answers
 WARMUP_ROWS = 1.2
@@ -154,6 +163,7 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     stages: list[StageCost] = field(default_factory=list)
     disk_what: str = "on disk"  # "of features" for gradient methods
+    contention: float = 1.0  # `cpu_contention` when it was made: calibration divides it out
 
     def summary(self) -> str:
         return f"{approx_duration(self.seconds)}, {size(self.disk_bytes)} {self.disk_what}"
@@ -186,17 +196,22 @@ def estimate_cost(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: P
     """Time and disk of a run of ``cfg`` on ``pool`` before it is launched (see the module doc)."""
     facts = gather_facts(store, pool, prefs, cfg, home, detect_reuse=True)
     factors, n_hist = history_factors(store, cfg)
-    return build_estimate(cfg, facts, factors, n_hist)
+    busy = cfg.method in MODEL_METHODS and cfg.model.device == "cpu"  # a model-free run takes seconds anyway
+    return build_estimate(cfg, facts, factors, n_hist, cpu_contention() if busy else 1.0)
 
 
 def build_estimate(cfg: ScoreConfig, facts: Facts, factors: dict[str, float] | None = None,
-                   n_hist: int = 0) -> Estimate:
-    """The estimate from its facts and calibration factors (kind -> measured / modelled)."""
+                   n_hist: int = 0, contention: float = 1.0) -> Estimate:
+    """The estimate from its facts, calibration factors (kind -> measured / (modelled x the
+    contention then)) and the CPU contention now (`cpu_contention`)."""
     factors = factors or {}
     raw = stage_costs(cfg, facts)
-    stages = [StageCost(name, round(s * factors.get(stage_kind(name), factors.get("*", 1.0)), 3), round(s, 3))
-              for name, s in raw]
+    scale = lambda name: factors.get(stage_kind(name), factors.get("*", 1.0)) * contention  # noqa: E731
+    stages = [StageCost(name, round(s * scale(name), 3), round(s, 3)) for name, s in raw]
     notes = []
+    if contention >= 1.3:
+        notes.append(f"This machine is busy: a CPU-bound process runs {contention:.1f}x slower than alone right "
+                     "now (measured), and the times include it.")
     if facts.tiny_build:
         notes.append("The offline tiny model is built first (once for this workspace, about 2-3 minutes).")
     if facts.reuse_note:
@@ -211,26 +226,56 @@ def build_estimate(cfg: ScoreConfig, facts: Facts, factors: dict[str, float] | N
                      + ").")
     disk, what = disk_bytes(cfg, facts)
     return Estimate(seconds=round(sum(s.seconds for s in stages), 1), disk_bytes=int(disk), notes=notes,
-                    stages=stages, disk_what=what)
+                    stages=stages, disk_what=what, contention=round(contention, 3))
 
 
-def row_seconds(facts: Facts) -> float:
-    """Seconds per train-feature row (one example, one checkpoint) under the cost model."""
-    return max(MIN_ROW_S, ROW_S_SMOLLM2 * facts.params / SMOLLM2_PARAMS * facts.tokens / DEMO_TOKENS)
+PROBE_CPU_S = 0.2  # CPU seconds the contention probe burns
+# the probe's reading at which the cost model's constants hold: the demo on the tiny model took
+# 3.3x the model's seconds while the probe read ~6 (2 cores, load 8-11), so 6 / 3.3 = 1.8
+PROBE_REF = 1.8
+PROBE_TTL_S = 30.0
+_probe: dict[str, float] = {}
+
+
+def cpu_contention(cpu_s: float = PROBE_CPU_S) -> float:
+    """How much slower than the cost model's machine a CPU-bound process runs now: wall over CPU
+    time of a short busy burst, over `PROBE_REF`, at least 1 (~3.4 on 2 cores at load 8-11).
+    Cached for `PROBE_TTL_S`;
+    ``CURATION_CPU_PROBE=0`` turns it off (1.0), as the tests do."""
+    if os.environ.get("CURATION_CPU_PROBE", "1") == "0":
+        return 1.0
+    now = time.monotonic()
+    if now - _probe.get("at", -1e9) < PROBE_TTL_S:
+        return _probe["value"]
+    wall0, cpu0, x = time.perf_counter(), time.process_time(), 0
+    while time.process_time() - cpu0 < cpu_s:
+        x += sum(range(2000))
+    value = max(1.0, (time.perf_counter() - wall0) / max(time.process_time() - cpu0, 1e-6) / PROBE_REF)
+    _probe.update(at=now, value=value)
+    return value
+
+
+def row_seconds(facts: Facts, k_eff: int = 8192) -> float:
+    """Seconds per train-feature row (one example, one checkpoint) under the cost model: the
+    model's forward and backward (parameters x tokens) plus the per-row work on the feature
+    itself (Adam direction, projection, norm, write: ~k_eff)."""
+    model = max(MIN_ROW_S, ROW_S_SMOLLM2 * facts.params / SMOLLM2_PARAMS * facts.tokens / DEMO_TOKENS)
+    return model + ROW_DIM_S * k_eff / 8192
 
 
 def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
     """(stage, modelled seconds) for every stage of `stage_plan`."""
     plan = stage_plan(cfg.method, cfg.warmup.epochs, facts.tiny_build) or []
-    row, n, pairs, epochs = row_seconds(facts), facts.n, max(facts.n_pairs, 1), cfg.warmup.epochs
+    n, pairs, epochs = facts.n, max(facts.n_pairs, 1), cfg.warmup.epochs
     new = facts.n if facts.new_rows is None else facts.new_rows
     k_eff = feature_dim(cfg, facts.lora_dim)
+    row = row_seconds(facts, k_eff if cfg.method in GRADIENT_METHODS else 0)
     warmup_n = max(1, round(n * cfg.warmup.percent / 100))
     # per-example seconds of the cheap stages: rough figures from demo runs on 2 CPU cores
     # (scoring: ~47k rows/s at k = 8192); calibration on earlier runs corrects them
     fixed = {
         TINY_STAGE: TINY_BUILD_S, "load model": 3.0 + 1e-8 * facts.params,
-        "warmup": 0.0 if facts.warmup_cached else warmup_n * epochs * WARMUP_ROWS * row,
+        "warmup": 0.0 if facts.warmup_cached else epochs * (warmup_n * WARMUP_ROWS * row + WARMUP_EPOCH_S),
         "score": n * epochs * 2e-5 * k_eff / 8192, "select": 4e-5 * n,
         "tokenize pool": 1e-4 * n * facts.tokens / DEMO_TOKENS, "bm25 index": 5e-5 * n, "bm25 scores": 2e-7 * n * pairs,
         "n-gram counts": 2e-4 * n, "importance weights": 2e-4 * n, "random scores": 1e-7 * n,
@@ -344,13 +389,40 @@ def gather_facts(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: Pa
     chars = sum(len(m.get("content", "")) for msgs in sample for m in msgs) / max(len(sample), 1)
     name = cfg.model.name_or_path
     arch = model_arch(name, home)
-    facts = Facts(n=n, n_pairs=n_pairs, tokens=min(cfg.model.max_length, chars / 4 + 12),
+    tokens = measured_tokens(sample, cfg, home) if cfg.method in MODEL_METHODS else None
+    facts = Facts(n=n, n_pairs=n_pairs, tokens=tokens or min(cfg.model.max_length, chars / 4 + 12),
                   params=_params(name, home), lora_dim=lora_dim(arch, cfg.warmup.lora_r, cfg.warmup.target_modules),
                   hidden=(arch or {}).get("hidden_size"),
                   tiny_build=name == "tiny" and cfg.method in MODEL_METHODS and tiny_needs_build(home))
     if detect_reuse and cfg.method in GRADIENT_METHODS and n:
         _detect_reuse(store, p.id, pool, cfg, home, facts)
     return facts
+
+
+def measured_tokens(sample: Sequence, cfg: ScoreConfig, home: Path) -> float | None:
+    """Mean tokens per example as the run will see them (its model's tokenizer and chat template,
+    cut at max length), None when the tokenizer cannot be read. Characters / 4 misjudges a pool
+    the tokenizer fragments: the tiny model's BPE makes ~277 tokens of a Dolly record."""
+    if not sample:
+        return None
+    try:
+        tok = _tokenizer(cfg.model.name_or_path, str(home))
+        from curation.engine.model import encode
+        lengths = [len(encode(tok, msgs, cfg.model.max_length)["input_ids"]) for msgs in sample]
+    except Exception:  # noqa: BLE001  (an estimate never fails a launch; the run reports a bad model)
+        return None
+    return sum(lengths) / len(lengths)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(name: str, home: str):
+    if name == "tiny":
+        from curation.engine.poolfit import tiny_tokenizer
+        return tiny_tokenizer(home)
+    from transformers import AutoTokenizer
+
+    from curation.engine.models import resolve
+    return AutoTokenizer.from_pretrained(resolve(name, Path(home)), local_files_only=True)
 
 
 def _params(name: str, home: Path) -> int:
@@ -438,28 +510,49 @@ def _detect_reuse(store, pool_id: int, pool: str, cfg: ScoreConfig, home: Path, 
 
 
 def history_factors(store, cfg: ScoreConfig, limit: int = HISTORY_RUNS) -> tuple[dict[str, float], int]:
-    """Measured / modelled seconds per stage kind over the last finished runs like this one
-    (same model; same method for model-free methods) that stored an estimate; "*" over all."""
+    """Measured / modelled seconds per stage kind over the last runs like this one (same model;
+    same method for model-free methods) that stored an estimate; "*" over all. Cancelled,
+    failed and killed runs count with the stages they finished (`finished_stages`)."""
     from curation.data.store import Run
 
     with store.session() as s:
-        done = s.execute(select(Run.method, Run.config, Run.meta, Run.stage_times).where(Run.status == "done")
-                         .order_by(Run.id.desc()).limit(50)).all()
+        rows = s.execute(select(Run.method, Run.config, Run.meta, Run.stage_times, Run.status)
+                         .where(Run.status.in_(HISTORY_STATUSES)).order_by(Run.id.desc()).limit(50)).all()
+    records = [((meta or {}).get("estimate", {}).get("stages", []), finished_stages(status, times or {}),
+                float((meta or {}).get("estimate", {}).get("contention", 1.0)))
+               for method, config, meta, times, status in rows
+               if (meta or {}).get("estimate") and _comparable(cfg, method, config or {})]
+    return calibration(records, limit)
+
+
+HISTORY_STATUSES = ("done", "cancelled", "failed", "running", "queued")
+
+
+def finished_stages(status: str, times: dict[str, float]) -> dict[str, float]:
+    """The stage times of a run that are whole: all of a done run's; without the last one (cut
+    short) for a run that stopped or is still going."""
+    if status == "done":
+        return dict(times)
+    return dict(list(times.items())[:-1])
+
+
+def calibration(records: Sequence[tuple], limit: int = HISTORY_RUNS) -> tuple[dict[str, float], int]:
+    """(kind -> measured / (modelled x contention) seconds, runs used) from (estimated stages,
+    measured stage times[, the CPU contention when estimated]) of earlier runs, newest first;
+    stages under 0.05 s modelled say nothing and are skipped."""
     actual: dict[str, float] = {}
     modelled: dict[str, float] = {}
     used = 0
-    for method, config, meta, times in done:
-        est = (meta or {}).get("estimate")
-        if not est or not _comparable(cfg, method, config or {}):
-            continue
+    for stages, times, *rest in records:
+        busy = float(rest[0]) if rest else 1.0
         counted = False
-        for st in est.get("stages", []):
-            took = (times or {}).get(st["name"])
+        for st in stages:
+            took = times.get(st["name"])
             if took is None or st["raw_s"] < 0.05:
                 continue
             for kind in (stage_kind(st["name"]), "*"):
                 actual[kind] = actual.get(kind, 0.0) + float(took)
-                modelled[kind] = modelled.get(kind, 0.0) + float(st["raw_s"])
+                modelled[kind] = modelled.get(kind, 0.0) + float(st["raw_s"]) * busy
             counted = True
         used += counted
         if used >= limit:
@@ -501,12 +594,38 @@ def run_progress(plan: list[StageCost] | None, status: str, stage: str | None, s
         return out
     k = position - 1
     factor = _pace(plan[:k], stage_times)
+    paces = kind_paces(plan[:k], stage_times, plan[k], stage_eta)
     if stage_eta is not None:
         remaining = stage_eta
     else:
-        remaining = max(0.0, plan[k].seconds * factor - float(stage_times.get(current, 0.0)))
-    future = sum(s.seconds for s in plan[k + 1:]) * factor
+        remaining = max(0.0, plan[k].seconds * paces.get(stage_kind(current), factor)
+                        - float(stage_times.get(current, 0.0)))
+    future = sum(s.seconds * paces.get(stage_kind(s.name), factor) for s in plan[k + 1:])
     return {**out, "stage_index": position, "eta_total_s": round(remaining + future, 1)}
+
+
+BURST_S = 3.0  # seconds of a stage's own progress before its rate speaks for the stages of its kind
+
+
+def kind_paces(done: list[StageCost], stage_times: dict[str, float], current: StageCost,
+               stage_eta: float | None) -> dict[str, float]:
+    """Measured / estimated seconds per stage kind in this run: from its finished stages and,
+    after a short burst (`BURST_S`), from the current stage's projected length (elapsed + its
+    rate-based ETA). Checkpoint 2's train features then take what checkpoint 1's took."""
+    took: dict[str, float] = {}
+    expected: dict[str, float] = {}
+    rows = [(s, float(stage_times[s.name])) for s in done if s.name in stage_times]
+    elapsed = float(stage_times.get(current.name, 0.0))
+    if stage_eta is not None and elapsed >= BURST_S:
+        rows.append((current, elapsed + stage_eta))
+    for s, seconds in rows:
+        if s.seconds < 1.0:
+            continue
+        kind = stage_kind(s.name)
+        took[kind] = took.get(kind, 0.0) + seconds
+        expected[kind] = expected.get(kind, 0.0) + s.seconds
+    lo, hi = FACTOR_RANGE
+    return {kind: min(hi, max(lo, took[kind] / expected[kind])) for kind in took}
 
 
 def _pace(done: list[StageCost], stage_times: dict[str, float]) -> float:

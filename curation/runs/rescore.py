@@ -86,6 +86,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
         if prefs is None and base.prefs_id is not None:
             prefs = s.get(PreferenceSet, base.prefs_id).name
         cfg = ScoreConfig.from_dict({**base.config, **(overrides or {})})
+        base_meta = base.meta
     if method and "options" not in (overrides or {}):
         cfg = cfg.for_method(method)
     cfg.method = method or cfg.method
@@ -94,11 +95,12 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     if not isinstance(get_method(cfg.method), GradientMethod):
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "
                             f"launch a {cfg.method} run instead")
-    if stored_features(store, run_id, ws) is None:
+    if (fset := stored_features(store, run_id, ws)) is None:
         raise CurationError(f"run {run_id}'s train features are not stored for the whole pool "
                             f"'{pool}' any more; launch a scoring run")
-    cfg.threads = max(cfg.threads, os.cpu_count() or 1)  # the curator is waiting: use the machine
-    new_id = create_run(store, pool, prefs, cfg, ws, actor=actor)
+    cfg.threads = max(cfg.thread_plan()["threads"], os.cpu_count() or 1)  # the curator is waiting: use the machine
+    hint = {"set": fset.id, "warmup": (base_meta or {}).get("warmup")}
+    new_id = create_run(store, pool, prefs, cfg, ws, meta={"feature_hint": hint}, actor=actor)
     merge_run_meta(store, new_id, rescored_from=run_id)
     execute_run(store, new_id, ws, echo=echo)
     _reuse_map(store, run_id, new_id)
