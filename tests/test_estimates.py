@@ -67,7 +67,8 @@ def test_the_check_estimate_counts_fine_tunes_and_sub_runs():
     assert finetune_epochs(cfg, 150) == 3  # 19 steps an epoch: 3 epochs (>= 40 steps needs 3)
     assert finetune_epochs(cfg, 8) == 40 and finetune_epochs(cfg, 10_000) == 1
     s = check_seconds(cfg, 150, example_epoch_s=0.01, scoring_s=5.0, bm25_s=2.0)
-    assert s == pytest.approx(5.0 * 2 + 2.0 + 2 * 3 * 3 * 150 * 0.01 * 2.0)
+    # one fine-tune per seed and per random draw (3 + 5), 3 epochs of 150 examples each
+    assert s == pytest.approx(5.0 * 2 + 2.0 + (len(cfg.seeds) + cfg.random_draws) * 3 * 150 * 0.01 * 2.0)
     assert check_seconds(cfg, 150, 0.01, 5.0, 2.0, factor=2.0) == pytest.approx(2 * s)
 
 

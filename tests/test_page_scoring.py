@@ -166,6 +166,7 @@ def test_a_model_free_method_shows_no_model_lora_or_feature_settings(ws):
     """Issue 22: the form showed LoRA, k and feature options for BM25."""
     ensure_demo(Store.open(ws))
     at = open_scoring()
+    widget(at.selectbox, "Method").set_value("rose").run()  # a gradient method shows them all
     assert {"Features"} <= {s.label for s in at.selectbox} and any(e.label == "Warmup (LoRA)" for e in at.expander)
     for method in ("bm25", "dsir", "random"):
         widget(at.selectbox, "Method").set_value(method).run()
@@ -184,6 +185,7 @@ def test_exact_features_show_their_dimension_not_k(ws):
     from curation.runs.progress import feature_plan
     ensure_demo(Store.open(ws))
     at = open_scoring()
+    widget(at.selectbox, "Method").set_value("rose").run()
     rank = int(widget(at.number_input, "LoRA rank").value)
     plan = feature_plan("tiny", "auto", rank, Path(ws.home))
     assert plan.exact and plan.dim

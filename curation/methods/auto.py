@@ -119,6 +119,7 @@ class Auto(Method):
                          per_subtask="mean score")
     description = "tries ROSE, LESS, contrast 0.25/0.5/0.75, BM25, repsim and a fusion; keeps the held-out winner"
     option_spec = {}
+    uses_lora = True  # its gradient candidates share one warmup: the form's LoRA settings apply
     tune = TuneConfig(seeds=(0, 1))
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:

@@ -26,7 +26,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 
 from curation.data.pairs import NEAR_IDENTICAL, similarity
 from curation.engine.objectives import Batch, DPOObjective, collate
@@ -137,6 +136,8 @@ def _interval(sel_rows: np.ndarray, rand_rows: np.ndarray, per_pair: np.ndarray)
     k = len(rand_rows)
     sd = float(np.std(rand_rows, ddof=1))
     pair_var = float(np.var(per_pair, ddof=1)) / len(per_pair) if len(per_pair) > 1 else 0.0
+    from scipy import stats  # ~1.5 s to import: only a check or auto pays it
+
     half = float(stats.t.ppf((1 + CI_LEVEL) / 2, k - 1)) * math.sqrt(sd * sd * (1 + 1 / k) + pair_var)
     gain = float(sel_rows.mean() - rand_rows.mean())
     return [gain - half, gain + half], sd
