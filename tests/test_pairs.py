@@ -243,7 +243,7 @@ def test_similarity_is_computed_once_per_pair_of_texts(monkeypatch):
     """Issue 22: the Preferences page re-ran difflib on every pair of its set on each rerun
     (a 2,308-pair set: 8-16 s per click); now only a pair's first check pays."""
     from curation.data import pairs as pairs_mod
-    from curation.review.heldout import label_contrast
+    from curation.methods.heldout import label_contrast
     calls = []
     real = pairs_mod.SequenceMatcher
 
