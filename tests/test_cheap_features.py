@@ -177,3 +177,14 @@ def test_a_preset_run_records_its_options_and_uses_its_own_features(ws, tmp_path
     length = cheap["cheap_features"]["length"]
     assert length["max_length"] == 64 and 0 < length["cut"] < 40 and length["of"] == 40
     assert cheap["warmup"]["key"] == full["warmup"]["key"]  # the warmup is shared, not redone
+
+
+def test_score_preset_option_sets_the_features_over_the_model_defaults(tmp_path, monkeypatch):
+    from curation.cli import _score_config, make_parser
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path))
+    args = make_parser().parse_args(["score", "--pool", "p", "--model", "smollm2", "--preset", "fast"])
+    cfg = _score_config(args)
+    assert cfg.preset == "fast" and cfg.features.cheap_options() == PRESETS["fast"].options
+    assert cfg.model.max_length == 256  # the cap stays the model's default
+    with pytest.raises(CurationError, match="unknown preset"):
+        _score_config(make_parser().parse_args(["score", "--pool", "p", "--preset", "nope"]))
