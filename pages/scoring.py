@@ -8,7 +8,7 @@ widgets, not a form, so the estimate below them follows every change.
 
 import streamlit as st
 
-from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
+from curation.config import PRESETS, PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.data import catalog
 from curation.engine import models
 from curation.engine.model import ModelConfig
@@ -22,6 +22,7 @@ from curation.runs.progress import Estimate, duration
 from pages._shared import md_text, remembered_choice, store, user_errors, workspace
 
 OTHER = "other path or id…"
+OFFER_FAST_S = 3600  # a default run estimated longer than this gets the fast preset offered
 
 st.title("Scoring")
 pools, prefsets = catalog.list_pools(store()), catalog.list_prefsets(store())
@@ -94,6 +95,9 @@ with st.container(border=True):
     k = c3.select_slider("Projection dim k", options=[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536], value=8192)
     projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
                              "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
+    preset = c1.selectbox("Feature preset", list(PRESETS), key="scoring_preset",
+                          help=" · ".join(f"{p.name}: {p.what}" for p in PRESETS.values())
+                          + " (measured trade-offs: README, Presets)")
     with st.expander("Warmup (LoRA)"):
         w = WarmupConfig()
         c1, c2, c3, c4 = st.columns(4)
@@ -121,6 +125,7 @@ with st.container(border=True):
         defaults.apply(cfg)  # batch sizes; the form's own values override the rest
         cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
         cfg.model.max_length = cfg.warmup.max_length = int(max_length)
+        cfg.apply_preset(preset)
         if method == "raise":
             cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
                                       batch_size=int(r_batch), reward=r_reward).to_dict()
@@ -135,6 +140,10 @@ with st.container(border=True):
     if estimate is not None:
         st.info(f"Estimated cost: {estimate.summary()}.")
         st.caption(" ".join(estimate.notes))
+        if preset == "default" and estimate.seconds > OFFER_FAST_S and method in ("rose", "less", "nice", "contrast"):
+            st.warning(f"Over an hour with full features. The fast preset ({PRESETS['fast'].what}) extracts them "
+                       "several times faster and ranks the pool close to the default (README, Presets).")
+            st.button("Use the fast preset", on_click=lambda: st.session_state.update(scoring_preset="fast"))
     if st.button("Launch in the background", type="primary", disabled=checked is None or cfg is None):
         with user_errors():
             models.validate_model(model, home)  # again: the folder may have changed since the page drew
