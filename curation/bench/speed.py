@@ -447,7 +447,9 @@ def preset_bench(cfg: SpeedConfig, model: nn.Module, tokenizer, log: Log) -> dic
                                         autocast=amp)
         return run
 
-    timed(one_checkpoint("default"), device)  # warm-up (allocator, sparse plan)
+    warm = items["default"][: cfg.batch_size]
+    timed(lambda: ordered_features(model, warm, SFTObjective(), sparse, moments, cfg.batch_size, pad,
+                                   autocast=amp), device)  # warm-up: one batch (allocator, sparse plan)
     seconds: dict[str, list[float]] = {name: [] for name in PRESETS}
     for rep in range(cfg.repeats):
         for name in PRESETS:
