@@ -142,7 +142,8 @@ with st.container(border=True):
         st.caption(" ".join(estimate.notes))
         if preset == "default" and estimate.seconds > OFFER_FAST_S and method in ("rose", "less", "nice", "contrast"):
             st.warning(f"Over an hour with full features. The fast preset ({PRESETS['fast'].what}) extracts them "
-                       "several times faster and ranks the pool close to the default (README, Presets).")
+                       "several times faster, but its ranking agrees with the default's only in part: see the "
+                       "measured trade-off in the README (Presets) before choosing it.")
             st.button("Use the fast preset", on_click=lambda: st.session_state.update(scoring_preset="fast"))
     if st.button("Launch in the background", type="primary", disabled=checked is None or cfg is None):
         with user_errors():
