@@ -141,9 +141,8 @@ with st.container(border=True):
         st.info(f"Estimated cost: {estimate.summary()}.")
         st.caption(" ".join(estimate.notes))
         if preset == "default" and estimate.seconds > OFFER_FAST_S and method in ("rose", "less", "nice", "contrast"):
-            st.warning(f"Over an hour with full features. The fast preset ({PRESETS['fast'].what}) extracts them "
-                       "several times faster, but its ranking agrees with the default's only in part: see the "
-                       "measured trade-off in the README (Presets) before choosing it.")
+            st.warning(f"Over an hour with full features. The fast preset: {PRESETS['fast'].what}. "
+                       "The measured trade-offs are in the README (Presets).")
             st.button("Use the fast preset", on_click=lambda: st.session_state.update(scoring_preset="fast"))
     if st.button("Launch in the background", type="primary", disabled=checked is None or cfg is None):
         with user_errors():
