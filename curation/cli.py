@@ -160,6 +160,8 @@ def _score_config(a: argparse.Namespace, store=None):
             from curation.engine.models import defaults_for
             from curation.workspace import Workspace
             defaults_for(model, Workspace.from_env().home).apply(cfg)
+    if a.preset:
+        cfg.apply_preset(a.preset)
     if a.percent is not None or a.n is not None:
         from curation.config import SelectConfig
         cfg.select = SelectConfig(percent=a.percent, n=a.n)
@@ -227,8 +229,21 @@ def cmd_score(a: argparse.Namespace) -> int:
             execute_run(store, run_id, echo=bars)
     finally:
         bars.close()
+    _report_cut(store, run_id)
     print(run_id)
     return 0
+
+
+def _report_cut(store, run_id: int) -> None:
+    """A preset's pool-chosen max length and how many examples it cuts (stderr)."""
+    from curation.data.store import Run
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        length = ((run.meta or {}).get("cheap_features") or {}).get("length") if run else None
+    if length:
+        about = "about " if length["cut_is_estimate"] else ""
+        print(f"max length {length['max_length']} (the pool's {length['quantile']:.0%} token-length quantile, "
+              f"cap {length['cap']}): {about}{length['cut']} of {length['of']} examples cut", file=sys.stderr)
 
 
 @command("show")
@@ -590,6 +605,8 @@ def make_parser() -> argparse.ArgumentParser:
     budget.add_argument("--percent", type=float, help="select the top P%% (default 5)")
     budget.add_argument("--n", type=int, help="select the top N")
     sp.add_argument("--config", help="JSON or TOML file with a ScoreConfig")
+    sp.add_argument("--preset", help="feature cost: default (full), fast or faster (fewer checkpoints, top LoRA "
+                    "layers, a pool-chosen max length; see README 'Presets'); recorded on the run")
     sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="set a method option (repeatable), "
                     "typed by the method's options, e.g. --method contrast --option alpha=0.5")
     sp.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a crashed or killed run")
@@ -671,6 +688,8 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--threads-compare", action="store_true",
                     help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
+    bp.add_argument("--presets", action="store_true", help="speed, fidelity: every preset against the default "
+                    "in one run (see README 'Presets')")
     return p
 
 

@@ -45,10 +45,24 @@ class FeatureConfig:
     # is at least half the size the grown pool's share would be), so only new rows are
     # extracted. False: always warm up on the pool's own seeded share.
     reuse_warmup: bool = True
+    # Cheaper features (combinable; each is part of the feature-set key, see `cheap_options`):
+    # the last N warmup checkpoints only (0: all), each with its own Adam moments and its lr
+    # weight renormalised over the ones used;
+    checkpoints: int = 0
+    # LoRA gradients of the top L decoder layers only (0: all), no backward below them
+    # (`grads.top_layers`);
+    lora_layers: int = 0
+    # the max length from the pool's token lengths: this quantile rounded up to a multiple of
+    # 32, capped by model.max_length (0: model.max_length); the run records how many are cut.
+    length_quantile: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.batch_size < 1 or self.shard_size < 1:
             raise CurationError("FeatureConfig: k, batch_size and shard_size must be >= 1")
+        if self.checkpoints < 0 or self.lora_layers < 0 or not 0 <= self.length_quantile <= 1:
+            raise CurationError("FeatureConfig: checkpoints and lora_layers must be >= 0 and "
+                                f"length_quantile in [0, 1], got {self.checkpoints}, {self.lora_layers}, "
+                                f"{self.length_quantile}")
         if self.projector not in PROJECTORS:
             raise CurationError(f"FeatureConfig.projector must be one of {', '.join(PROJECTORS)}, "
                                 f"got {self.projector!r}")
@@ -62,6 +76,41 @@ class FeatureConfig:
         if self.autocast == "auto":
             return "bfloat16" if device_type == "cuda" else None
         return None if self.autocast == "off" else self.autocast
+
+    def cheap_options(self) -> dict[str, Any]:
+        """The cheaper-feature options that differ from the full default (part of the key)."""
+        full = FeatureConfig()
+        return {name: getattr(self, name) for name in CHEAP_OPTIONS if getattr(self, name) != getattr(full, name)}
+
+
+CHEAP_OPTIONS = ("checkpoints", "lora_layers", "length_quantile")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of cheaper-feature options (`FeatureConfig` fields) and why it exists."""
+
+    name: str
+    options: dict[str, Any]
+    what: str
+
+
+# Chosen by `bench speed --presets` and `bench fidelity --presets` on smollm2 (README "Presets").
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("default", {}, "every warmup checkpoint, LoRA on every layer, the model's max length"),
+    Preset("fast", {"checkpoints": 1},
+           "the last warmup checkpoint only (measured on smollm2: ~4-4.7x, ROSE and LESS Spearman 0.99 / 0.97)"),
+    Preset("faster", {"checkpoints": 1, "lora_layers": 8, "length_quantile": 0.95},
+           "the last checkpoint, the top 8 layers' LoRA gradients, the pool's 95th-percentile length "
+           "(measured: 7.4x, but ROSE Spearman 0.2-0.4: a quick look only)"),
+)}
+
+
+def preset(name: str) -> Preset:
+    """A preset by name; an unknown name is refused with the known ones."""
+    if name not in PRESETS:
+        raise CurationError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 @dataclass
@@ -107,8 +156,10 @@ class ScoreConfig:
     # to 1 (on small shared CPUs extra intra-op threads spin against other processes: measured
     # 3-30x slower on 2 loaded cores). What a run used is recorded in its meta.threads.
     threads: int | str = THREADS_AUTO
+    preset: str = "default"  # the `PRESETS` entry whose feature options `apply_preset` set
 
     def __post_init__(self) -> None:
+        preset(self.preset)
         if self.threads == THREADS_AUTO:
             return
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
@@ -123,11 +174,19 @@ class ScoreConfig:
         cores, load = machine_load()
         return {"setting": THREADS_AUTO, "threads": free_threads(cores, load), "cores": cores, "load1": round(load, 2)}
 
+    def apply_preset(self, name: str) -> "ScoreConfig":
+        """Set a preset's feature options (the others back to the full default); recorded."""
+        chosen, full = preset(name), FeatureConfig()
+        for option in CHEAP_OPTIONS:
+            setattr(self.features, option, chosen.options.get(option, getattr(full, option)))
+        self.preset = name
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "beta": self.beta, "model": self.model.to_dict(),
                 "warmup": self.warmup.to_dict(), "features": dataclasses.asdict(self.features),
                 "select": dataclasses.asdict(self.select), "options": dict(self.options),
-                "threads": self.threads}
+                "threads": self.threads, "preset": self.preset}
 
     def for_method(self, method: str) -> "ScoreConfig":
         """The same settings for another method: ``options`` belong to a method (NICE's reward,

@@ -8,7 +8,7 @@ widgets, not a form, so the estimate below them follows every change.
 
 import streamlit as st
 
-from curation.config import PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
+from curation.config import PRESETS, PROJECTORS, FeatureConfig, ScoreConfig, SelectConfig
 from curation.data import catalog
 from curation.engine import models, poolfit
 from curation.engine.model import ModelConfig
@@ -22,6 +22,7 @@ from curation.runs.progress import Estimate, duration, feature_plan
 from pages._shared import actor, md_text, remembered_choice, store, user_errors, workspace
 
 OTHER = "other path or id…"
+OFFER_FAST_S = 3600  # a default run estimated longer than this gets the fast preset offered
 
 if st.session_state.pop("scoring_open_explore", False):  # "Open in Explore", at the top level
     st.switch_page("pages/explore.py")
@@ -120,6 +121,11 @@ with st.container(border=True):
         projector = c3.selectbox("Features", PROJECTORS, help="auto: exact (unprojected) gradients when the LoRA "
                                  "gradient has at most 65,536 coordinates (the tiny model), else sparse JL at k")
         k_slot = c3.empty()  # the k slider, or the exact dimension once the LoRA rank is known
+    preset = "default"
+    if spec.labels.gradient or method == "auto":
+        preset = c1.selectbox("Feature preset", list(PRESETS), key="scoring_preset",
+                              help=" · ".join(f"{p.name}: {p.what}" for p in PRESETS.values())
+                              + " (measured trade-offs: README, Presets)")
     w = WarmupConfig()
     w_percent, epochs, lr, rank = w.percent, w.epochs, defaults.lr, defaults.lora_r
     if spec.uses_lora:
@@ -157,6 +163,7 @@ with st.container(border=True):
         defaults.apply(cfg)  # batch sizes; the form's own values override the rest
         cfg.warmup.lr, cfg.warmup.lora_r, cfg.warmup.lora_alpha = lr, int(rank), 2 * int(rank)
         cfg.model.max_length = cfg.warmup.max_length = int(max_length)
+        cfg.apply_preset(preset)
         if method == "raise":
             cfg.options = RaiseConfig(episodes=int(r_episodes), clusters=int(r_clusters) or None,
                                       batch_size=int(r_batch), reward=r_reward).to_dict()
@@ -172,6 +179,10 @@ with st.container(border=True):
     if estimate is not None:
         st.info(f"Estimated cost: {estimate.summary()}.")
         st.caption(" ".join(estimate.notes))
+        if preset == "default" and estimate.seconds > OFFER_FAST_S and method in ("rose", "less", "nice", "contrast"):
+            st.warning(f"Over an hour with full features. The fast preset: {PRESETS['fast'].what}. "
+                       "The measured trade-offs are in the README (Presets).")
+            st.button("Use the fast preset", on_click=lambda: st.session_state.update(scoring_preset="fast"))
     if st.button("Launch in the background", type="primary", disabled=not usable or cfg is None):
         with user_errors():
             if spec.uses_model:

@@ -176,3 +176,34 @@ def test_a_bf16_engine_outside_its_bound_is_reported_not_fatal():
     assert eq["passed"] is False and "bf16-autocast engine" in eq["note"]
     with pytest.raises(CurationError, match="different features"):
         _equivalence(feats, [0, 1, 2, 3], [0, 1, 2, 3], [0, 1], 16)  # fp32: the same data is fatal
+
+
+def test_presets_table_has_every_preset_with_its_speedup_against_the_default():
+    from curation.bench.speed import run_presets
+    from curation.config import PRESETS
+
+    tokenizer = train_tokenizer(read_conversations(DEFAULT_CORPUS)[:300], TinyConfig(vocab_size=300))
+    model = make_tiny_lora_model(vocab=len(tokenizer), layers=3)
+    cfg = SpeedConfig.quick(k=128, n=12, max_length=64, repeats=2)
+    res = run_presets(cfg, model=model, tokenizer=tokenizer)
+    table = res["presets"]
+    assert set(table) == set(PRESETS) and table["default"]["speedup"] == 1.0
+    for name, row in table.items():
+        assert row["examples_per_s"] == pytest.approx(12 / (min(row["all_seconds"]) * row["checkpoints"]))
+        assert row["speedup"] == pytest.approx(row["examples_per_s"] / table["default"]["examples_per_s"])
+        assert len(row["all_seconds"]) == 2 and row["max_length"] <= 64
+    assert table["default"]["checkpoints"] == 4 and table["fast"]["checkpoints"] == PRESETS["fast"].options["checkpoints"]
+    out = io.StringIO()
+    emit(res, as_json=True, out=out)
+    assert json.loads(out.getvalue())["presets"]["fast"]["speedup"] > 0
+    emit(res, as_json=False, out=out)
+    assert "fast" in out.getvalue().splitlines()[-4] or "fast" in out.getvalue()
+
+
+def test_presets_flag_reaches_the_speed_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATION_HOME", str(tmp_path))
+    args = make_parser().parse_args(["bench", "speed", "--presets", "--model", "smollm2", "--device", "cuda", "--json"])
+    cfg = config_from_args(args)
+    assert args.presets and cfg.device == "cuda" and cfg.max_length == 256 and cfg.batch_size == 64
+    cpu = config_from_args(make_parser().parse_args(["bench", "speed", "--presets", "--model", "smollm2"]))
+    assert (cpu.device, cpu.max_length, cpu.batch_size) == ("cpu", 256, 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from curation.engine.fidelity import Setting, agreement, influence_scores, measure, top_overlap
 from curation.engine.influence import aggregate
@@ -46,3 +47,24 @@ def test_bench_fidelity_on_a_micro_model(micro_model, monkeypatch, tmp_path):
         assert r["exact"]["spearman"] == 1.0 and -1 <= r["sparse_jl k=64"]["spearman"] < 1
     assert res["spearman"] == {k: v["spearman"] for k, v in res["methods"]["rose"].items()}
     assert "sparse_jl k=64" in summary(res)
+
+
+def test_presets_fidelity_compares_every_preset_with_the_default_by_real_runs(micro_model, ws, monkeypatch):
+    """Without the shared data both samples are skipped (said so) and a demo sample is used; the
+    default agrees with itself exactly and a cheaper preset gets its own numbers."""
+    import curation.bench.quality_suites as suites
+    from curation.bench.fidelity import presets_summary, run_preset_fidelity
+    from curation.config import Preset
+
+    monkeypatch.setattr(suites, "T0_ROOT", ws.home / "absent-t0")
+    monkeypatch.setattr(suites, "ROSE_ROOT", ws.home / "absent-rose")
+    presets = {"default": Preset("default", {}, ""),
+               "cheap": Preset("cheap", {"checkpoints": 1, "lora_layers": 1, "length_quantile": 0.9}, "")}
+    res = run_preset_fidelity(str(micro_model), n=40, presets=presets, log=lambda m: None)
+    assert list(res["samples"]) == ["demo"] and any("t0 sample skipped" in n for n in res["notes"])
+    for m in ("rose", "less"):
+        assert res["presets"]["default"][m]["spearman"] == pytest.approx(1.0)
+        assert res["presets"]["default"][m]["top5_overlap"] == 1.0
+        assert -1 <= res["presets"]["cheap"][m]["spearman"] < 1 and 0 <= res["presets"]["cheap"][m]["top5_overlap"] <= 1
+    assert res["samples"]["demo"]["cheap"]["train_features_s"] > 0
+    assert "cheap" in presets_summary(res)

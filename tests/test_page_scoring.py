@@ -212,3 +212,30 @@ def test_tiny_on_a_foreign_pool_says_why_and_offers_smollm2_but_not_on_the_demo(
     assert widget(at.selectbox, "Model").value == "tiny"
     assert not any("does not know this pool" in plain(w.value) for w in at.warning)
     assert not any(b.label == "Fetch smollm2" for b in at.button)
+
+
+def test_a_long_default_run_is_offered_the_fast_preset_and_the_run_records_it(ws, micro_model, monkeypatch):
+    store = Store.open(ws)
+    ensure_demo(store)
+    monkeypatch.setattr(jobs, "launch", lambda store, run_id, ws=None: 1)
+    real = runs.estimate_cost
+
+    def slow_unless_fast(store, pool, prefs, cfg, home):  # the page's own estimate, made long
+        est = real(store, pool, prefs, cfg, home)
+        est.seconds = 7200.0 if cfg.preset == "default" else 600.0
+        return est
+
+    monkeypatch.setattr(runs, "estimate_cost", slow_unless_fast)
+    at = open_scoring()
+    widget(at.selectbox, "Method").set_value("rose").run()  # auto is the default; the offer is for one method
+    widget(at.selectbox, "Model").set_value(OTHER).run()
+    widget(at.text_input, PATH_LABEL).set_value(str(micro_model)).run()
+    assert widget(at.selectbox, "Feature preset").value == "default"
+    assert any("Over an hour" in w.value for w in at.warning)
+    widget(at.button, "Use the fast preset").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert widget(at.selectbox, "Feature preset").value == "fast"
+    assert not any("Over an hour" in w.value for w in at.warning)
+    widget(at.button, "Launch in the background").click().run()
+    info = runs.show_run(store, 1, top=0)
+    assert info["config"]["preset"] == "fast" and info["config"]["features"]["checkpoints"] >= 1

@@ -46,6 +46,14 @@ All in one process, on one model, one data set, one ``k`` and one Adam transform
   scoring matmul (``2·k·n_val`` FLOPs per row) is the real bound, so the time of that many
   FLOPs at the measured peak is reported too (``scoring_vs_compute_floor``).
 
+* **Presets** (``--presets``, instead of the above): train-feature throughput of every preset
+  (`curation.config.PRESETS`) against the default, measured in the same process with the
+  repeats interleaved, so the ratio ``speedup`` holds on a loaded machine even when the absolute
+  rate does not. Per preset: its max length (the quantile of these examples' token lengths,
+  capped by ``max_length``), its top-L LoRA layers (`grads.top_layers`) and its number of
+  checkpoints; ``examples_per_s`` = n ÷ (seconds of one checkpoint's features × checkpoints).
+  The warmup (shared by every preset) and the validation features (a few pairs) are left out.
+
 Threads: one by default, for torch and (through threadpoolctl, when installed) numpy's BLAS.
 On a small shared CPU a second OpenMP thread spin-waits against other processes and made the
 engine 3-30x *slower* in our runs, so single-thread numbers are the reproducible ones;
@@ -72,7 +80,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curation.engine.features import FeatureManifest, FeatureReader, FeatureWriter
-from curation.engine.grads import adam_direction, featurize, item_gradients, selected_params
+from curation.engine.grads import adam_direction, featurize, item_gradients, selected_params, top_layers
 from curation.engine.influence import ScoringInputs, score
 from curation.engine.model import ModelConfig, encode, pad_token_id, resolve_device
 from curation.engine.models import load_model
@@ -405,6 +413,101 @@ def _equivalence(feats: dict[str, np.ndarray], V, R, Q, k: int, autocast: str | 
     return result
 
 
+# ---------------------------------------------------------------------------- presets
+
+
+def preset_plan(cfg: SpeedConfig, name: str, lengths: Sequence[int]) -> dict[str, Any]:
+    """What a preset does to these examples: max length, examples cut, layers, checkpoints."""
+    from curation.config import FeatureConfig, preset
+    from curation.methods.gradient import choose_max_length
+
+    f = FeatureConfig(**preset(name).options)
+    max_length = choose_max_length(lengths, f.length_quantile, cfg.max_length) if f.length_quantile else cfg.max_length
+    return {"max_length": max_length, "cut": int(sum(n > max_length for n in lengths)),
+            "lora_layers": f.lora_layers or None, "checkpoints": f.checkpoints or WarmupConfig().epochs,
+            "options": preset(name).options}
+
+
+def preset_bench(cfg: SpeedConfig, model: nn.Module, tokenizer, log: Log) -> dict[str, Any]:
+    """Examples/s of every preset's train features and its speedup over the default (see module doc)."""
+    from curation.config import PRESETS
+
+    device = next(model.parameters()).device
+    full = pool_items(tokenizer, cfg.pool, cfg.n, 1 << 30)
+    lengths = [int(b.input_ids.shape[1]) for b in full]
+    plans = {name: preset_plan(cfg, name, lengths) for name in PRESETS}
+    items = {name: pool_items(tokenizer, cfg.pool, cfg.n, plan["max_length"]) for name, plan in plans.items()}
+    moments = random_moments(model, items["default"][0], cfg.seed)
+    sparse, pad, amp = SparseJLProjector(cfg.k, cfg.seed), pad_token_id(tokenizer), cfg.autocast_for(device.type)
+
+    def one_checkpoint(name: str):
+        def run():
+            with top_layers(model, plans[name]["lora_layers"] or 0):
+                return ordered_features(model, items[name], SFTObjective(), sparse, moments, cfg.batch_size, pad,
+                                        autocast=amp)
+        return run
+
+    warm = items["default"][: cfg.batch_size]
+    timed(lambda: ordered_features(model, warm, SFTObjective(), sparse, moments, cfg.batch_size, pad,
+                                   autocast=amp), device)  # warm-up: one batch (allocator, sparse plan)
+    seconds: dict[str, list[float]] = {name: [] for name in PRESETS}
+    for rep in range(cfg.repeats):
+        for name in PRESETS:
+            log(f"repeat {rep + 1}/{cfg.repeats}: preset {name} on {cfg.n} examples")
+            seconds[name].append(timed(one_checkpoint(name), device)[0])
+    out = {}
+    for name, plan in plans.items():
+        per_ckpt = min(seconds[name])
+        out[name] = {**plan, "seconds_per_checkpoint": per_ckpt, "all_seconds": seconds[name],
+                     "examples_per_s": cfg.n / (per_ckpt * plan["checkpoints"])}
+    for row in out.values():
+        row["speedup"] = row["examples_per_s"] / out["default"]["examples_per_s"]
+    return out
+
+
+def run_presets(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None,
+                workspace: Path | None = None, log: Log | None = None) -> dict[str, Any]:
+    """`bench speed --presets`: the preset table, on the device and threads of ``cfg``."""
+    log = log or (lambda msg: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        model, tokenizer = _loaded(cfg, model, tokenizer, workspace, log)
+        device = next(model.parameters()).device
+        presets = preset_bench(cfg, model, tokenizer, log)
+        return {"presets": presets, "model": cfg.model, "n": cfg.n, "k": cfg.k, "device": str(device),
+                "threads": torch.get_num_threads(), "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+                "autocast": cfg.autocast_for(device.type), "torch": torch.__version__, "config": asdict(cfg),
+                "notes": ["examples_per_s: train features only (one checkpoint timed, times the preset's "
+                          "checkpoints); warmup and validation features left out",
+                          "speedup: against the default measured in this run, repeats interleaved"]}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loaded(cfg: SpeedConfig, model, tokenizer, workspace: Path | None, log: Log):
+    """(model with a fresh LoRA adapter, tokenizer): injected (tests) or loaded."""
+    if model is None:
+        from curation.workspace import Workspace
+
+        log(f"loading model {cfg.model!r}")
+        home = workspace or Workspace.from_env().home
+        model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model, device=cfg.device,
+                                                  max_length=cfg.max_length), home)
+    elif tokenizer is None:
+        raise ValueError("an injected model needs its tokenizer")
+    return prepare_model(model, cfg.seed), tokenizer
+
+
+def presets_summary(r: dict[str, Any]) -> str:
+    lines = [f"presets on {r['model']}, n={r['n']}, k={r['k']}, {r['threads']} threads, {r['device']}",
+             f"{'preset':<10}{'ckpts':>6}{'layers':>7}{'max len':>8}{'cut':>5}{'ex/s':>9}{'speedup':>9}"]
+    for name, p in r["presets"].items():
+        lines.append(f"{name:<10}{p['checkpoints']:>6}{p['lora_layers'] or 'all':>7}{p['max_length']:>8}"
+                     f"{p['cut']:>5}{p['examples_per_s']:>9.2f}{p['speedup']:>8.2f}x")
+    return "\n".join(lines + [f"note: {n}" for n in r["notes"]])
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -463,16 +566,7 @@ def run_speed(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None,
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        if model is None:
-            from curation.workspace import Workspace
-
-            log(f"loading model {cfg.model!r}")
-            home = workspace or Workspace.from_env().home
-            model, tokenizer = load_model(ModelConfig(name_or_path=cfg.model, device=cfg.device,
-                                                      max_length=cfg.max_length), home)
-        elif tokenizer is None:
-            raise ValueError("an injected model needs its tokenizer")
-        model = prepare_model(model, cfg.seed)
+        model, tokenizer = _loaded(cfg, model, tokenizer, workspace, log)
         device = next(model.parameters()).device
         peak_dtype = cfg.autocast_for(device.type) or "float32"  # the floor is of the engine's precision
         peak = [peak_matmul(cfg.matmul_size, device, dtype=peak_dtype)]
@@ -606,9 +700,17 @@ def threads_summary(r: dict[str, Any]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> SpeedConfig:
-    """CLI options over the full (or, with --quick, the small) defaults."""
+    """CLI options over the full (or, with --quick, the small) defaults. With --presets the
+    model's own max length and feature batch (`models.defaults_for`) are the default's."""
     given = {name: getattr(args, name, None) for name in ("model", "k", "n", "device", "threads")}
     overrides = {name: value for name, value in given.items() if value is not None}
+    if getattr(args, "presets", False):
+        from curation.engine.models import defaults_for
+        from curation.workspace import Workspace
+
+        d = defaults_for(overrides.get("model", "tiny"), Workspace.from_env().home)
+        on_gpu = str(overrides.get("device", "cpu")).startswith("cuda")  # for_device sizes GPU batches
+        overrides = {"max_length": d.max_length, **({} if on_gpu else {"batch_size": d.feature_batch}), **overrides}
     if getattr(args, "quick", False):
         return SpeedConfig.quick(**overrides)
     return SpeedConfig.for_device(overrides.pop("device", "cpu"), **overrides)
@@ -617,7 +719,8 @@ def config_from_args(args: argparse.Namespace) -> SpeedConfig:
 def emit(result: dict[str, Any], as_json: bool, out=None) -> None:
     """Exactly one JSON object (``--json``) or the human summary on stdout."""
     out = out or sys.stdout
-    print(json.dumps(result) if as_json else summary(result), file=out)
+    human = presets_summary if "presets" in result else summary
+    print(json.dumps(result) if as_json else human(result), file=out)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -631,5 +734,6 @@ def main(args: argparse.Namespace) -> int:
         r = threads_compare(cfg, log=log)
         print(json.dumps(r) if args.json else threads_summary(r))
         return 0
-    emit(run_speed(cfg, log=log), args.json)
+    run = run_presets if getattr(args, "presets", False) else run_speed
+    emit(run(cfg, log=log), args.json)
     return 0

@@ -97,9 +97,16 @@ class FeatureSetKey:
     dtype: str  # stored dtype
     batching: str = BATCHING
     version: int = KEY_VERSION
+    # The cheaper-feature options of a preset (`FeatureConfig.cheap_options`): fewer
+    # checkpoints, top-L LoRA layers, a pool-chosen max length. Absent (None) for full
+    # features, so keys made before these options existed keep their ids.
+    cheap: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "checkpoints": list(self.checkpoints)}
+        d = {**asdict(self), "checkpoints": list(self.checkpoints)}
+        if not d["cheap"]:
+            del d["cheap"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSetKey:

@@ -15,8 +15,10 @@ different from the reference. Gradient checkpointing is not supported (it re-run
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from functools import partial
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +77,69 @@ def per_item_weight_grad(grad_out: Tensor, inputs: Tensor, item_index: Tensor, n
     if rows_are_items:
         return per_row
     return per_row.new_zeros(n_items, per_row.shape[1]).index_add_(0, item_index, per_row)
+
+
+LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")  # decoder layer of a parameter name (HF naming)
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a parameter belongs to (``...layers.7.self_attn...`` -> 7), or None."""
+    found = LAYER_INDEX.search(name)
+    return int(found.group(1)) if found else None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers: the longest ``ModuleList`` whose name ends in ``layers``."""
+    stacks = [(len(m), m) for n, m in model.named_modules() if n.endswith("layers") and isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError("the model has no `layers` ModuleList: top-layer LoRA features need a decoder stack")
+    return max(stacks, key=lambda t: t[0])[1]
+
+
+def top_layer_names(names: Sequence[str], n_layers: int, top: int) -> list[str]:
+    """The names (in their order) that belong to the top ``top`` of ``n_layers`` decoder layers;
+    all of them when ``top`` is 0 or covers the stack."""
+    if top <= 0 or top >= n_layers:
+        return list(names)
+    return [n for n in names if (layer_index(n) or 0) >= n_layers - top]
+
+
+def _detach_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: the layer's tensor inputs leave any graph below it."""
+    def cut(x):
+        return x.detach() if isinstance(x, Tensor) else x
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+@contextmanager
+def top_layers(model: nn.Module, top: int) -> Iterator[None]:
+    """Within: only the LoRA factors of the top ``top`` decoder layers are featurized, and no
+    backward runs below the lowest of them (``top`` 0: every layer, nothing changes).
+
+    Why this way: the LoRA factors of the lower layers stop requiring grad, so with the base
+    weights frozen nothing below the lowest LoRA layer requires grad and autograd records no
+    node and saves no activation there (what ``no_grad`` would do, without wrapping HF's
+    forward); a pre-hook detaches that layer's inputs as well, so even a trainable parameter
+    below (an unfrozen embedding) starts no graph. The warmup is unchanged (LoRA on every
+    layer, shared with full runs), so the features are exactly the full run's per-layer
+    gradients of those layers, Adam moments and per-layer projection seeds included.
+    """
+    stack = decoder_layers(model)
+    lowest = len(stack) - top
+    if top <= 0 or lowest <= 0:
+        yield
+        return
+    frozen = [p for n, p in model.named_parameters()
+              if is_lora_param(n, p) and (layer_index(n) is None or layer_index(n) < lowest)]
+    for p in frozen:
+        p.requires_grad_(False)
+    handle = stack[lowest].register_forward_pre_hook(_detach_inputs, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class PerSampleGradients:

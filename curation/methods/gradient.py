@@ -8,9 +8,12 @@ subtasks. A method only says which validation items and objective it uses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import random
 from abc import abstractmethod
 from typing import Callable, Sequence
 
@@ -28,7 +31,7 @@ from curation.engine.featuresets import (
     locked,
     write_view,
 )
-from curation.engine.grads import iter_features
+from curation.engine.grads import decoder_layers, iter_features, top_layer_names, top_layers
 from curation.engine.influence import ScoringInputs, normalise_rows, score
 from curation.engine.model import encode, encode_pair, fixed_length_buckets, length_buckets, pad_token_id, tokenizer_hash
 from curation.engine.models import load_model
@@ -157,11 +160,55 @@ def precision_tag(cfg, model) -> str:
 
 
 def feature_key(cfg, model, tok, warmup: str, ckpts: Sequence[Checkpoint], projector: Projector) -> FeatureSetKey:
-    """What a run's train features depend on (and nothing else: not the method, not the pairs)."""
+    """What a run's train features depend on (and nothing else: not the method, not the pairs).
+    A preset's cheaper-feature options are part of it, so presets never share features."""
     return FeatureSetKey(model=cfg.model.name_or_path, model_fingerprint=model_fingerprint(model, precision_tag(cfg, model)),
                          tokenizer_hash=tokenizer_hash(tok), warmup=warmup,
                          checkpoints=tuple(c.path.name for c in ckpts), max_length=cfg.model.max_length,
-                         projector=projector.spec(), k=projector.k, dtype=cfg.features.dtype)
+                         projector=projector.spec(), k=projector.k, dtype=cfg.features.dtype,
+                         cheap=cfg.features.cheap_options() or None)
+
+
+def used_checkpoints(ckpts: Sequence[Checkpoint], last: int) -> list[Checkpoint]:
+    """The last ``last`` checkpoints (all when 0). Their lrs stay the weights: stage 4
+    renormalises them to sum 1 over the checkpoints used."""
+    return list(ckpts[-last:]) if last else list(ckpts)
+
+
+def top_layout(layout: Sequence[tuple[str, int]], model, lora_layers: int) -> list[tuple[str, int]]:
+    """The LoRA layout restricted to the top ``lora_layers`` decoder layers (all when 0)."""
+    keep = set(top_layer_names([n for n, _ in layout], len(decoder_layers(model)), lora_layers))
+    return [(n, d) for n, d in layout if n in keep]
+
+
+LENGTH_SAMPLE = 4000  # examples whose token lengths pick the max length (seeded; all when fewer)
+LENGTH_MULTIPLE = 32
+
+
+def choose_max_length(lengths: Sequence[int], quantile: float, cap: int) -> int:
+    """The ``quantile`` of the token lengths rounded up to a multiple of 32, at most ``cap``."""
+    q = float(np.quantile(np.asarray(lengths, np.float64), quantile))
+    return int(min(cap, max(LENGTH_MULTIPLE, math.ceil(q / LENGTH_MULTIPLE) * LENGTH_MULTIPLE)))
+
+
+def pool_length(tok, inputs: ScoreInputs) -> tuple[int, dict]:
+    """(max length, report) from the pool's token lengths (``features.length_quantile``).
+
+    The report says how many examples the length cuts: exact when every example was measured,
+    scaled from the seeded sample of `LENGTH_SAMPLE` otherwise.
+    """
+    cfg = inputs.config
+    ids = list(inputs.example_ids)
+    if len(ids) > LENGTH_SAMPLE:
+        ids = sorted(random.Random(0).sample(ids, LENGTH_SAMPLE))
+    lengths = [len(encode(tok, m, 1 << 30)["input_ids"]) for m in inputs.fetch([int(i) for i in ids])]
+    chosen = choose_max_length(lengths, cfg.features.length_quantile, cfg.model.max_length)
+    cut = sum(n > chosen for n in lengths)
+    n_pool = len(inputs.example_ids)
+    return chosen, {"max_length": chosen, "quantile": cfg.features.length_quantile, "cap": cfg.model.max_length,
+                    "measured": len(lengths), "cut": round(cut * n_pool / len(lengths)), "of": n_pool,
+                    "cut_is_estimate": len(lengths) < n_pool, "p50": int(np.median(lengths)),
+                    "max_seen": max(lengths)}
 
 
 WEIGHTS = ("lr", "uniform", "last")  # checkpoint weighting: METHODS.md stage 4 uses "lr"
@@ -229,11 +276,16 @@ class GradientMethod(Method):
         if known is None:
             model, tok = loader.get()
             ckpts, warmup = self._warmup(model, tok, inputs, keys)
-            projector = make_projector(cfg.features, lora_layout(ckpts[0]))
+            inputs, cheap = self._cheap_inputs(tok, inputs)
+            cfg = inputs.config
+            ckpts = used_checkpoints(ckpts, cfg.features.checkpoints)
+            projector = make_projector(cfg.features, top_layout(lora_layout(ckpts[0]), model, cfg.features.lora_layers))
             fset = FeatureSet.open(inputs.workspace.home, feature_key(cfg, model, tok, warmup["key"], ckpts, projector),
                                    pool=inputs.pool)
-        else:
+        else:  # only full (default-preset) features are re-scored without the model
             fset, ckpts, warmup, projector = known
+            cheap = {**cfg.features.cheap_options()}
+        layers = cfg.features.lora_layers
         plan = fset.plan(keys, inputs.content_hashes)
         rep.note(features={"id": fset.id, "reused": None})  # in use from now on (`features rm` checks)
         fstore = FeatureStore(inputs.workdir / "features")
@@ -246,11 +298,13 @@ class GradientMethod(Method):
             if pending or (not sharded and self._val_needs_model(inputs, fset, ckpt)):
                 model, tok = loader.get()
                 peft_model, moments = load_checkpoint(model, ckpt)
-            for segment in pending:
-                extracted += self._segment_features(peft_model, tok, moments, projector, segment, i, ckpt, inputs)
-            if not sharded:
-                write_view(fstore.path("train", i), fset, plan, i, inputs.example_ids)
-                self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs, fset)
+            # train and validation sides: the same layers
+            with top_layers(peft_model, layers) if peft_model is not None else contextlib.nullcontext():
+                for segment in pending:
+                    extracted += self._segment_features(peft_model, tok, moments, projector, segment, i, ckpt, inputs)
+                if not sharded:
+                    write_view(fstore.path("train", i), fset, plan, i, inputs.example_ids)
+                    self._val_features(peft_model, tok, projector, fstore, i, ckpt, inputs, fset)
             if peft_model is not None:
                 loader.model = peft_model.unload()  # back to the bare base model for the next adapter
         if sharded:  # this rank's shards are done; an unsharded pass merges and scores
@@ -272,7 +326,8 @@ class GradientMethod(Method):
                           per_checkpoint=result.per_checkpoint, driver=result.driver,
                           meta={"projector": projector.spec(), "checkpoint_lrs": [c.lr for c in ckpts],
                                 "tokenizer_hash": fset.key.tokenizer_hash, "features": features,
-                                "warmup": warmup, "model_loaded": loader.loaded})
+                                "warmup": warmup, "model_loaded": loader.loaded, "preset": cfg.preset,
+                                "cheap_features": cheap})
         return self.stratify(out, inputs)
 
     def stratify(self, out: ScoreOutput, inputs: ScoreInputs) -> ScoreOutput:
@@ -299,8 +354,8 @@ class GradientMethod(Method):
         names the stored set it re-scores with (`ScoreInputs.feature_hint`), the set matches this
         run's settings and holds every row; else None (the model decides the key)."""
         hint, cfg = inputs.feature_hint or {}, inputs.config
-        if not hint.get("set") or self.side_alpha(inputs) is None:
-            return None
+        if not hint.get("set") or self.side_alpha(inputs) is None or cfg.features.cheap_options():
+            return None  # a preset's layers, checkpoints or length are decided with the model
         try:
             fset = find_set(inputs.workspace.home, hint["set"])
         except CurationError:
@@ -328,6 +383,22 @@ class GradientMethod(Method):
         if self.side_alpha(inputs) is None:
             return True
         return bool(self._val_cache(inputs, fset, ckpt).missing(side_keys(inputs.pairs)))
+
+    def _cheap_inputs(self, tok, inputs: ScoreInputs) -> tuple[ScoreInputs, dict]:
+        """The inputs the feature stages use, and what the preset's options did (run meta).
+
+        After the warmup: the warmup keeps the model's max length (it is shared with full
+        runs); a pool-chosen length replaces ``model.max_length`` for every feature stage.
+        """
+        f = inputs.config.features
+        report: dict = {**f.cheap_options()}
+        if f.length_quantile:
+            chosen, report["length"] = pool_length(tok, inputs)
+            model = dataclasses.replace(inputs.config.model, max_length=chosen)
+            inputs = dataclasses.replace(inputs, config=dataclasses.replace(inputs.config, model=model))
+            cut = report["length"]
+            inputs.reporter.note(length={k: cut[k] for k in ("max_length", "cut", "of")})
+        return inputs, report
 
     def _weights_rule(self, inputs: ScoreInputs) -> str:
         return self.options(inputs)["checkpoint_weights"]
