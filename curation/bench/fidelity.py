@@ -149,7 +149,7 @@ def _preset_runs(store, ws, cfg_of, names, log) -> dict[str, dict]:
         less_id = rescore(store, run_id, method="less", ws=ws).run_id
         times = show_run(store, run_id, top=0).get("stage_times") or {}
         out[name] = {"rose": load_scores(store, run_id)[1], "less": load_scores(store, less_id)[1],
-                     "train_features_s": round(sum(v for k, v in times.items() if k.startswith("train features")), 1),
+                     "train_features_s": round(sum(v for k, v in times.items() if k.startswith("train features")), 3),
                      "run_s": round(sum(times.values()), 1)}
     return out
 
