@@ -48,7 +48,7 @@ def test_score_defaults_to_smollm2_on_a_foreign_pool_when_it_is_fetched(ws, monk
     ensure_demo(store)
     pool = foreign_pool(store, ws)
     args = lambda p, m=None: argparse.Namespace(pool=p, method=m, model=None, config=None, percent=None, n=None,
-                                                option=None)
+                                                option=None, preset=None)
     assert cli._score_config(args(pool), store).model.name_or_path == "tiny"  # smollm2 not fetched: tiny, warned
     real = models.is_installed
     monkeypatch.setattr(models, "is_installed", lambda home, name: name == "smollm2" or real(home, name))
