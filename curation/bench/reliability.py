@@ -202,6 +202,18 @@ def check_decision_log(store: Store, pool: str, decided: set[str] | None = None)
                 interleaved_batches=interleaved, decisions_lost=lost)
 
 
+def _run_together(procs: list, start) -> int:
+    """Start the processes, release them at once through the event ``start``, wait for all;
+    how many crashed."""
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # every process is waiting on the event before it is set
+    start.set()
+    for p in procs:
+        p.join()
+    return sum(p.exitcode != 0 for p in procs)
+
+
 def curation_race(folder: Path, processes: int, ops: int, examples: int, url: str | None = None) -> dict:
     """`processes` curators at once on one pool (database `url`, default an SQLite file in
     `folder`); the replayed log must lose nothing."""
@@ -213,13 +225,7 @@ def curation_race(folder: Path, processes: int, ops: int, examples: int, url: st
     outs = [folder / f"curator{i}.json" for i in range(processes)]
     procs = [ctx.Process(target=_curator, args=(url, POOL, ids, i, ops, start, str(outs[i])))
              for i in range(processes)]
-    for p in procs:
-        p.start()
-    time.sleep(0.5)
-    start.set()
-    for p in procs:
-        p.join()
-    crashed = sum(p.exitcode != 0 for p in procs)
+    crashed = _run_together(procs, start)
     logs = [json.loads(o.read_text()) for o in outs if o.exists()]
     decided = {e[1] for log in logs for e in log if e[0] == "decide"}
     undone = [e[1] for log in logs for e in log if e[0] == "undo" and e[1]]
@@ -442,13 +448,7 @@ def upload_race(folder: Path, rows: int, rounds: int = 2, url: str | None = None
         tags = (f"a{r}", f"b{r}")
         outs = [folder / f"{t}.json" for t in tags]
         procs = [ctx.Process(target=_uploader, args=(str(home), ws.db_url, t, rows, start, str(o))) for t, o in zip(tags, outs)]
-        for p in procs:
-            p.start()
-        time.sleep(0.5)
-        start.set()
-        for p in procs:
-            p.join()
-        crashed += sum(p.exitcode != 0 for p in procs)
+        crashed += _run_together(procs, start)
         got = [json.loads(o.read_text()) for o in outs if o.exists()]
         shared_paths += len({g["path"] for g in got}) < len(got)
         with store.session() as s:
