@@ -245,14 +245,38 @@ def test_similarity_is_computed_once_per_pair_of_texts(monkeypatch):
     from curation.data import pairs as pairs_mod
     from curation.methods.heldout import label_contrast
     calls = []
-    real = pairs_mod.SequenceMatcher
+    real = pairs_mod.indel_ratio
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr(pairs_mod, "SequenceMatcher", counting)
+    monkeypatch.setattr(pairs_mod, "indel_ratio", counting)
     pairs = [{"chosen": f"The answer is {i} apples, counted twice.", "rejected": f"The answer is {i + 1} apples."}
              for i in range(50)]
     first = label_contrast(pairs)
     assert len(calls) == 50
     assert label_contrast([dict(p) for p in pairs]) == first and len(calls) == 50
+
+
+def test_similarity_is_the_indel_ratio_never_below_difflibs():
+    """The near-identical check's measure, against an independent computation: 2·LCS/(|a|+|b|)
+    by dynamic programming, and never below difflib's ratio (greedy matching blocks)."""
+    import random
+    from difflib import SequenceMatcher
+
+    from curation.data.pairs import similarity
+
+    def lcs(a: str, b: str) -> int:
+        row = [0] * (len(b) + 1)
+        for ca in a:
+            prev = 0
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], prev + 1 if ca == cb else max(row[j], row[j - 1])
+        return row[-1]
+
+    rng = random.Random(0)
+    for _ in range(60):
+        a = "".join(rng.choice("abc de") for _ in range(rng.randint(0, 40)))
+        b = "".join(rng.choice("abc de") for _ in range(rng.randint(1, 40)))
+        assert similarity.__wrapped__(a, b) == pytest.approx(2 * lcs(a, b) / (len(a) + len(b)))
+        assert similarity.__wrapped__(a, b) >= SequenceMatcher(None, a, b, autojunk=False).ratio() - 1e-12
