@@ -75,11 +75,13 @@ HISTORY_RUNS = 10
 FACTOR_RANGE = (0.05, 20.0)
 
 
-def stage_plan(method: str, epochs: int = 4, tiny_build: bool = False) -> list[str] | None:
+def stage_plan(method: str, epochs: int = 4, tiny_build: bool = False, feature_ckpts: int = 0) -> list[str] | None:
     """The stage names a run of ``method`` reports, in order; None for a method this table
-    does not know (its progress then shows without "k of N")."""
+    does not know (its progress then shows without "k of N"). ``feature_ckpts``: features of the
+    last N checkpoints only (a preset's `features.checkpoints`; 0: all)."""
     if method in GRADIENT_METHODS:
-        ckpts = [f"epoch_{i}" for i in range(1, epochs + 1)]
+        first = max(1, epochs - feature_ckpts + 1) if feature_ckpts else 1
+        ckpts = [f"epoch_{i}" for i in range(first, epochs + 1)]
         core = ["load model", "warmup", *[f"{side} features {c}" for c in ckpts for side in ("train", "validation")],
                 "score"]
         if method == "auto":  # its candidates (the gradient run, BM25, repsim), then the fine-tunes
@@ -265,8 +267,9 @@ def row_seconds(facts: Facts, k_eff: int = 8192) -> float:
 
 def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
     """(stage, modelled seconds) for every stage of `stage_plan`."""
-    plan = stage_plan(cfg.method, cfg.warmup.epochs, facts.tiny_build) or []
+    plan = stage_plan(cfg.method, cfg.warmup.epochs, facts.tiny_build, cfg.features.checkpoints) or []
     n, pairs, epochs = facts.n, max(facts.n_pairs, 1), cfg.warmup.epochs
+    feature_epochs = min(epochs, cfg.features.checkpoints or epochs)  # checkpoints the features use
     new = facts.n if facts.new_rows is None else facts.new_rows
     k_eff = feature_dim(cfg, facts.lora_dim)
     row = row_seconds(facts, k_eff if cfg.method in GRADIENT_METHODS else 0)
@@ -276,7 +279,7 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
     fixed = {
         TINY_STAGE: TINY_BUILD_S, "load model": 3.0 + 1e-8 * facts.params,
         "warmup": 0.0 if facts.warmup_cached else epochs * (warmup_n * WARMUP_ROWS * row + WARMUP_EPOCH_S),
-        "score": n * epochs * 2e-5 * k_eff / 8192, "select": 4e-5 * n,
+        "score": n * feature_epochs * 2e-5 * k_eff / 8192, "select": 4e-5 * n,
         "tokenize pool": 1e-4 * n * facts.tokens / DEMO_TOKENS, "bm25 index": 5e-5 * n, "bm25 scores": 2e-7 * n * pairs,
         "n-gram counts": 2e-4 * n, "importance weights": 2e-4 * n, "random scores": 1e-7 * n,
         "validation states": pairs * 2 * row / 3, "pool states": n * row / 3, "state features": n * 2 * row / 3,
@@ -359,7 +362,7 @@ def disk_bytes(cfg: ScoreConfig, facts: Facts) -> tuple[float, str]:
         per_value = 2 if cfg.features.dtype == "float16" else 4
         new = facts.n if facts.new_rows is None else facts.new_rows
         k_eff = feature_dim(cfg, facts.lora_dim)
-        feats = (new + facts.n_pairs) * epochs * k_eff * per_value
+        feats = (new + facts.n_pairs) * min(epochs, cfg.features.checkpoints or epochs) * k_eff * per_value
         warm = 0 if facts.warmup_cached else epochs * (facts.lora_dim or k_eff) * 4 * 3  # adapter, m, v
         return feats + warm, "of features"
     hidden = facts.hidden or 576  # unknown: smollm2's
