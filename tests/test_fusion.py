@@ -15,7 +15,8 @@ from curation.data.store import Store
 from curation.errors import CurationError
 from curation.methods import ScoreOutput
 from curation.methods.fusion import ranks_of, rrf
-from curation.review.compare import compare_runs, response_length
+from curation.engine.select import response_length
+from curation.review.compare import compare_runs
 from curation.review.explore import explain
 from curation.review.export import export_selection
 from curation.runs.execute import create_run, execute_run, load_scores, show_run, store_scores

@@ -94,6 +94,12 @@ def _check(scores: np.ndarray, ids: np.ndarray, pinned: set[int], excluded: set[
         raise ValueError(f"pinned ids not in the pool: {sorted(unknown)[:10]}")
 
 
+def response_length(messages: list[dict]) -> int:
+    """Characters of the example's output: every assistant message's content (what
+    `length_stratified` bands and `length_spearman` correlates with)."""
+    return sum(len(m.get("content") or "") for m in messages if m.get("role") == "assistant")
+
+
 def length_stratified(scores: np.ndarray, lengths: np.ndarray, strata: int) -> np.ndarray:
     """Scores re-expressed as the percentile within the example's output-length stratum.
 

@@ -340,9 +340,8 @@ class GradientMethod(Method):
         strata = int(self.options(inputs)["length_strata"] or 0)
         if strata <= 1:
             return out
-        from curation.engine.select import length_stratified
-        lengths = np.concatenate([[sum(len(m.get("content") or "") for m in msgs if m.get("role") == "assistant")
-                                   for msgs in inputs.fetch(inputs.example_ids[lo:lo + 5000])]
+        from curation.engine.select import length_stratified, response_length
+        lengths = np.concatenate([[response_length(msgs) for msgs in inputs.fetch(inputs.example_ids[lo:lo + 5000])]
                                   for lo in range(0, len(inputs.example_ids), 5000)] or [[]])
         out.scores = length_stratified(out.scores, lengths, strata)
         out.per_checkpoint = None

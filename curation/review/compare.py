@@ -20,7 +20,7 @@ from scipy import stats
 from sqlalchemy import select
 
 from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
-from curation.engine.select import rank_order
+from curation.engine.select import rank_order, response_length
 from curation.errors import CurationError
 from curation.runs.execute import load_scores
 
@@ -233,11 +233,6 @@ def report(cmp: Comparison) -> str:
         lines += [f"  rank {d.rank_a:>6} vs {d.rank_b:<6} score {d.score_a:+.4f} vs {d.score_b:+.4f}"
                   f"  {d.source:<14} {d.uid:<20} {d.prompt!r}" for d in p.disagreements]
     return "\n".join(lines)
-
-
-def response_length(messages: list[dict]) -> int:
-    """Characters of the example's output: every assistant message's content."""
-    return sum(len(m.get("content") or "") for m in messages if m.get("role") == "assistant")
 
 
 def length_spearman(store: Store, run_id: int, batch: int = 20_000) -> float | None:
