@@ -469,9 +469,7 @@ def run_presets(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None
                 workspace: Path | None = None, log: Log | None = None) -> dict[str, Any]:
     """`bench speed --presets`: the preset table, on the device and threads of ``cfg``."""
     log = log or (lambda msg: None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with _torch_threads(cfg.threads):
         model, tokenizer = _loaded(cfg, model, tokenizer, workspace, log)
         device = next(model.parameters()).device
         presets = preset_bench(cfg, model, tokenizer, log)
@@ -481,8 +479,6 @@ def run_presets(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None
                 "notes": ["examples_per_s: train features only (one checkpoint timed, times the preset's "
                           "checkpoints); warmup and validation features left out",
                           "speedup: against the default measured in this run, repeats interleaved"]}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _loaded(cfg: SpeedConfig, model, tokenizer, workspace: Path | None, log: Log):
@@ -563,9 +559,7 @@ def run_speed(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None,
               workspace: Path | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run the whole bench; ``model``/``tokenizer`` may be injected (tests), else loaded."""
     log = log or (lambda msg: None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with _torch_threads(cfg.threads):
         model, tokenizer = _loaded(cfg, model, tokenizer, workspace, log)
         device = next(model.parameters()).device
         peak_dtype = cfg.autocast_for(device.type) or "float32"  # the floor is of the engine's precision
@@ -576,8 +570,17 @@ def run_speed(cfg: SpeedConfig, model: nn.Module | None = None, tokenizer=None,
             scoring = scoring_bench(cfg, Path(tmp), log)
         scoring["blas_threads"] = blas
         return _result(cfg, feat, max(peak, key=lambda p: p["flops_per_s"]), scoring, device)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op threads at ``n`` inside, as they were after (the bench leaves no trace)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
