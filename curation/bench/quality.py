@@ -443,6 +443,8 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
     suite = getattr(args, "suite", None)
     if suite:
         overrides["suites"] = (suite,)
+    if getattr(args, "methods", None):
+        overrides["methods"] = parse_methods(args.methods)
     for name in ("k", "threads", "device"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
@@ -452,6 +454,21 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
     else:
         cfg = QualityConfig(**({"model": model} if model else {}), **overrides)
     return with_model_defaults(cfg) if model else cfg
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """"rose,less,auto" -> the bench keys; an unknown key is an error naming the known ones."""
+    from curation.errors import CurationError
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in keys if k not in METHODS]
+    if unknown or not keys:
+        raise CurationError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
+    for k in keys:  # a fusion needs its inputs scored first in the same suite
+        if k.startswith("fusion:"):
+            missing = [p for p in k.partition(":")[2].split("+") if p not in keys[:keys.index(k)]]
+            if missing:
+                raise CurationError(f"--methods: {k} needs {', '.join(missing)} listed before it")
+    return keys
 
 
 def with_model_defaults(cfg: QualityConfig) -> QualityConfig:
