@@ -156,7 +156,7 @@ def check_seconds(cfg: CheckConfig, budget: int, example_epoch_s: float, scoring
 def estimate_check(store: Store, run_id: int, cfg: CheckConfig | None = None) -> dict[str, Any]:
     """Seconds a check of ``run_id`` should take, before launch (`check_seconds` on the run's own
     stage times), calibrated on earlier checks of this workspace; ``{"seconds", "budget", "calibrated_on"}``."""
-    from curation.runs.progress import DEMO_TOKENS, Facts, row_seconds
+    from curation.runs.progress import DEMO_TOKENS, TINY_PARAMS, Facts, row_seconds
 
     cfg = cfg or CheckConfig()
     with store.session() as s:
@@ -172,7 +172,7 @@ def estimate_check(store: Store, run_id: int, cfg: CheckConfig | None = None) ->
     warm_n = max(1, round(n_pool * float(warm.get("percent", 5.0)) / 100))
     warm_s = times.get("warmup", 0.0)
     per_example = (warm_s / (warm_n * int(warm.get("epochs", 4))) if warm_s > 1.0 else
-                   row_seconds(Facts(n=n_pool, n_pairs=0, tokens=DEMO_TOKENS, params=1_300_000, lora_dim=None)))
+                   row_seconds(Facts(n=n_pool, n_pairs=0, tokens=DEMO_TOKENS, params=TINY_PARAMS, lora_dim=None)))
     scoring = sum(v for k, v in times.items() if k.startswith(("validation features", "score", "select", "load model")))
     pairs = [c for c in earlier if c.get("wall_s") and c.get("estimate_s")]
     factor = (sum(c["wall_s"] for c in pairs[:5]) / sum(c["estimate_s"] for c in pairs[:5])) if pairs else 1.0

@@ -10,8 +10,8 @@ moment or is skipped; it still counts as one of the N.
 
 **Cost** (`estimate_cost`): seconds per stage from a cost model, then calibrated on this
 machine. The model: a train-feature row (one example at one checkpoint: forward, backward,
-projection) costs ``0.67 s x (params / 134.5M) x (tokens / 46.5)``, measured with smollm2
-on 2 CPU cores (README: ~1.5 examples/s) and consistent with the tiny model's ~150/s; tokens
+projection) costs ``row(params) x (tokens / 46.5)``, where ``row`` runs through two measured
+points (`ROW_S_POINTS`: smollm2 0.28 s and the tiny model 0.0065 s on 2 CPU cores); tokens
 are estimated as characters / 4 plus 12 for the chat template, capped at max length (46.5 on
 the demo pool). A warmup example-epoch costs 1.2 rows, a validation pair 3 rows for ROSE (two
 sequences, policy and reference), 1 for LESS, 12 for NICE (it samples responses first).
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -57,8 +58,14 @@ FIXED_PLANS = {
 }
 
 AUTO_STAGES = ("auto: fine-tune on random selections", "auto: judge candidates")  # `methods.auto`
-ROW_S_SMOLLM2 = 0.67  # seconds per train-feature row, smollm2 (134.5M) at 46.5 tokens, 2 CPU cores
 SMOLLM2_PARAMS = 134_515_008
+TINY_PARAMS = 1_300_000
+# seconds per train-feature row at the demo's 46.5 tokens, measured on 2 idle CPU cores:
+# smollm2: 0.28 (the fast preset's demo run, 3000 rows in 835 s at 2 threads; its warmup, 150
+# examples x 4 epochs, took 209 s against 210 modelled); tiny: 0.0065 (the figure the tiny
+# calibration below was fitted with). Between them cost grows as params^0.81 (a small model's
+# per-row overhead does not shrink with it); beyond them, linearly (compute-bound).
+ROW_S_POINTS = ((TINY_PARAMS, 0.0065), (SMOLLM2_PARAMS, 0.28))
 DEMO_TOKENS = 46.5  # the demo pool's mean characters (138) / 4 + 12 template tokens
 MIN_ROW_S = 0.002  # per-row overhead floor of the smallest models
 # per row and 8,192 feature coordinates: the tiny model's exact rows (d = 32,768) cost 0.039 and
@@ -261,8 +268,18 @@ def row_seconds(facts: Facts, k_eff: int = 8192) -> float:
     """Seconds per train-feature row (one example, one checkpoint) under the cost model: the
     model's forward and backward (parameters x tokens) plus the per-row work on the feature
     itself (Adam direction, projection, norm, write: ~k_eff)."""
-    model = max(MIN_ROW_S, ROW_S_SMOLLM2 * facts.params / SMOLLM2_PARAMS * facts.tokens / DEMO_TOKENS)
+    model = max(MIN_ROW_S, model_row_seconds(facts.params) * facts.tokens / DEMO_TOKENS)
     return model + ROW_DIM_S * k_eff / 8192
+
+
+def model_row_seconds(params: int) -> float:
+    """A row's forward and backward at the demo's length, from the two measured `ROW_S_POINTS`."""
+    (p0, s0), (p1, s1) = ROW_S_POINTS
+    if params <= p0:
+        return s0 * params / p0
+    if params >= p1:
+        return s1 * params / p1
+    return s0 * (params / p0) ** (math.log(s1 / s0) / math.log(p1 / p0))
 
 
 def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
