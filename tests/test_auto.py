@@ -102,3 +102,21 @@ def test_best_is_margin_then_accuracy():
     b = Candidate("b", {"accuracy": 0.5, "margin": 0.3})
     c = Candidate("c", {"accuracy": 0.75, "margin": 0.3})
     assert best([a, b, c]).name == "c" and best([a, b]).name == "b"
+
+
+def test_auto_options_set_how_many_fine_tunes_judge_and_the_estimate_follows():
+    from curation.config import ScoreConfig
+    from curation.errors import CurationError
+    from curation.runs.progress import AUTO_STAGES, _auto_stage_s
+
+    cfg = Auto.tune_config({"seeds": 1, "random_draws": 3, "min_steps": 10})
+    assert (cfg.seeds, cfg.random_draws, cfg.min_steps) == ((0,), 3, 10)
+    assert Auto.tune_config({}) == Auto.tune  # no option: the product's defaults
+    for bad in ({"seeds": 0}, {"random_draws": 1}, {"min_steps": "many"}, {"seeds": True}):
+        with pytest.raises(CurationError, match="auto: option"):
+            Auto.tune_config(bad)
+    full, light = (_auto_stage_s(1000, 10, 0.1, o) for o in ({}, {"seeds": 1, "random_draws": 3, "min_steps": 10}))
+    assert light[AUTO_STAGES[0]] < full[AUTO_STAGES[0]] and light[AUTO_STAGES[1]] < full[AUTO_STAGES[1]] / 4
+    with pytest.raises(CurationError, match="unknown option"):  # a typo is refused, not ignored
+        from curation.methods.base import method_options
+        method_options("auto", ScoreConfig(method="auto", options={"seed": 1}), dict(Auto.option_spec))
