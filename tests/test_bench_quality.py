@@ -257,3 +257,19 @@ def test_prefs_suite_shape_and_no_leak(micro_model, tmp_path, monkeypatch):
     assert set(res) == {"bm25", "random", "full_pool", "_info"} and res["_info"]["heldout_pairs"] == 8
     five = res["bm25"]["5"]
     assert 0 <= five["accuracy_mean"] <= 1 and "margin_mean" in five and five["precision"] > res["random"]["5"]["precision"]
+
+
+def test_methods_option_preset_and_auto_options_reach_the_runs():
+    from curation.bench.quality import parse_methods
+    from curation.errors import CurationError
+
+    args = make_parser().parse_args(["bench", "quality", "--quick", "--methods", "rose,bm25,fusion:less+bm25"])
+    with pytest.raises(CurationError, match="fusion:less\\+bm25 needs less"):
+        config_from_args(args)
+    assert parse_methods("less,bm25,fusion:less+bm25,auto") == ("less", "bm25", "fusion:less+bm25", "auto")
+    with pytest.raises(CurationError, match="unknown lesss"):
+        parse_methods("lesss")
+    cfg = QualityConfig.quick(preset="fast", auto_options={"seeds": 1})
+    rose, auto, bm25 = (cfg.score_config(m, "model", "exact_match") for m in ("rose", "auto", "bm25"))
+    assert rose.preset == "fast" and rose.features.checkpoints == 1 and rose.features.k == cfg.k
+    assert auto.options == {"seeds": 1} and rose.options == {} and bm25.options == {}

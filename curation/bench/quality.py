@@ -85,6 +85,8 @@ class QualityConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     nice: dict[str, Any] = field(default_factory=dict)  # NICE options besides the reward
     raise_options: dict[str, Any] = field(default_factory=dict)  # RAISE options (`raise_.config.RaiseConfig`)
+    auto_options: dict[str, Any] = field(default_factory=dict)  # auto's fine-tune counts (`methods.auto.Auto`)
+    preset: str = "default"  # feature preset of the gradient methods (`config.PRESETS`; "fast" on smollm2)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     t0: T0Spec = field(default_factory=T0Spec)
     prefs: PrefsSpec = field(default_factory=PrefsSpec)
@@ -109,15 +111,19 @@ class QualityConfig:
 
     def score_config(self, method: str, model_path: str, reward: str, max_length: int | None = None) -> ScoreConfig:
         method, _, arg = method.partition(":")
-        options = {"nice": {"reward": reward, **self.nice}, "raise": dict(self.raise_options)}.get(method, {})
+        options = {"nice": {"reward": reward, **self.nice}, "raise": dict(self.raise_options),
+                   "auto": dict(self.auto_options)}.get(method, {})
         if method == "contrast" and arg:
             options = {"alpha": float(arg)}
         max_length = max_length or self.max_length
         model = ModelConfig(name_or_path=model_path, max_length=max_length, device=self.device)
         warmup = dataclasses.replace(self.warmup, max_length=min(self.warmup.max_length, max_length))
-        return ScoreConfig(method=method, model=model,
-                           warmup=warmup, features=FeatureConfig(k=self.k, batch_size=self.feature_batch_size),
-                           select=SelectConfig(percent=max(self.percents)), options=options, threads=self.threads)
+        cfg = ScoreConfig(method=method, model=model,
+                          warmup=warmup, features=FeatureConfig(k=self.k, batch_size=self.feature_batch_size),
+                          select=SelectConfig(percent=max(self.percents)), options=options, threads=self.threads)
+        if self.preset != "default":
+            cfg.apply_preset(self.preset)
+        return cfg
 
     def __post_init__(self) -> None:
         if not set(self.downstream.percents) <= set(self.percents):
