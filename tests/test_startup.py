@@ -16,3 +16,9 @@ def imported_after(statement: str) -> set[str]:
 def test_the_score_command_path_does_not_import_sklearn():
     mods = imported_after("import curation.runs.execute, curation.methods")
     assert "sklearn" not in mods and "scipy.stats" not in mods and "pandas" not in mods
+
+
+# --- torch: 1-2 s and hundreds of MB per process, for the model methods only (issue 20 item 6) ---
+
+def test_the_run_config_does_not_import_torch():
+    assert "torch" not in imported_after("import curation.config, curation.engine.models")
