@@ -3,8 +3,10 @@ only other methods use (issue 20, item 6: BM25 took 57-111 s of CLI wall time fo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def imported_after(statement: str) -> set[str]:
@@ -20,5 +22,64 @@ def test_the_score_command_path_does_not_import_sklearn():
 
 # --- torch: 1-2 s and hundreds of MB per process, for the model methods only (issue 20 item 6) ---
 
+REPO = Path(__file__).resolve().parents[1]
+# Run `python -m curation ARGS...` for each ARGS in turn in one process (each must exit 0), then say
+# whether torch was ever imported.
+CLI = ("import atexit, json, runpy, sys\n"
+       "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
+       "for args in json.loads(sys.argv[1]):\n"
+       "    sys.argv = ['curation', *args]\n"
+       "    try:\n"
+       "        runpy.run_module('curation', run_name='__main__', alter_sys=True)\n"
+       "    except SystemExit as stop:\n"
+       "        assert not stop.code, (args, stop.code)\n")
+
+
+def run_cli(*commands: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """CLI commands in one fresh process (CURATION_HOME from the `ws` fixture); asserts they succeeded."""
+    done = subprocess.run([sys.executable, "-c", CLI, json.dumps(commands)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_the_run_config_does_not_import_torch():
     assert "torch" not in imported_after("import curation.config, curation.engine.models")
+
+
+def test_a_bm25_score_and_its_worker_never_import_torch(ws, tmp_path):
+    from curation.config import ScoreConfig
+    from curation.data.demo import DEMO_POOL, DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Store
+    from curation.runs.execute import create_run, show_run
+
+    store, pool = Store.open(ws), tmp_path / "small.jsonl"
+    pool.write_text("".join(DEMO_POOL.read_text().splitlines(True)[:40]))
+    import_pool(store, pool, name="small")
+    import_prefs(store, DEMO_PREFS, name="demo")
+    done = run_cli(("score", "--pool", "small", "--prefs", "demo", "--method", "bm25"))
+    assert "torch imported: False" in done.stderr
+    run_id = int(done.stdout.split()[-1])
+    assert show_run(store, run_id, top=0)["status"] == "done"
+    queued = create_run(store, "small", "demo", ScoreConfig(method="bm25"), ws=ws)  # what the app's worker runs
+    assert "torch imported: False" in run_cli(("worker", str(queued))).stderr
+    assert show_run(store, queued, top=0)["status"] == "done"
+
+
+def test_listing_showing_and_exporting_a_bm25_run_never_import_torch(ws, tmp_path):
+    from curation.config import ScoreConfig
+    from curation.data.demo import DEMO_POOL, DEMO_PREFS
+    from curation.data.imports import import_pool, import_prefs
+    from curation.data.store import Store
+    from curation.runs.execute import create_run, execute_run
+
+    store, pool = Store.open(ws), tmp_path / "small.jsonl"
+    pool.write_text("".join(DEMO_POOL.read_text().splitlines(True)[:40]))
+    import_pool(store, pool, name="small")
+    import_prefs(store, DEMO_PREFS, name="demo")
+    run_id = create_run(store, "small", "demo", ScoreConfig(method="bm25"), ws=ws)
+    execute_run(store, run_id)
+    done = run_cli(("list",), ("show", str(run_id)), ("prefs", "list"), ("export", str(run_id), "--name", "sel"))
+    assert "torch imported: False" in done.stderr
+    assert (ws.home / "exports" / "sel" / "sel.jsonl").is_file()
