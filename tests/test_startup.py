@@ -3,10 +3,13 @@ only other methods use (issue 20, item 6: BM25 took 57-111 s of CLI wall time fo
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def imported_after(statement: str) -> set[str]:
@@ -23,6 +26,7 @@ def test_the_score_command_path_does_not_import_sklearn():
 # --- torch: 1-2 s and hundreds of MB per process, for the model methods only (issue 20 item 6) ---
 
 REPO = Path(__file__).resolve().parents[1]
+PAGES_WITHOUT_A_MODEL = ("explore", "curate", "pool", "preferences", "compare")  # scoring lists every method
 # Run `python -m curation ARGS...` for each ARGS in turn in one process (each must exit 0), then say
 # whether torch was ever imported.
 CLI = ("import atexit, json, runpy, sys\n"
@@ -43,8 +47,33 @@ def run_cli(*commands: tuple[str, ...]) -> subprocess.CompletedProcess:
     return done
 
 
+def library_imports(page: Path) -> list[str]:
+    """The `curation` modules a page imports at its top (``from curation.x import y``: x.y when a module)."""
+    out: list[str] = []
+    for node in ast.parse(page.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "curation":
+            out.append(node.module)
+            out += [f"{node.module}.{a.name}" for a in node.names
+                    if (REPO / node.module.replace(".", "/") / a.name).with_suffix(".py").is_file()
+                    or (REPO / node.module.replace(".", "/") / a.name / "__init__.py").is_file()]
+    return out
+
+
 def test_the_run_config_does_not_import_torch():
     assert "torch" not in imported_after("import curation.config, curation.engine.models")
+
+
+def test_the_pair_readiness_does_not_import_torch():
+    mods = imported_after("from curation.methods.heldout import label_contrast, readiness; "
+                          "assert readiness(['a', 'a', 'b', 'b', 'c', 'c'])['ready']")
+    assert "torch" not in mods
+
+
+@pytest.mark.parametrize("page", PAGES_WITHOUT_A_MODEL)
+def test_a_page_without_a_model_imports_a_library_free_of_torch(page):
+    modules = library_imports(REPO / "pages" / f"{page}.py")
+    assert modules
+    assert "torch" not in imported_after("import " + ", ".join(modules))
 
 
 def test_a_bm25_score_and_its_worker_never_import_torch(ws, tmp_path):
