@@ -76,17 +76,32 @@ def test_a_page_without_a_model_imports_a_library_free_of_torch(page):
     assert "torch" not in imported_after("import " + ", ".join(modules))
 
 
-def test_a_bm25_score_and_its_worker_never_import_torch(ws, tmp_path):
-    from curation.config import ScoreConfig
+def small_workspace(ws, tmp_path):
+    """The first 40 demo examples as pool `small` and the demo pairs as set `demo`."""
     from curation.data.demo import DEMO_POOL, DEMO_PREFS
     from curation.data.imports import import_pool, import_prefs
     from curation.data.store import Store
-    from curation.runs.execute import create_run, show_run
 
     store, pool = Store.open(ws), tmp_path / "small.jsonl"
     pool.write_text("".join(DEMO_POOL.read_text().splitlines(True)[:40]))
     import_pool(store, pool, name="small")
     import_prefs(store, DEMO_PREFS, name="demo")
+    return store
+
+
+def bm25_run(store, ws) -> int:
+    from curation.config import ScoreConfig
+    from curation.runs.execute import create_run, execute_run
+    run_id = create_run(store, "small", "demo", ScoreConfig(method="bm25"), ws=ws)
+    execute_run(store, run_id)
+    return run_id
+
+
+def test_a_bm25_score_and_its_worker_never_import_torch(ws, tmp_path):
+    from curation.config import ScoreConfig
+    from curation.runs.execute import create_run, show_run
+
+    store = small_workspace(ws, tmp_path)
     done = run_cli(("score", "--pool", "small", "--prefs", "demo", "--method", "bm25"))
     assert "torch imported: False" in done.stderr
     run_id = int(done.stdout.split()[-1])
@@ -97,18 +112,25 @@ def test_a_bm25_score_and_its_worker_never_import_torch(ws, tmp_path):
 
 
 def test_listing_showing_and_exporting_a_bm25_run_never_import_torch(ws, tmp_path):
-    from curation.config import ScoreConfig
-    from curation.data.demo import DEMO_POOL, DEMO_PREFS
-    from curation.data.imports import import_pool, import_prefs
-    from curation.data.store import Store
-    from curation.runs.execute import create_run, execute_run
-
-    store, pool = Store.open(ws), tmp_path / "small.jsonl"
-    pool.write_text("".join(DEMO_POOL.read_text().splitlines(True)[:40]))
-    import_pool(store, pool, name="small")
-    import_prefs(store, DEMO_PREFS, name="demo")
-    run_id = create_run(store, "small", "demo", ScoreConfig(method="bm25"), ws=ws)
-    execute_run(store, run_id)
+    run_id = bm25_run(small_workspace(ws, tmp_path), ws)
     done = run_cli(("list",), ("show", str(run_id)), ("prefs", "list"), ("export", str(run_id), "--name", "sel"))
     assert "torch imported: False" in done.stderr
     assert (ws.home / "exports" / "sel" / "sel.jsonl").is_file()
+
+
+def test_the_pages_without_a_model_open_on_a_bm25_run_without_torch(ws, tmp_path):
+    """Their first visits, run as the app runs them (AppTest), not only their imports: Curate's
+    dataset card asked every method whether it uses a model."""
+    bm25_run(small_workspace(ws, tmp_path), ws)
+    code = ("import sys\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({str(REPO / 'app.py')!r}, default_timeout=120)\n"
+            "at.run()\n"
+            f"for page in {PAGES_WITHOUT_A_MODEL!r}:\n"
+            "    at.switch_page(f'pages/{page}.py')\n"
+            "    at.run()\n"
+            "    assert not at.exception, (page, [e.value for e in at.exception])\n"
+            "print('torch imported:', 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout
