@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.engine.model import ModelConfig, config_from_dict
-from curation.engine.warmup import WarmupConfig
+from curation.engine.settings import ModelConfig, WarmupConfig, config_from_dict
 from curation.errors import CurationError
 
 PROJECTORS = ("auto", "identity", "sparse_jl", "dense_rademacher")

@@ -1,5 +1,6 @@
 """The scoring engine: models (`model`: tokenising and batching; `models`: named models and
-loading; `tiny`: the offline demo model), the LoRA warmup (`warmup`), training and
+loading; `tiny`: the offline demo model; `settings`: the model and warmup dataclasses, free of
+torch), the LoRA warmup (`warmup`), training and
 validation objectives (`objectives`), per-example gradients (`grads`), random projections
 (`projection`), the on-disk feature format (`features`) and the workspace feature store
 (`featuresets`), influence scoring (`influence`), ranking and budgets (`select`), sampling

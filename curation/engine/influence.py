@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from curation.engine.features import FeatureReader, atomic_write, fsync_dir, row_norms, save_npy_atomic
@@ -109,6 +108,8 @@ def _cosines(block: np.ndarray, Vt: np.ndarray, buf: np.ndarray, n_val: int | No
     numpy ``T @ Vt`` with a contiguous, padded ``Vt`` (`padded_transpose`); 256-row chunks
     (8 MB) beat both smaller ones (call overhead) and larger ones (cache misses).
     """
+    import torch  # lazily: BM25 and DSIR import this module's pure pieces and need no torch
+
     T = buf[: len(block)]
     torch.from_numpy(T).copy_(torch.from_numpy(np.ascontiguousarray(block)))
     norms = row_norms(T) if norms is None else norms  # stored norms: the same bits, one pass less
@@ -248,6 +249,8 @@ def score(inputs: ScoringInputs, chunk_rows: int = 256, workers: int | None = No
         per_checkpoint=np.empty((n, n_ckpt), np.float32), driver=np.empty(n, np.int64),
         subtasks=inputs.subtasks, example_ids=np.array(inputs.train[0].example_ids, np.int64),
         weights=inputs.weights, checkpoints=[t.manifest.checkpoint for t in inputs.train])
+    import torch
+
     starts, n_val = list(range(0, n, chunk_rows)), len(inputs.val_subtasks)
     norms = [reader.norms() for reader in inputs.train]
     workers = max(1, min(workers or torch.get_num_threads(), len(starts)))

@@ -6,22 +6,21 @@ so train and validation sides can never drift apart (METHODS.md, prompt-format n
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
-
+from curation.engine.settings import ModelConfig, config_from_dict  # noqa: F401 (re-exported)
 from curation.errors import CurationError
+
+if TYPE_CHECKING:  # torch loads when a function here needs it: the config and the CLI do not
+    import torch
 
 Messages = Sequence[dict[str, str]]
 Progress = Callable[[str, int, int], None]
 IGNORE = -100  # label value that the loss skips (HF convention)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 ROLE_TAGS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 
 # The tulu / open-instruct format of the reference pool, as LESS's `concat_messages` writes it:
@@ -38,45 +37,15 @@ TULU_CHAT_TEMPLATE = (
 )
 
 
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build a config dataclass from a dict, refusing unknown keys (a typo must not pass silently)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CurationError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}")
-    return cls(**data)
-
-
-@dataclass
-class ModelConfig:
-    """Which base model to load and how; goes into every run manifest."""
-
-    name_or_path: str = "tiny"  # "tiny" (built-in), "smollm2" (after `model fetch`), a local dir or hub id
-    dtype: str = "float32"  # float32 | bfloat16 (float64 for equivalence tests)
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
-    max_length: int = 512  # tokens per example after truncation (see `encode`)
-    allow_download: bool = False  # never touch the network unless the caller asks
-
-    def __post_init__(self) -> None:
-        if not self.name_or_path.strip():
-            raise CurationError("ModelConfig.name_or_path must not be empty")
-        if self.dtype not in DTYPES:
-            raise CurationError(f"ModelConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.device not in ("cpu", "auto") and not self.device.startswith("cuda"):
-            raise CurationError(f"ModelConfig.device must be cpu, cuda or auto, got {self.device!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise CurationError(f"ModelConfig.max_length must be an integer >= 2, got {self.max_length!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return config_from_dict(cls, data)
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `ModelConfig.dtype` (one of `settings.DTYPE_NAMES`)."""
+    import torch
+    return getattr(torch, name)
 
 
 def resolve_device(device: str) -> torch.device:
     """Turn "auto" into cuda when present; fail early (not mid-run) when cuda is asked but absent."""
+    import torch
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -224,6 +193,7 @@ def encode_pair(tokenizer, prompt_messages: Messages, response: str,
 
 def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example; pads get attention 0 and label -100."""
+    import torch
     if not encoded:
         raise CurationError("cannot collate an empty batch")
     width = max(len(e["input_ids"]) for e in encoded)

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from curation.engine.model import DTYPES, ModelConfig, resolve_device
 from curation.engine import tiny
+from curation.engine.model import resolve_device, torch_dtype
+from curation.engine.settings import ModelConfig
 from curation.engine.tiny import DEFAULT_CORPUS
 from curation.errors import CurationError
 
@@ -335,7 +336,7 @@ def load_model(cfg: ModelConfig, workspace: Path, tiny_cfg: Any = None,
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=local_only, dtype=DTYPES[cfg.dtype])
+            source, local_files_only=local_only, dtype=torch_dtype(cfg.dtype))
     except (OSError, ValueError) as exc:
         hint = " (not found locally; downloads are off: set allow_download to fetch it)" if local_only else ""
         raise CurationError(f"cannot load model {cfg.name_or_path!r}{hint}: {exc}") from exc

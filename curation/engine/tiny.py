@@ -19,12 +19,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from curation.engine.model import TULU_CHAT_TEMPLATE, Progress, config_from_dict, format_conversation
 from curation.errors import CurationError
+
+if TYPE_CHECKING:  # torch loads only to build the model: reading its settings needs none
+    import torch
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "demo_pool.jsonl"
 BUILD_INFO = "build_info.json"
@@ -167,6 +168,7 @@ def read_build_info(model_dir: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _deterministic(cfg: TinyConfig) -> Iterator[None]:
     """Seed, fix the thread count and ask for deterministic kernels; restore them afterwards."""
+    import torch
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.num_threads)
     torch.use_deterministic_algorithms(True)
@@ -216,6 +218,7 @@ def _pack(tokenizer, conversations: list[list[dict[str, str]]], cfg: TinyConfig)
     Packing (vs padding) wastes no compute; conversations are shuffled once so a block mixes
     task families. Full-token loss teaches both the role format and the prompts' language.
     """
+    import torch
     order = torch.randperm(len(conversations), generator=torch.Generator().manual_seed(cfg.seed))
     stream: list[int] = []
     for i in order.tolist():
@@ -234,6 +237,7 @@ def _pretrain(model, blocks: torch.Tensor, cfg: TinyConfig, progress: Progress |
     With ``resume``: continue from the state saved there (same config fingerprint only) and
     save the state every ``save_every`` steps.
     """
+    import torch
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
@@ -270,6 +274,7 @@ def _pretrain(model, blocks: torch.Tensor, cfg: TinyConfig, progress: Progress |
 
 def _save_state(path: Path, state: dict) -> None:
     """Write-to-temp-then-rename: a kill while saving keeps the previous resume point."""
+    import torch
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -1,22 +1,46 @@
 """Selection methods, registered by name (`get_method("rose")`); see `base.Method`. One module per
 method; `gradient` is the shared base of ROSE, LESS and NICE, `rewards` NICE's metrics and
 `ppo` RAISE's learned selector, `heldout` the held-out judge that `auto` (and `review.check`)
-use.
+use. Method modules load on demand (`get_method`, `method_class`; `REGISTRY` loads them all), so a
+model-free run never imports torch through the gradient methods.
 
 May import: `curation.config`, `curation.data`, `curation.engine`, `curation.sandbox`,
 `curation.runs.jobs` (the progress reporter) and itself.
 """
 
-from curation.methods import less, rose  # noqa: F401  (registration side effects; order is the UI's)
-from curation.methods import nice  # noqa: F401  # isort: skip
-from curation.methods import bm25  # noqa: F401  # isort: skip
-from curation.methods import dsir  # noqa: F401  # isort: skip
-from curation.methods import random_  # noqa: F401  # isort: skip
-from curation.methods import raise_  # noqa: F401  # isort: skip
-from curation.methods import repsim  # noqa: F401  # isort: skip
-from curation.methods import contrast  # noqa: F401  # isort: skip
-from curation.methods import fusion  # noqa: F401  # isort: skip
-from curation.methods import auto  # noqa: F401  # isort: skip
-from curation.methods.base import REGISTRY, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, get_method
+import importlib
+from typing import Any
 
-__all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreLabels", "ScoreOutput", "ValPair", "get_method"]
+from curation.errors import CurationError
+from curation.methods.base import METHOD_MODULES, Method, ScoreInputs, ScoreLabels, ScoreOutput, ValPair, get_method
+from curation.methods.base import REGISTRY as _LOADED
+
+__all__ = ["REGISTRY", "Method", "ScoreInputs", "ScoreLabels", "ScoreOutput", "ValPair", "get_method", "method_class"]
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``, importing its module only (not every method's)."""
+    if name not in _LOADED and name in METHOD_MODULES:
+        importlib.import_module(f"{__name__}.{METHOD_MODULES[name]}")
+    if name not in _LOADED:
+        known = sorted(set(METHOD_MODULES) | set(_LOADED))
+        raise CurationError(f"unknown method {name!r}; available: {', '.join(known)}")
+    return _LOADED[name]
+
+
+def _all_methods() -> dict[str, type[Method]]:
+    """Every method loaded, the registry (the same dict) in the UI's order."""
+    for name in METHOD_MODULES:
+        method_class(name)
+    ordered = {n: _LOADED[n] for n in [*METHOD_MODULES, *_LOADED] if n in _LOADED}
+    if list(ordered) != list(_LOADED):  # reorder once, not under a reader iterating it
+        _LOADED.clear()
+        _LOADED.update(ordered)
+    return _LOADED
+
+
+def __getattr__(name: str) -> Any:
+    """`REGISTRY` (every method, which loads torch) only when someone asks for it."""
+    if name == "REGISTRY":
+        return _all_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

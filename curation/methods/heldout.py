@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from curation.data.pairs import NEAR_IDENTICAL, similarity
-from curation.engine.objectives import Batch, DPOObjective, collate
-from curation.engine.projection import derive_seed
+
+if TYPE_CHECKING:  # torch loads only to measure margins: `readiness` (the Preferences page) needs none
+    from curation.engine.objectives import Batch
 
 CI_LEVEL = 0.95
 
@@ -44,6 +44,7 @@ def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0,
     prompt keeps it for scoring. Seeded by ``(seed, subtask)``, so adding a subtask does not
     reshuffle the others.
     """
+    from curation.engine.projection import derive_seed
     if not 0 < share < 1:
         raise ValueError(f"held-out share must be in (0, 1), got {share}")
     keys = list(prompts) if prompts is not None else list(range(len(subtasks)))
@@ -62,16 +63,19 @@ def split_pairs(subtasks: Sequence[str], share: float, seed: int = 0,
     return [i for i in range(len(subtasks)) if i not in held_set], sorted(held)
 
 
-@torch.no_grad()
 def pair_margins(model, items: Sequence[Batch], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """Per-token ``h(y_w) − h(y_l)`` of every pair item (`objectives.pair_item`) under a PEFT model
     (the module docstring says why per token)."""
+    import torch
+
+    from curation.engine.objectives import DPOObjective, collate
     objective = DPOObjective(per_token=True)
     was_training = model.training
     model.eval()
     try:
-        out = [objective.margin(model, collate(items[lo:lo + batch_size], pad_id).to(next(model.parameters()).device))
-               for lo in range(0, len(items), batch_size)]
+        with torch.no_grad():
+            out = [objective.margin(model, collate(items[lo:lo + batch_size], pad_id).to(next(model.parameters()).device))
+                   for lo in range(0, len(items), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out).double().cpu().numpy() if out else np.zeros(0)
@@ -295,6 +299,7 @@ class Tuner:
     def random_margins(self, ids: np.ndarray, n: int, key, note=lambda k: None) -> np.ndarray:
         """``[draws, pairs]`` margins of ``random_draws`` random selections of ``n`` (draw k: seeded by
         ``key`` and k, fine-tune seed k): the spread a selection must stand out from."""
+        from curation.engine.projection import derive_seed
         out = []
         for k in range(self.cfg.random_draws):
             note(k)

@@ -371,9 +371,11 @@ def _write_export(store: Store, sel: CuratedSelection, fmt: str, ids: Sequence[i
 def uses_model(method: str) -> bool:
     """Whether runs of `method` use a language model (BM25, DSIR, random and fusion do not: their
     config still names the form's default model, which the card must not claim was used)."""
-    from curation.methods import REGISTRY  # lazily: importing the methods loads torch
-    cls = REGISTRY.get(method)
-    return True if cls is None else cls.uses_model
+    from curation.methods import method_class  # loads this method's module only (BM25's: no torch)
+    try:
+        return method_class(method).uses_model
+    except CurationError:  # a method this version does not know: claim nothing less than a model
+        return True
 
 
 def _given(sel: CuratedSelection, example_ids: Iterable[int]) -> list[int]:

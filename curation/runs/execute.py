@@ -134,11 +134,12 @@ def _inputs(store: Store, run: Run, ws: Workspace, reporter: Reporter) -> ScoreI
 
 def _use_threads(config: ScoreConfig) -> dict:
     """This process computes the run: give torch the run's CPU thread count (see ScoreConfig.threads);
-    returns the plan (setting, threads, and for "auto" the cores and load that decided it)."""
-    import torch
-
+    returns the plan (setting, threads, and for "auto" the cores and load that decided it).
+    A model-free method never loads torch, so it is not loaded here just to be told."""
     plan = config.thread_plan()
-    torch.set_num_threads(plan["threads"])
+    if config.method in MODEL_METHODS or "torch" in sys.modules:
+        import torch
+        torch.set_num_threads(plan["threads"])
     return plan
 
 

@@ -233,10 +233,12 @@ def quiet_library_output() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=NOISY_MODULES)
     # torch's C++ warnings are attributed to the Python line that called torch
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    # transformers reads QUIET_ENV when it loads; only a copy loaded before now needs telling
+    # (importing it here would load torch into a BM25 worker that never uses it)
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 class LogLines:

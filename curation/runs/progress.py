@@ -368,7 +368,7 @@ def feature_plan(model: str, projector: str, lora_r: int, home: Path, k: int = 8
     """What "Projection dim k" means for this model and LoRA rank: nothing when the features are
     exact (the Scoring form then shows d instead of a k that would not be used)."""
     from curation.config import FeatureConfig
-    from curation.engine.warmup import WarmupConfig
+    from curation.engine.settings import WarmupConfig
     cfg = ScoreConfig(method="rose", features=FeatureConfig(k=k, projector=projector))
     d = lora_dim(model_arch(model, home), lora_r, WarmupConfig().target_modules)
     exact = projector_kind(cfg, d) == "identity"
