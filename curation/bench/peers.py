@@ -52,7 +52,8 @@ import numpy as np
 from curation.engine.tiny import DEFAULT_CORPUS
 
 Log = Callable[[str], None]
-INSTALL = "pip install -r requirements-peers.txt  (bergson==2.5.1; optional, never needed by the product)"
+INSTALL = ("pip install --no-deps bergson==2.5.1 && pip install -r requirements-peers.txt "
+           "(optional: only this bench uses it)")
 
 
 def _demo_prefs() -> str:
@@ -81,11 +82,22 @@ class PeersConfig:
 
 
 def bergson_missing() -> str | None:
-    """None when bergson imports, else the message that says how to get it."""
+    """None when bergson imports, else the message that says how to get it.
+
+    Importing bergson re-configures the root logger (INFO, to stdout, ``force=True``), which
+    would put every library's log lines into ``--json``'s stdout: the root logger's handlers and
+    level are put back as they were."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         import bergson  # noqa: F401
     except ImportError as e:
         return f"bergson is not installed ({e}): {INSTALL}"
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     return None
 
 
@@ -124,14 +136,25 @@ def rss_peak() -> Iterator[dict[str, Any]]:
 # ---------------------------------------------------------------------------- the two sides
 
 
-def bergson_features(model, items, k: int, seed: int, batch_size: int, workdir: Path) -> np.ndarray:
-    """bergson's unit per-example gradients ``[n, k]`` of ``items``' mean response-token CE over the
-    LoRA modules (global Rademacher projection to ``k``), in ``items`` order."""
+def bergson_processor(k: int, seed: int, target: str, modules: int):
+    """(bergson ``GradientProcessor``, feature dims): ``global`` projects to exactly ``k``;
+    ``per_module`` (bergson's default) to ``p × p`` per module, ``p = round(sqrt(k / modules))``."""
+    from bergson.gradients import GradientProcessor
+
+    p = k if target == "global" else max(1, round((k / modules) ** 0.5))
+    processor = GradientProcessor({}, projection_dim=p, projection_type="rademacher", projection_target=target,
+                                  projection_seed=seed)
+    return processor, (k if target == "global" else modules * p * p)
+
+
+def bergson_features(model, items, processor, batch_size: int, workdir: Path) -> np.ndarray:
+    """bergson's unit per-example gradients of ``items``' mean response-token CE over the LoRA
+    modules, projected by ``processor``, in ``items`` order. One processor across calls keeps
+    its cached per-module matrices (the global projection regenerates its blocks per batch)."""
     from bergson.collector.collector import CollectorComputer
     from bergson.collector.in_memory_collector import InMemoryCollector
     from bergson.config.config import IndexConfig, PreprocessConfig
     from bergson.data import allocate_batches
-    from bergson.gradients import GradientProcessor
     from bergson.utils.peft import detect_peft_modules
     from datasets import Dataset
 
@@ -139,19 +162,18 @@ def bergson_features(model, items, k: int, seed: int, batch_size: int, workdir: 
     data = Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows],
                               "length": [len(r[0]) for r in rows]})
     longest = max(len(r[0]) for r in rows)
-    cfg = IndexConfig(run_path=str(workdir / "bergson"), projection_dim=k, projection_target="global",
-                      projection_type="rademacher", projection_seed=seed, loss_reduction="mean",
+    cfg = IndexConfig(run_path=str(workdir / "bergson"), projection_dim=processor.projection_dim,
+                      projection_target=processor.projection_target, projection_type="rademacher",
+                      projection_seed=processor.projection_seed, loss_reduction="mean",
                       token_batch_size=batch_size * longest, max_batch_size=batch_size)
     cfg.partial_run_path.mkdir(parents=True, exist_ok=True)
-    processor = GradientProcessor({}, projection_dim=k, projection_type="rademacher",
-                                  projection_target="global", projection_seed=seed)
     collector = InMemoryCollector(model=model.base_model, cfg=cfg, processor=processor, data=data,
                                   target_modules=detect_peft_modules(model),
                                   preprocess_cfg=PreprocessConfig(unit_normalize=True))
     batches = allocate_batches(data["length"], cfg.token_batch_size, max_batch_size=batch_size)
     CollectorComputer(model=model, data=data, collector=collector, batches=batches,
                       cfg=cfg).run_with_collector_hooks(desc="bergson")
-    return collector.gradients["gradients"].float().numpy()
+    return np.concatenate([g.float().numpy() for g in collector.gradients.values()], axis=1)
 
 
 def query_items(tokenizer, prefs: str, max_length: int) -> list:
@@ -218,14 +240,19 @@ def summary(r: dict[str, Any]) -> str:
     c = r["config"]
     lines = [f"peers on {c['model']}: n={c['n']} ({c['tokens']} tokens), k={c['k']}, {c['threads']} thread(s), "
              f"{c['lora_params']:,} LoRA weights in {c['modules']} modules",
-             f"{'':<9}{'ex/s':>9}{'seconds':>9}{'peak RSS MiB':>14}{'growth':>8}"]
-    for name in ("ours", "bergson"):
+             f"{'':<19}{'ex/s':>9}{'seconds':>9}{'peak RSS MiB':>14}{'growth':>8}"]
+    for name in ("ours", "bergson", "bergson_per_module"):
+        if name not in r:
+            continue
         s = r[name]
         growth = f"{s['rss_growth_mb']:>8.0f}" if s["rss_growth_mb"] is not None else f"{'?':>8}"
-        lines.append(f"{name:<9}{s['examples_per_s']:>9.2f}{s['seconds']:>9.2f}{s['peak_rss_mb']:>14.0f}{growth}")
+        lines.append(f"{name:<19}{s['examples_per_s']:>9.2f}{s['seconds']:>9.2f}{s['peak_rss_mb']:>14.0f}{growth}")
     lines.append(f"speed_ratio (ours/bergson): {r['speed_ratio']:.2f}x; spearman {r['spearman']:.3f}, "
                  f"top-5% overlap {r['top5_overlap']:.2f}; example-cosine gap {r['gram_max_abs_diff']:.3f} "
                  f"(1/sqrt(k) = {c['k'] ** -0.5:.3f})")
+    if pm := r.get("bergson_per_module"):
+        lines.append(f"bergson per-module (p={pm['projection_dim']}, {pm['dims']} dims): ours/it {pm['speed_ratio']:.2f}x, "
+                     f"spearman {pm['spearman']:.3f}, top-5% overlap {pm['top5_overlap']:.2f}")
     return "\n".join(lines + [f"note: {n}" for n in r["notes"]])
 
 
@@ -254,9 +281,11 @@ def run_peers(cfg: PeersConfig, model=None, tokenizer=None, workspace: Path | No
         device, pad, sft = next(model.parameters()).device, pad_token_id(tokenizer), SFTObjective()
         items = pool_items(tokenizer, cfg.pool, cfg.n, cfg.max_length)
         val = query_items(tokenizer, cfg.prefs or _demo_prefs(), cfg.max_length)
-        projector = SparseJLProjector(cfg.k, cfg.seed)
+        projector, params = SparseJLProjector(cfg.k, cfg.seed), selected_params(model)
+        procs = {name: bergson_processor(cfg.k, cfg.seed, target, len(params))
+                 for name, target in (("bergson", "global"), ("bergson_per_module", "per_module"))}
         runs = {"ours": lambda xs: ordered_features(model, xs, sft, projector, None, cfg.batch_size, pad),
-                "bergson": lambda xs: bergson_features(model, xs, cfg.k, cfg.seed, cfg.batch_size, Path(tmp))}
+                **{name: _bergson_run(model, proc, cfg.batch_size, Path(tmp)) for name, (proc, _) in procs.items()}}
         for name, fn in runs.items():
             log(f"warm-up: {name} on one batch")
             timed(lambda: fn(items[: cfg.batch_size]), device)
@@ -273,7 +302,6 @@ def run_peers(cfg: PeersConfig, model=None, tokenizer=None, workspace: Path | No
                 train.setdefault(name, feats)
         log(f"validation features of {len(val)} pairs, both sides")
         scores = {name: less_scores(train[name], fn(val)) for name, fn in runs.items()}
-        params = selected_params(model)
         config = {"model": cfg.model, "n": cfg.n, "k": cfg.k, "threads": torch.get_num_threads(),
                   "device": str(device), "max_length": cfg.max_length, "batch_size": cfg.batch_size,
                   "repeats": cfg.repeats, "pool": cfg.pool, "prefs": cfg.prefs or _demo_prefs(),
@@ -283,13 +311,25 @@ def run_peers(cfg: PeersConfig, model=None, tokenizer=None, workspace: Path | No
                   "compared": "train-feature extraction (pre-tokenized examples -> unit [n, k] features in memory) "
                               "of per-example LoRA gradients of the mean response-token CE (plain gradients, "
                               "no Adam step); LESS-style cosine to the mean chosen-answer gradient for the ranking"}
-        return summarize(side(cfg.n, seconds["ours"], memory["ours"],
-                              "ordered_features: length-bucketed batches, per-sample gradients, sparse JL"),
-                         side(cfg.n, seconds["bergson"], memory["bergson"],
-                              "InMemoryCollector + CollectorComputer: hooks on the LoRA Linear modules, "
-                              "global Rademacher projection"),
-                         scores["ours"], scores["bergson"], config, _notes(cfg),
-                         gram_gap(train["ours"], train["bergson"]))
+        result = summarize(side(cfg.n, seconds["ours"], memory["ours"],
+                                "ordered_features: length-bucketed batches, per-sample gradients, sparse JL"),
+                           side(cfg.n, seconds["bergson"], memory["bergson"],
+                                "InMemoryCollector + CollectorComputer: hooks on the LoRA Linear modules, "
+                                "global Rademacher projection to k, regenerated per batch"),
+                           scores["ours"], scores["bergson"], config, _notes(cfg),
+                           gram_gap(train["ours"], train["bergson"]))
+        proc, dims = procs["bergson_per_module"]
+        per_module = side(cfg.n, seconds["bergson_per_module"], memory["bergson_per_module"],
+                          f"bergson's default: activations and output gradients projected to p={proc.projection_dim} "
+                          f"inside the hooks (cached matrices), p x p per module: {dims} dims")
+        result["bergson_per_module"] = {**per_module, "projection_dim": proc.projection_dim, "dims": dims,
+                                        **agreement(scores["ours"], scores["bergson_per_module"]),
+                                        "speed_ratio": result["ours"]["examples_per_s"] / per_module["examples_per_s"]}
+        return result
+
+
+def _bergson_run(model, processor, batch_size: int, workdir: Path) -> Callable[[list], np.ndarray]:
+    return lambda xs: bergson_features(model, xs, processor, batch_size, workdir)
 
 
 def _bergson_version() -> str:
@@ -307,9 +347,10 @@ def _notes(cfg: PeersConfig) -> list[str]:
         "different formulas (no m, eps outside the root, no g^2 term), and with `bench speed`'s random v the few "
         "near-zero v entries dominate bergson's features (Spearman ~0 in a trial); both are an elementwise "
         "step on the LoRA gradients, a small part of the cost",
-        "bergson's own defaults differ: per-module double-sided projection (projection_dim p gives p*p "
-        "per module) on every Linear of the full model; here it targets our LoRA modules with a global "
-        "projection to exactly k",
+        "bergson: the headline (`bergson`) is its global projection to exactly k; `bergson_per_module` is its "
+        "default per-module double-sided projection (p*p per module, p = round(sqrt(k / modules)), so its "
+        "dims only approximate k); both target our LoRA modules (bergson's default would be every Linear of the "
+        "full model)",
         "peak_rss_mb is the whole process (model included): compare rss_growth_mb for what each call adds",
     ]
 
