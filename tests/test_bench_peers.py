@@ -52,12 +52,21 @@ def test_less_scores_are_cosines_with_the_mean_unit_query():
     np.testing.assert_allclose(less_scores(train, val), [2 ** -0.5, 2 ** -0.5, 1.0])
 
 
-def test_options_reach_the_config():
+def test_options_reach_the_config(ws):
     args = make_parser().parse_args(["bench", "peers", "--quick", "--n", "12", "--k", "64", "--pool", "p.jsonl",
-                                     "--prefs", "q.jsonl", "--model", "smollm2"])
+                                     "--prefs", "q.jsonl", "--model", "smollm2", "--methods", "per_module"])
     cfg = config_from_args(args)
+    assert cfg.projections == ("per_module",)
     assert (cfg.n, cfg.k, cfg.pool, cfg.prefs, cfg.model, cfg.repeats) == (12, 64, "p.jsonl", "q.jsonl", "smollm2", 1)
-    assert config_from_args(make_parser().parse_args(["bench", "peers"])) == PeersConfig()
+    default = config_from_args(make_parser().parse_args(["bench", "peers"]))
+    assert (default.n, default.k, default.max_length, default.batch_size) == (256, 8192, 512, 32)  # tiny's own
+
+
+def test_unknown_projection_is_refused():
+    from curation.errors import CurationError
+
+    with pytest.raises(CurationError, match="global and/or per_module"):
+        PeersConfig(projections=("dense",))
 
 
 def test_rss_peak_reports_the_high_water_mark_of_the_block():
@@ -86,7 +95,8 @@ def test_quick_run_against_bergson_ranks_alike():
     for side in ("ours", "bergson"):
         assert r[side]["examples_per_s"] == pytest.approx(24 / r[side]["seconds"]) and r[side]["peak_rss_mb"] > 0
     assert r["spearman"] > 0.9  # two sketches of the same LoRA gradients
-    pm = r["bergson_per_module"]  # bergson's default projection: p x p per module
+    assert r["bergson"]["projection"] == "global" and r["bergson"]["dims"] == 2048
+    pm = r["bergson_variants"]["per_module"]  # bergson's default projection: p x p per module
     assert pm["dims"] == r["config"]["modules"] * pm["projection_dim"] ** 2
     assert pm["speed_ratio"] == pytest.approx(r["ours"]["examples_per_s"] / pm["examples_per_s"])
     assert r["config"]["n"] == 24 and r["config"]["k"] == 2048 and r["config"]["query_pairs"] == 10

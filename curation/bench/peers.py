@@ -75,10 +75,21 @@ class PeersConfig:
     seed: int = 0
     pool: str = str(DEFAULT_CORPUS)
     prefs: str = ""  # "" = the demo preference pairs
+    # bergson's projections to run, the first is the headline `bergson`: "global" (to exactly k)
+    # and/or "per_module" (its default, p x p per module)
+    projections: tuple[str, ...] = ("global", "per_module")
+
+    def __post_init__(self) -> None:
+        from curation.errors import CurationError
+
+        bad = [p for p in self.projections if p not in ("global", "per_module")]
+        if bad or not self.projections or min(self.n, self.k, self.repeats, self.batch_size, self.threads) < 1:
+            raise CurationError(f"bench peers: projections must be global and/or per_module (got {bad or 'none'}); "
+                                "n, k, repeats, batch size and threads >= 1")
 
     @classmethod
     def quick(cls, **overrides: Any) -> PeersConfig:
-        return cls(**{**dict(n=32, k=1024, max_length=256, repeats=1), **overrides})
+        return cls(**{**dict(n=32, k=1024, repeats=1), **overrides})
 
 
 def bergson_missing() -> str | None:
@@ -240,19 +251,16 @@ def summary(r: dict[str, Any]) -> str:
     c = r["config"]
     lines = [f"peers on {c['model']}: n={c['n']} ({c['tokens']} tokens), k={c['k']}, {c['threads']} thread(s), "
              f"{c['lora_params']:,} LoRA weights in {c['modules']} modules",
-             f"{'':<19}{'ex/s':>9}{'seconds':>9}{'peak RSS MiB':>14}{'growth':>8}"]
-    for name in ("ours", "bergson", "bergson_per_module"):
-        if name not in r:
-            continue
-        s = r[name]
+             f"{'':<20}{'dims':>6}{'ex/s':>9}{'seconds':>9}{'peak RSS MiB':>14}{'growth':>8}{'ours/it':>9}"
+             f"{'spearman':>9}{'top5%':>7}"]
+    rows = [("ours", {**r["ours"], "dims": c["k"]})] + [(f"bergson {n}", v) for n, v in r["bergson_variants"].items()]
+    for name, s in rows:
         growth = f"{s['rss_growth_mb']:>8.0f}" if s["rss_growth_mb"] is not None else f"{'?':>8}"
-        lines.append(f"{name:<19}{s['examples_per_s']:>9.2f}{s['seconds']:>9.2f}{s['peak_rss_mb']:>14.0f}{growth}")
-    lines.append(f"speed_ratio (ours/bergson): {r['speed_ratio']:.2f}x; spearman {r['spearman']:.3f}, "
-                 f"top-5% overlap {r['top5_overlap']:.2f}; example-cosine gap {r['gram_max_abs_diff']:.3f} "
-                 f"(1/sqrt(k) = {c['k'] ** -0.5:.3f})")
-    if pm := r.get("bergson_per_module"):
-        lines.append(f"bergson per-module (p={pm['projection_dim']}, {pm['dims']} dims): ours/it {pm['speed_ratio']:.2f}x, "
-                     f"spearman {pm['spearman']:.3f}, top-5% overlap {pm['top5_overlap']:.2f}")
+        tail = (f"{s['speed_ratio']:>8.2f}x{s['spearman']:>9.3f}{s['top5_overlap']:>7.2f}" if "speed_ratio" in s else "")
+        lines.append(f"{name:<20}{s['dims']:>6}{s['examples_per_s']:>9.2f}{s['seconds']:>9.2f}{s['peak_rss_mb']:>14.0f}"
+                     f"{growth}{tail}")
+    lines.append(f"headline: bergson {r['bergson']['projection']}: speed_ratio {r['speed_ratio']:.2f}x, spearman "
+                 f"{r['spearman']:.3f}; example-cosine gap {r['gram_max_abs_diff']:.3f} (1/sqrt(k) = {c['k'] ** -0.5:.3f})")
     return "\n".join(lines + [f"note: {n}" for n in r["notes"]])
 
 
@@ -282,8 +290,8 @@ def run_peers(cfg: PeersConfig, model=None, tokenizer=None, workspace: Path | No
         items = pool_items(tokenizer, cfg.pool, cfg.n, cfg.max_length)
         val = query_items(tokenizer, cfg.prefs or _demo_prefs(), cfg.max_length)
         projector, params = SparseJLProjector(cfg.k, cfg.seed), selected_params(model)
-        procs = {name: bergson_processor(cfg.k, cfg.seed, target, len(params))
-                 for name, target in (("bergson", "global"), ("bergson_per_module", "per_module"))}
+        procs = {f"bergson_{target}": bergson_processor(cfg.k, cfg.seed, target, len(params))
+                 for target in cfg.projections}
         runs = {"ours": lambda xs: ordered_features(model, xs, sft, projector, None, cfg.batch_size, pad),
                 **{name: _bergson_run(model, proc, cfg.batch_size, Path(tmp)) for name, (proc, _) in procs.items()}}
         for name, fn in runs.items():
@@ -300,32 +308,42 @@ def run_peers(cfg: PeersConfig, model=None, tokenizer=None, workspace: Path | No
                 seconds[name].append(secs)
                 memory[name].append(mem)
                 train.setdefault(name, feats)
-        log(f"validation features of {len(val)} pairs, both sides")
+        log(f"validation features of {len(val)} pairs, every side")
         scores = {name: less_scores(train[name], fn(val)) for name, fn in runs.items()}
         config = {"model": cfg.model, "n": cfg.n, "k": cfg.k, "threads": torch.get_num_threads(),
                   "device": str(device), "max_length": cfg.max_length, "batch_size": cfg.batch_size,
                   "repeats": cfg.repeats, "pool": cfg.pool, "prefs": cfg.prefs or _demo_prefs(),
                   "query_pairs": len(val), "tokens": int(sum(b.input_ids.shape[1] for b in items)),
                   "lora_params": int(sum(p.numel() for p in params.values())), "modules": len(params),
-                  "torch": torch.__version__, "bergson": _bergson_version(),
+                  "projections": list(cfg.projections), "torch": torch.__version__, "bergson": _bergson_version(),
                   "compared": "train-feature extraction (pre-tokenized examples -> unit [n, k] features in memory) "
                               "of per-example LoRA gradients of the mean response-token CE (plain gradients, "
                               "no Adam step); LESS-style cosine to the mean chosen-answer gradient for the ranking"}
-        result = summarize(side(cfg.n, seconds["ours"], memory["ours"],
-                                "ordered_features: length-bucketed batches, per-sample gradients, sparse JL"),
-                           side(cfg.n, seconds["bergson"], memory["bergson"],
-                                "InMemoryCollector + CollectorComputer: hooks on the LoRA Linear modules, "
-                                "global Rademacher projection to k, regenerated per batch"),
-                           scores["ours"], scores["bergson"], config, _notes(cfg),
-                           gram_gap(train["ours"], train["bergson"]))
-        proc, dims = procs["bergson_per_module"]
-        per_module = side(cfg.n, seconds["bergson_per_module"], memory["bergson_per_module"],
-                          f"bergson's default: activations and output gradients projected to p={proc.projection_dim} "
-                          f"inside the hooks (cached matrices), p x p per module: {dims} dims")
-        result["bergson_per_module"] = {**per_module, "projection_dim": proc.projection_dim, "dims": dims,
-                                        **agreement(scores["ours"], scores["bergson_per_module"]),
-                                        "speed_ratio": result["ours"]["examples_per_s"] / per_module["examples_per_s"]}
+        ours = side(cfg.n, seconds["ours"], memory["ours"],
+                    "ordered_features: length-bucketed batches, per-sample gradients, sparse JL")
+        variants = {name.removeprefix("bergson_"): _variant(cfg, proc, dims, seconds[name], memory[name], ours,
+                                                            scores["ours"], scores[name], train["ours"], train[name])
+                    for name, (proc, dims) in procs.items()}
+        head = cfg.projections[0]
+        result = summarize(ours, variants[head], scores["ours"], scores[f"bergson_{head}"], config, _notes(cfg),
+                           variants[head]["gram_max_abs_diff"])
+        result["bergson_variants"] = variants
         return result
+
+
+WHAT = {"global": "hooks on the LoRA Linear modules; each module's per-example gradient formed, then projected to "
+                  "k by a dense Rademacher matrix regenerated block by block at every batch, summed over modules",
+        "per_module": "bergson's default: hooks project the activations and output gradients to p inside the "
+                      "forward/backward (matrices cached), p x p per module: the gradient is never formed"}
+
+
+def _variant(cfg: PeersConfig, proc, dims: int, seconds, memory, ours: dict, ours_scores, scores, ours_train,
+             train) -> dict[str, Any]:
+    """One bergson projection's row: its side, its agreement with ours and ours ÷ its speed."""
+    row = side(cfg.n, seconds, memory, WHAT[proc.projection_target])
+    return {**row, "projection": proc.projection_target, "projection_dim": proc.projection_dim, "dims": dims,
+            **agreement(ours_scores, scores), "gram_max_abs_diff": gram_gap(ours_train, train),
+            "speed_ratio": ours["examples_per_s"] / row["examples_per_s"]}
 
 
 def _bergson_run(model, processor, batch_size: int, workdir: Path) -> Callable[[list], np.ndarray]:
@@ -347,17 +365,26 @@ def _notes(cfg: PeersConfig) -> list[str]:
         "different formulas (no m, eps outside the root, no g^2 term), and with `bench speed`'s random v the few "
         "near-zero v entries dominate bergson's features (Spearman ~0 in a trial); both are an elementwise "
         "step on the LoRA gradients, a small part of the cost",
-        "bergson: the headline (`bergson`) is its global projection to exactly k; `bergson_per_module` is its "
-        "default per-module double-sided projection (p*p per module, p = round(sqrt(k / modules)), so its "
-        "dims only approximate k); both target our LoRA modules (bergson's default would be every Linear of the "
-        "full model)",
+        "bergson_variants: `global` projects to exactly k; `per_module` is bergson's default double-sided "
+        "projection (p*p per module, p = round(sqrt(k / modules)), so its dims only approximate k); `bergson` "
+        "is the first one run (--methods); all target our LoRA modules (bergson's default would be every "
+        "Linear of the full model)",
         "peak_rss_mb is the whole process (model included): compare rss_growth_mb for what each call adds",
     ]
 
 
 def config_from_args(args: argparse.Namespace) -> PeersConfig:
+    """CLI options over the defaults; max length and batch are the model's own (`models.defaults_for`,
+    as `bench speed --presets` takes them), so a real model runs at its production settings."""
+    from curation.engine.models import defaults_for
+    from curation.workspace import Workspace
+
     given = {name: getattr(args, name, None) for name in ("model", "n", "k", "threads", "pool", "prefs")}
     overrides = {name: value for name, value in given.items() if value is not None}
+    d = defaults_for(overrides.get("model", "tiny"), Workspace.from_env().home)
+    overrides = {"max_length": d.max_length, "batch_size": d.feature_batch, **overrides}
+    if methods := getattr(args, "methods", None):
+        overrides["projections"] = tuple(m.strip() for m in methods.split(",") if m.strip())
     return PeersConfig.quick(**overrides) if getattr(args, "quick", False) else PeersConfig(**overrides)
 
 
