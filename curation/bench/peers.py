@@ -1,6 +1,6 @@
 """`bench peers`: our engine beside EleutherAI's bergson, on the same model, examples and ``k``.
 
-bergson (``pip install -r requirements-peers.txt``) is an optional extra, imported here only:
+bergson (see requirements-peers.txt) is an optional extra, imported here only:
 when ``import bergson`` fails the bench says how to install it and returns ``{"skipped": ...}``.
 
 What runs, in one process, on one model object (the model with a fresh LoRA adapter and seeded
@@ -16,10 +16,12 @@ What runs, in one process, on one model object (the model with a fresh LoRA adap
   (``m' / sqrt(v' + eps)``) and bergson's ``AdamNormalizer`` (``g / (sqrt(v) + eps)``) are
   different formulas, and neither is what is being timed (an elementwise step on the LoRA
   gradients). Checked: the two sides' Gram matrices agree to sketch noise.
-* **Projection to k.** Ours: `SparseJLProjector(k)` (the production default). bergson: its
-  ``projection_target="global"`` Rademacher projection to ``k`` (each module's flattened gradient
-  times a ``k × d_module`` matrix regenerated block by block from its seed, summed over modules),
-  so both end with one ``k``-vector per example; both unit-normalised.
+* **Projection to k.** Ours: `SparseJLProjector(k)` (the production sketch). bergson, one variant
+  per ``projections`` entry (``--methods``; the first is the headline ``bergson``): ``global``, a
+  Rademacher projection to exactly ``k`` (each module's flattened gradient times a
+  ``k × d_module`` matrix regenerated block by block from its seed at every batch, summed over
+  modules), and ``per_module``, its default (activations and output gradients projected to ``p``
+  inside the hooks, ``p × p`` per module, ``p = round(sqrt(k / modules))``). All unit-normalised.
 * **Batches.** Ours: length-bucketed batches of ``batch_size`` (`ordered_features`). bergson: its
   ``allocate_batches`` with ``max_batch_size = batch_size`` and a token budget of ``batch_size``
   × the longest example, so no bergson batch holds more examples than ours.
