@@ -689,7 +689,10 @@ def make_parser() -> argparse.ArgumentParser:
                     help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
     bp.add_argument("--methods", help="quality: comma-separated bench keys to run (default: all; e.g. "
-                    "rose,less,contrast:0.5,bm25,fusion:less+bm25,auto)")
+                    "rose,less,contrast:0.5,bm25,fusion:less+bm25,auto); peers: bergson's projections, the first "
+                    "is the headline (default: global,per_module)")
+    bp.add_argument("--pool", help="peers: a pool JSONL whose first --n examples are compared (default: the demo pool)")
+    bp.add_argument("--prefs", help="peers: the preference pairs whose chosen answers make the query (default: demo)")
     bp.add_argument("--presets", action="store_true", help="speed, fidelity: every preset against the default "
                     "in one run (see README 'Presets')")
     return p

@@ -43,6 +43,11 @@ def _reliability(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _peers(args: argparse.Namespace) -> int:
+    from curation.bench.peers import main
+    return main(args)
+
+
 def _rescore(args: argparse.Namespace) -> int:
     from curation.bench.rescore import main
     return main(args)
@@ -53,6 +58,7 @@ BENCHES: dict[str, Bench] = {
     "quality": _quality,  # precision, planted-noise rate and downstream accuracy of each method's selection
     "diagnose": _diagnose,  # why ROSE trails LESS: one re-scored variant per hypothesis
     "fidelity": _fidelity,  # Spearman / top-5% overlap of projected vs exact scores per setting
+    "peers": _peers,  # EleutherAI's bergson beside our engine: examples/s, peak RSS, ranking Spearman
     "rescore": _rescore,  # pair added -> new selection stored, on a big pool with stored features
     "reliability": _reliability,  # kills, concurrent decide/undo/export/import, bad inputs: counts
     "ui": _ui,  # seconds to each page's script end on a big pool (default 100k examples)
