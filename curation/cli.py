@@ -350,8 +350,8 @@ def _options(a: argparse.Namespace) -> dict | None:
     if not a.option:
         return None
     from curation.methods.base import parse_options
-    from curation.runs.execute import show_run
-    return parse_options(a.method or show_run(_store(), a.run_id, top=0)["method"], a.option)
+    from curation.runs.rescore import plan
+    return parse_options(a.method or plan(_store(), a.run_id, None)[0], a.option)  # an auto run: its winner's
 
 
 @command("rescore")
@@ -368,7 +368,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
         bars.close()
     if a.json:
         print(json.dumps({"run_id": res.run_id, "base_run_id": res.base_run_id, "seconds": res.seconds,
-                          "added": res.added, "removed": res.removed, "refused": res.refused}))
+                          "added": res.added, "removed": res.removed, "refused": res.refused, "note": res.note}))
     else:
         print(res.summary(), file=sys.stderr)
         for fused in res.refused:
@@ -628,7 +628,8 @@ def make_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("rescore", help="re-score a finished gradient run with its stored features, in seconds")
     rp.add_argument("run_id", type=int)
     rp.add_argument("--prefs", help="preference set (default: the run's, as it is now)")
-    rp.add_argument("--method", help="rose, less or nice (default: the run's)")
+    rp.add_argument("--method", help="rose, less, nice or contrast (default: the run's; an auto run: its "
+                                     "gradient winner, not re-judged)")
     rp.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="set a method option (repeatable); the base run's other options are kept")
     rp.add_argument("--json", action="store_true")

@@ -120,3 +120,110 @@ def test_auto_options_set_how_many_fine_tunes_judge_and_the_estimate_follows():
     with pytest.raises(CurationError, match="unknown option"):  # a typo is refused, not ignored
         from curation.methods.base import method_options
         method_options("auto", ScoreConfig(method="auto", options={"seed": 1}), dict(Auto.option_spec))
+
+
+class _NoTune:
+    """Stands in for the judging fine-tunes (`_forced`): the verdict is forced, the scoring is real."""
+
+    tuned = 0
+
+    def __init__(self, score_cfg, home, heldout, cfg, fetch, work):
+        self.cfg, self.n = cfg, len(heldout)
+
+    def random_margins(self, ids, n, key, note=lambda k: None) -> np.ndarray:
+        return np.random.default_rng(0).normal(0, 0.1, (self.cfg.random_draws, self.n))
+
+    def close(self) -> None:
+        pass
+
+
+def _forced(monkeypatch, wins) -> None:
+    """Auto's held-out verdict forced: the candidate for which ``wins(name)`` holds has the best margin."""
+    from curation.methods.auto import Candidate
+    from curation.methods.heldout import compare_with_random
+
+    def judge(self, tuner, ids, scores, n, random, name, rep):
+        return Candidate(name, compare_with_random(np.full((2, random.shape[1]), 1.0 if wins(name) else 0.0), random))
+    monkeypatch.setattr("curation.methods.auto.Tuner", _NoTune)
+    monkeypatch.setattr(Auto, "_judge", judge)
+
+
+def _top(store: Store, run_id: int) -> int:
+    ids, scores = load_scores(store, run_id)
+    return int(ids[np.lexsort((ids, -scores))][0])
+
+
+def test_an_auto_run_with_a_gradient_winner_explores_maps_and_rescores_as_it(ws, tmp_path, micro_model, quick,
+                                                                              monkeypatch, capsys):
+    import json
+
+    from curation.cli import main
+    from curation.review import explore, maps
+    from curation.runs import rescore
+    _forced(monkeypatch, lambda name: name == "contrast 0.5")
+    store, run_id = _auto_run(ws, tmp_path, micro_model)
+    assert show_run(store, run_id, top=0)["meta"]["auto"]["chosen"] == "contrast 0.5"
+    labels = explore.effective_labels(store, run_id)  # the winner's, not auto's model-free ones
+    assert labels.gradient and labels.name == "Contrast 0.5" and labels.per_pair == "gradient cosine"
+    exp = explore.explain(store, run_id, _top(store, run_id))
+    n_ckpt = len(explore.run_info(store, run_id).checkpoint_lrs)
+    assert exp.labels == labels and exp.neighbours and exp.val_pairs and len(exp.checkpoints) == n_ckpt > 1
+    assert not exp.notes and any("the task part" in r and "the contrast part (−0.5" in r for r in exp.reasons)
+    assert "Task and contrast parts" in exp.evidence and len(explore.checkpoint_breakdown(store, run_id)) == n_ckpt
+    workdir = explore.run_info(store, run_id).workdir
+    # the map job's computation on the winner's stored features (UMAP's layout, tested elsewhere, is
+    # swapped for the first two PCA axes: its first call compiles for seconds)
+    monkeypatch.setattr(maps, "_umap", lambda P, rows, extra, seed, t: (P[:, :2].copy(), [e[:, :2] for e in extra]))
+    maps.compute_map(workdir, seed=0)
+    assert sorted(maps.load_map(workdir).example_ids.tolist()) == sorted(load_scores(store, run_id)[0].tolist())
+    assert rescore.refusal(store, run_id) is None and rescore.latest_rescorable(store, "greet") == run_id
+    res = rescore.rescore(store, run_id)  # the choice re-scored with the current pairs, not re-judged
+    assert "contrast 0.5" in res.note and "not re-judged" in res.summary()
+    new = show_run(store, res.run_id, top=0)
+    assert new["method"] == "contrast" and new["config"]["options"]["alpha"] == 0.5
+    np.testing.assert_allclose(load_scores(store, res.run_id)[1], load_scores(store, run_id)[1], atol=1e-5)
+    capsys.readouterr()  # the CLI: options are the winner's (contrast's), the note is said
+    assert main(["rescore", str(run_id), "--option", "alpha=0.25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "not re-judged" in out["note"] and show_run(store, out["run_id"], top=0)["config"]["options"]["alpha"] == 0.25
+
+
+def test_an_auto_run_that_chose_the_fusion_shows_both_parts_and_refuses_a_rescore(ws, tmp_path, micro_model, quick,
+                                                                                   monkeypatch):
+    from curation.errors import CurationError
+    from curation.review import explore
+    from curation.runs import rescore
+    _forced(monkeypatch, lambda name: name.startswith("fusion"))
+    store, run_id = _auto_run(ws, tmp_path, micro_model)
+    labels = explore.effective_labels(store, run_id)
+    assert labels.gradient and labels.name == "Fusion" and "BM25" in labels.score
+    exp = explore.explain(store, run_id, _top(store, run_id))
+    assert exp.neighbours and exp.val_pairs and {"Task and contrast parts", "matching terms"} <= set(exp.evidence)
+    assert "a fusion with BM25" in rescore.refusal(store, run_id)
+    with pytest.raises(CurationError, match="new auto run"):
+        rescore.rescore(store, run_id)
+
+
+def test_an_auto_run_that_fell_back_to_bm25_keeps_bm25s_labels(ws, tmp_path, micro_model, quick, capsys):
+    from curation.data.catalog import list_runs
+    from curation.errors import CurationError
+    from curation.methods import get_method
+    from curation.review import explore, maps
+    from curation.review.compare import compare_runs
+    from curation.runs import rescore
+    store, run_id = _auto_run(ws, tmp_path, micro_model, n_prefs=4)
+    bm25 = get_method("bm25").labels
+    assert explore.effective_labels(store, run_id) == bm25
+    exp = explore.explain(store, run_id, _top(store, run_id))
+    assert exp.labels == bm25 and not exp.neighbours and "matching terms" in exp.evidence
+    assert exp.val_pairs and exp.val_pairs[0].value > 0  # BM25's per-pair scores, as a BM25 run's
+    assert "auto chose bm25" in rescore.refusal(store, run_id) and rescore.latest_rescorable(store, "greet") is None
+    with pytest.raises(CurationError, match="new auto run"):
+        rescore.rescore(store, run_id)
+    from curation.cli import main
+    capsys.readouterr()
+    assert main(["rescore", str(run_id)]) == 2 and "error: auto chose bm25" in capsys.readouterr().err
+    with pytest.raises(CurationError, match="not built from gradient features"):
+        maps.launch_map(store, run_id)
+    assert list_runs(store)[0]["label"] == "auto: bm25"
+    assert compare_runs(store, [run_id, _plain_bm25(store)]).runs[0].label == f"#{run_id} auto: bm25/greet"

@@ -417,7 +417,8 @@ def test_inspector_shows_each_methods_own_evidence(store, run, method, tmp_path)
     run_id = build_method_run(store, run, method, Workspace.from_env(tmp_path / "ws").ensure())
     df = explore.run_scores_frame(store, run_id)
     exp = explore.explain(store, run_id, int(df["example_id"].iloc[0]))
-    labels = get_method(method).labels
+    labels = explore.effective_labels(store, run_id)  # the method's own; an auto run's: its winner's (BM25)
+    assert labels == get_method("bm25" if method == "auto" else method).labels
     assert exp.labels == labels
     assert list(exp.evidence) == EVIDENCE[method]
     assert exp.reasons[0] == f"{labels.name} score: {labels.score}."
@@ -428,9 +429,10 @@ def test_inspector_shows_each_methods_own_evidence(store, run, method, tmp_path)
         assert explore.subtask_frame(exp).columns.tolist() == ["subtask", labels.per_subtask, "driver"]
     else:  # a fusion says which input run ranked it where (`Method.reason`)
         assert len(exp.reasons) == 1 + (method == "fusion")
-    if labels.per_pair:
+    if labels.per_pair:  # the last shared sentence (auto adds "Auto chose ..." after it)
         pid = {p.val_row: p.pair_id for p in exp.val_pairs}
-        assert f"pair id {pid[exp.val_pairs[0].val_row]}" in exp.reasons[-1] and labels.per_pair in exp.reasons[-1]
+        said = exp.reasons[-1 - (method == "auto")]
+        assert f"pair id {pid[exp.val_pairs[0].val_row]}" in said and labels.per_pair in said
     text = " ".join(exp.reasons)
     assert ("cosine" in text) == (method in ("rose", "less", "nice", "repsim", "contrast"))  # BM25 is never a cosine
     assert not exp.notes

@@ -63,11 +63,18 @@ def list_runs(store: Store, pool: str | None = None, internal: bool = False) -> 
         if pool:
             q = q.where(Pool.name == pool)
         hashes: dict[int, str] = {}
-        return [dict(id=r.id, method=r.method, pool=p, prefs=ps, status=r.status, stage=r.stage,
+        return [dict(id=r.id, method=r.method, label=method_label(r.method, r.meta), pool=p, prefs=ps,
+                     status=r.status, stage=r.stage,
                      progress=_fraction(r), selected=r.n_selected, created=r.created_at, heartbeat=r.heartbeat,
                      pairs_version=pairs_version(s, r, hashes),
                      features=run_feature_set(r.meta))
                 for r, p, ps in s.execute(q) if internal or not (r.meta or {}).get("internal")]
+
+
+def method_label(method: str, meta: dict | None) -> str:
+    """How lists name a run's method: an auto run with what it chose ("auto: contrast 0.5")."""
+    chosen = ((meta or {}).get("auto") or {}).get("chosen")
+    return f"{method}: {chosen}" if method == "auto" and chosen else method
 
 
 def run_feature_set(meta: dict | None) -> str | None:

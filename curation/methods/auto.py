@@ -34,6 +34,7 @@ from curation.methods.heldout import TuneConfig, Tuner, compare_with_random, rea
 ALPHAS = {"rose": 1.0, "less": 0.0, "contrast 0.25": 0.25, "contrast 0.5": 0.5, "contrast 0.75": 0.75}
 FALLBACK = "bm25"
 AUTO_FILE = "auto.json"  # in the run's folder: the winner (method, options, inputs of a fusion)
+DISPLAY = {"rose": "ROSE", "less": "LESS"}  # how people write a gradient winner ("Contrast 0.5" otherwise)
 
 
 def _pair_dict(p: ValPair) -> dict:
@@ -69,6 +70,54 @@ def candidate_scores(inputs: ScoreInputs, pairs: Sequence[ValPair], root: Path) 
     for name in ("bm25", "repsim"):
         out[name] = get_method(name).score(_sub(inputs, name, {}, pairs, root / name)).scores
     return out
+
+
+def winner(workdir: Path | str | None) -> dict | None:
+    """An auto run's record of what it scored with (`AUTO_FILE`: name, parts, alpha); None
+    without one (no folder, or the run has not finished)."""
+    from curation.errors import CurationError
+    path = Path(workdir) / AUTO_FILE if workdir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CurationError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def winner_labels(record: dict) -> ScoreLabels:
+    """The labels of what auto chose: BM25's or RepSim's own, a gradient winner's as the contrast
+    run it is (named after it), a fusion's with its gradient part (map, neighbours, pairs)."""
+    from curation.methods.base import get_method
+    from curation.methods.fusion import K
+    name, alpha = record["name"], record.get("alpha")
+    if name in ("bm25", "repsim"):
+        return get_method(name).labels
+    contrast = get_method("contrast").labels
+    if name in ALPHAS:
+        return dataclasses.replace(contrast, name=DISPLAY.get(name, name.capitalize()),
+                                   score=f"{contrast.score} (a = {alpha:g}, chosen by auto)")
+    return ScoreLabels("Fusion", f"reciprocal-rank fusion, chosen by auto, of contrast at a = {alpha:g} and BM25: "
+                                 f"the sum over the two of 1 / ({K} + the example's rank)",
+                       per_pair=contrast.per_pair, gradient=True)
+
+
+def rescore_as(workdir: Path | str | None) -> tuple[str, dict, str]:
+    """(method, options, note) that re-score an auto run's choice with other pairs from its stored
+    features: a gradient winner is re-scored as the contrast run it is. The choice is not
+    re-judged (that needs fine-tunes: a new auto run); any other winner is refused, saying why."""
+    from curation.errors import CurationError
+    record = winner(workdir)
+    if record is None:
+        raise CurationError("this auto run recorded no winner (auto.json in its folder): launch a new auto run")
+    name = record["name"]
+    if name not in ALPHAS:
+        kind = "a fusion with BM25" if name.startswith("fusion") else "not a gradient method"
+        raise CurationError(f"auto chose {name} ({kind}): only a gradient winner is re-scored from stored "
+                            "features; launch a new auto run, which re-judges the candidates with the current pairs")
+    note = (f"auto's choice, {name}, re-scored with the current pairs as a contrast run (alpha "
+            f"{record['alpha']:g}); the choice itself is not re-judged: a new auto run does that")
+    return "contrast", {"alpha": record["alpha"]}, note
 
 
 @dataclasses.dataclass
@@ -211,10 +260,20 @@ class Auto(Method):
 
     def _parts(self, workdir: Path) -> list[Method]:
         from curation.methods.base import get_method
-        path = Path(workdir) / AUTO_FILE
-        if not path.is_file():
-            return []
-        return [get_method(m) for m in json.loads(path.read_text())["parts"].values()]
+        record = winner(workdir)
+        return [] if record is None else [get_method(m) for m in record["parts"].values()]
+
+    def run_labels(self, workdir: Path | None) -> ScoreLabels:
+        record = winner(workdir)
+        return self.labels if record is None else winner_labels(record)
+
+    def pair_scores(self, workdir: Path, example_id: int, messages: Messages,
+                    pairs: Sequence[ValPair]) -> np.ndarray | None:
+        """The winner's (BM25's, RepSim's); a gradient winner's come from its stored features."""
+        for method in self._parts(workdir):
+            if (values := method.pair_scores(workdir, example_id, messages, pairs)) is not None:
+                return values
+        return None
 
     def explain(self, workdir: Path, example_id: int, messages: Messages, pairs: Sequence[ValPair]) -> dict:
         out: dict = {}
@@ -223,9 +282,7 @@ class Auto(Method):
         return out
 
     def reason(self, workdir: Path, example_id: int) -> str | None:
-        path = Path(workdir) / AUTO_FILE
-        if not path.is_file():
+        if (record := winner(workdir)) is None:
             return None
-        record = json.loads(path.read_text())
         extra = [r for m in self._parts(workdir) if (r := m.reason(workdir, example_id))]
         return " ".join([f"Auto chose {record['name']} on the held-out pairs."] + extra)

@@ -114,6 +114,11 @@ class Method(ABC):
         """
         return {}
 
+    def run_labels(self, workdir: Path | None) -> ScoreLabels:
+        """The labels of one run of this method: `labels`, unless the run's folder says more
+        (an auto run's are its winner's, so Explore treats it as the method it chose)."""
+        return self.labels
+
     def reason(self, workdir: Path, example_id: int) -> str | None:
         """One sentence for the why-selected text beyond the shared ones (subtask, checkpoint,
         pair), e.g. how much of a contrast score its rejected answers give; None: nothing more."""

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 from sqlalchemy import select
 
+from curation.data.catalog import method_label
 from curation.data.store import Example, Pool, PreferenceSet, Run, Score, Store
 from curation.engine.select import rank_order, response_length
 from curation.errors import CurationError
@@ -130,7 +131,8 @@ def _check_runs(store: Store, run_ids: Sequence[int]) -> tuple[list[RunSide], st
                                 + ", ".join(f"#{r.id} (pool {s.get(Pool, r.pool_id).name})" for r in runs))
         prefs = {r.id: s.get(PreferenceSet, r.prefs_id).name if r.prefs_id else None for r in runs}
         sides = [RunSide(r.id, r.method, prefs[r.id], r.n_selected,
-                         f"#{r.id} {r.method}" + (f"/{prefs[r.id]}" if prefs[r.id] else "")) for r in runs]
+                         f"#{r.id} {method_label(r.method, r.meta)}" + (f"/{prefs[r.id]}" if prefs[r.id] else ""))
+                 for r in runs]
         return sides, s.get(Pool, runs[0].pool_id).name
 
 

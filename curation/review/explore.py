@@ -326,6 +326,18 @@ def method_labels(method: str) -> ScoreLabels:
     return get_method(method).labels
 
 
+def effective_labels(store: Store, run_id: int) -> ScoreLabels:
+    """The labels of the run's scores (`Method.run_labels`): its method's, except that an auto run
+    has its winner's, so its map, neighbours and pairs are the chosen method's."""
+    return _run_labels(run_info(store, run_id))
+
+
+def _run_labels(info: RunInfo) -> ScoreLabels:
+    from curation.methods import get_method  # lazily: importing the methods loads torch
+
+    return get_method(info.method).run_labels(info.workdir)
+
+
 def explain(store: Store, run_id: int, example_id: int, n_pairs: int = 5,
             n_neighbours: int = 5) -> Explanation:
     """Why ``example_id`` scored what it did in ``run_id``, and whether it is in the subset."""
@@ -341,7 +353,7 @@ def explain(store: Store, run_id: int, example_id: int, n_pairs: int = 5,
     in_sel = bool(np.isin(example_id, np.asarray(sel.selected_ids, np.int64)))
     status = {"pin": "pinned", "exclude": "excluded"}.get(override or "", "selected" if in_sel else "not selected")
     comps = sc.components or {}
-    labels = method_labels(info.method)
+    labels = _run_labels(info)
     exp = Explanation(
         run_id=run_id, example_id=example_id, uid=ex.uid, source=ex.source, score=sc.score,
         rank=sc.rank, n_total=n_total, percentile=100.0 * (n_total - sc.rank) / n_total,

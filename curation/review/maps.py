@@ -437,13 +437,16 @@ def _alive(pid: int | None) -> bool:
 def launch_map(store, run_id: int, ws: Workspace | None = None, seed: int = 0) -> int:
     """Start ``python -m curation.review.maps RUN_ID`` detached (like `jobs.launch`); returns its pid.
 
-    A map already queued or running is not started twice.
+    A map already queued or running is not started twice; a run without gradient features (by
+    `explore.effective_labels`: an auto run that chose BM25 too) is refused at once.
     """
-    from curation.review.explore import run_info
+    from curation.review.explore import effective_labels, run_info
 
     info = run_info(store, run_id)
     if info.status != "done" or info.workdir is None:
         raise CurationError(f"run {run_id} is {info.status}: map it once it is done")
+    if not (labels := effective_labels(store, run_id)).gradient:  # an auto run: its winner's
+        raise CurationError(f"run {run_id}: {labels.name} scores are not built from gradient features, so it has no map")
     status = map_status(info.workdir)
     if status["state"] in ("queued", "running"):
         return int(status.get("pid") or 0)

@@ -37,10 +37,44 @@ class Rescored:
     added: list[int] = field(default_factory=list)  # in the new curated selection only
     removed: list[int] = field(default_factory=list)  # in the old one only
     refused: list[int] = field(default_factory=list)  # new fusion runs of the fusions that used the base run
+    note: str = ""  # what was re-scored when it is not the base run's method (an auto run's choice)
 
     def summary(self) -> str:
         return (f"run #{self.run_id} (from #{self.base_run_id}) in {self.seconds:.1f} s: "
-                f"+{len(self.added)} / -{len(self.removed)} since the last scoring")
+                f"+{len(self.added)} / -{len(self.removed)} since the last scoring" + (f"; {self.note}" if self.note else ""))
+
+
+def refusal(store: Store, run_id: int, method: str | None = None) -> str | None:
+    """Why ``run_id`` cannot be re-scored in place (with ``method``; default its own, an auto run's
+    choice), or None; cheap: the page disables its button with this as the reason, `rescore` raises it.
+    Whether the features are still stored is `stored_features`' question."""
+    try:
+        plan(store, run_id, method)
+    except CurationError as e:
+        return str(e)
+    return None
+
+
+def plan(store: Store, run_id: int, method: str | None) -> tuple[str, dict, str]:
+    """(method, options over the run's, note): what re-scoring ``run_id`` runs. An auto run
+    re-scores its gradient winner (`auto.rescore_as`); every method must be a gradient one."""
+    from curation.methods import get_method
+    from curation.methods.gradient import GradientMethod
+
+    with store.session() as s:
+        base = s.get(Run, run_id)
+        if base is None or base.status != "done":
+            raise CurationError(f"run {run_id} is not a finished run")
+        base_method, workdir = base.method, base.workdir
+    options, note = {}, ""
+    if method is None and base_method == "auto":
+        from curation.methods.auto import rescore_as
+        method, options, note = rescore_as(workdir)
+    method = method or base_method
+    if not isinstance(get_method(method), GradientMethod):
+        raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice, contrast); "
+                            f"launch a {method} run instead")
+    return method, options, note
 
 
 def stored_features(store: Store, run_id: int, ws: Workspace | None = None) -> FeatureSet | None:
@@ -71,30 +105,24 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     ``options`` are set over the run's method options (``--option alpha=0.5``).
     """
     require(actor, "score")
-    from curation.methods import get_method
-    from curation.methods.gradient import GradientMethod
     from curation.review.curate import curated_selection
     from curation.runs.execute import create_run, execute_run
 
     t0 = time.time()
     ws = (ws or Workspace.from_env()).ensure()
+    method, chosen, note = plan(store, run_id, method)
     with store.session() as s:
         base = s.get(Run, run_id)
-        if base is None or base.status != "done":
-            raise CurationError(f"run {run_id} is not a finished run")
         pool = s.get(Pool, base.pool_id).name
         if prefs is None and base.prefs_id is not None:
             prefs = s.get(PreferenceSet, base.prefs_id).name
         cfg = ScoreConfig.from_dict({**base.config, **(overrides or {})})
         base_meta = base.meta
-    if method and "options" not in (overrides or {}):
+    if "options" not in (overrides or {}):
         cfg = cfg.for_method(method)
-    cfg.method = method or cfg.method
-    if options:
-        cfg.options = {**cfg.options, **options}
-    if not isinstance(get_method(cfg.method), GradientMethod):
-        raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice); "
-                            f"launch a {cfg.method} run instead")
+    cfg.method = method
+    if chosen or options:
+        cfg.options = {**cfg.options, **chosen, **(options or {})}
     if (fset := stored_features(store, run_id, ws)) is None:
         raise CurationError(f"run {run_id}'s train features are not stored for the whole pool "
                             f"'{pool}' any more; launch a scoring run")
@@ -109,7 +137,7 @@ def rescore(store: Store, run_id: int, prefs: str | None = None, method: str | N
     old, new = (curated_selection(store, r) for r in (run_id, new_id))
     a, b = np.asarray(old.selected_ids, np.int64), np.asarray(new.selected_ids, np.int64)
     return Rescored(new_id, run_id, time.time() - t0, added=np.setdiff1d(b, a).tolist(),
-                    removed=np.setdiff1d(a, b).tolist(), refused=refused)
+                    removed=np.setdiff1d(a, b).tolist(), refused=refused, note=note)
 
 
 def _reuse_map(store: Store, base_id: int, new_id: int) -> None:
@@ -123,13 +151,14 @@ def _reuse_map(store: Store, base_id: int, new_id: int) -> None:
 
 
 def latest_rescorable(store: Store, prefs: str, ws: Workspace | None = None) -> int | None:
-    """The newest finished gradient run of ``prefs`` whose features are stored, or None."""
+    """The newest finished gradient run of ``prefs`` (an auto run that chose one included) whose
+    features are stored, or None."""
     with store.session() as s:
         ps = s.scalar(select(PreferenceSet).where(PreferenceSet.name == prefs))
         if ps is None:
             return None
         runs = s.scalars(select(Run).where(Run.prefs_id == ps.id, Run.status == "done",
-                                           Run.method.in_(("rose", "less", "nice", "contrast")))
+                                           Run.method.in_(("rose", "less", "nice", "contrast", "auto")))
                          .order_by(Run.id.desc()).limit(20)).all()
         ids = [r.id for r in runs if not (r.meta or {}).get("internal")][:5]  # never a check's sub-run
-    return next((i for i in ids if stored_features(store, i, ws) is not None), None)
+    return next((i for i in ids if refusal(store, i) is None and stored_features(store, i, ws) is not None), None)
