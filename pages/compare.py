@@ -20,7 +20,7 @@ if not pools:
 
 c1, c2 = st.columns([1, 3])
 pool = c1.selectbox("Pool", pools)
-runs = {f"#{r['id']} {r['method']}" + (f" / {r['prefs']}" if r["prefs"] else ""): r["id"]
+runs = {f"#{r['id']} {r['label']}" + (f" / {r['prefs']}" if r["prefs"] else ""): r["id"]
         for r in done if r["pool"] == pool}
 labels = c2.multiselect("Runs", list(runs), default=list(runs)[:2])
 if len(labels) < 2:

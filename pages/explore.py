@@ -36,20 +36,21 @@ def picked() -> None:
 
 
 run_id = st.selectbox("Run", run_ids, key="explore_run_pick", on_change=picked,
-                      format_func=lambda i: next(f"#{r['id']} {r['method']} on {r['pool']} ({r['selected']:,} selected)"
+                      format_func=lambda i: next(f"#{r['id']} {r['label']} on {r['pool']} ({r['selected']:,} selected)"
                                                  + (" · scored with an earlier version of the pairs"
                                                     if r["pairs_version"] == "earlier" else "")
                                                  for r in runs if r["id"] == i))
 st.session_state["explore_run"] = run_id  # Curate opens on the run last explored
 info = explore.run_info(store(), run_id)
-labels = explore.method_labels(info.method)  # what this method's numbers are: titles, sentences
+labels = explore.effective_labels(store(), run_id)  # what its numbers are (an auto run's: its winner's)
 if msg := st.session_state.pop("rescored_msg", None):
     st.success(md_text(msg))
 if next(r["pairs_version"] for r in runs if r["id"] == run_id) == "earlier":
     c1, c2 = st.columns([4, 1])
     c1.warning("This run was scored with an earlier version of its preference set: its scores and "
                "explanations describe the pairs it was scored with (the run keeps them).")
-    if c2.button("Re-score with the current pairs", disabled=not labels.gradient):
+    refused = rescore.refusal(store(), run_id)  # an auto run re-scores its gradient winner, not re-judged
+    if c2.button("Re-score with the current pairs", disabled=refused is not None, help=refused):
         with user_errors(), st.spinner("Re-scoring with the stored features…"):
             show_rescored(rescore.rescore(store(), run_id, actor=actor()))
             st.rerun()

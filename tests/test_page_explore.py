@@ -181,7 +181,7 @@ def test_inspector_opens_for_every_method(ws, run):
     runs = {m: build_method_run(store, run, m, ws) for m in REGISTRY}
     at = open_page()
     for method, run_id in runs.items():
-        labels = explore.method_labels(method)
+        labels = explore.effective_labels(store, run_id)  # an auto run's are its winner's (BM25 here)
         next(s for s in at.selectbox if s.label == "Run").set_value(run_id).run()
         assert not at.exception, (method, [e.value for e in at.exception])
         assert not at.get("doc_string"), method
@@ -321,3 +321,39 @@ def test_the_kept_table_shows_each_prompt(run, ws):
     assert list(table.proto.column_order[:3]) == ["rank", "score", "prompt"]
     first = table.value.iloc[0]
     assert first["prompt"] and first["prompt"] == explore.prompt_excerpts(Store.open(ws), [first["example_id"]], 100)[0]
+
+
+def _as_auto(store: Store, run_id: int, workdir: Path, record: dict) -> None:
+    """The run re-labelled as an auto run that chose ``record["name"]`` (its files are the winner's),
+    scored with an earlier version of its pairs (so the page offers a re-score)."""
+    from curation.data.store import Run
+    from curation.methods.auto import AUTO_FILE
+    (workdir / AUTO_FILE).write_text(json.dumps(record))
+    with store.session() as s:
+        r = s.get(Run, run_id)
+        r.method = "auto"
+        r.meta = {**(r.meta or {}), "pairs_sha256": "an earlier version",
+                  "auto": {"judged": True, "chosen": record["name"], "candidates": [], "why": "forced"}}
+
+
+def test_an_auto_run_explores_as_the_method_it_chose(ws, run):
+    """Its winner's labels, map section, neighbours and re-score button; a BM25 choice: none of them."""
+    store = Store.open(ws)
+    _as_auto(store, run.run_id, run.workdir, {"name": "rose", "parts": {"gradient": "contrast"}, "alpha": 1.0})
+    bm25 = build_method_run(store, run, "auto", ws)  # an auto run whose winner is BM25 (the newest: shown first)
+    _as_auto(store, bm25, run.workdir.parent / f"{run.workdir.name}-auto", {"name": "bm25", "parts": {"bm25": "bm25"}})
+    at = open_page()
+    assert any("BM25 scores are not built from gradient features" in i.value for i in at.info)
+    assert metric(at, "BM25 score") and f"**{explore.NEIGHBOURS_TITLE}**" not in [m.value for m in at.markdown]
+    button = next(b for b in at.button if b.label == "Re-score with the current pairs")
+    assert button.disabled and "auto chose bm25" in button.help
+
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    assert any(o.startswith(f"#{run.run_id} auto: rose") for o in picker.options)
+    picker.set_value(run.run_id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(c.value.startswith("Auto chose rose") for c in at.caption)
+    assert not any("no map" in i.value for i in at.info)
+    assert any(b.label == "Compute the map (in the background)" for b in at.button)
+    assert metric(at, "ROSE score") and f"**{explore.NEIGHBOURS_TITLE}**" in [m.value for m in at.markdown]
+    assert not next(b for b in at.button if b.label == "Re-score with the current pairs").disabled
