@@ -688,7 +688,8 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--threads", type=int, help="torch/BLAS threads (default 1: reproducible on shared CPUs)")
     bp.add_argument("--threads-compare", action="store_true",
                     help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
-    bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"), help="quality: run one suite (default: all)")
+    bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"),
+                    help="quality: run one suite (default: all); fidelity --presets: one sample (t0 or prefs)")
     bp.add_argument("--methods", help="quality: comma-separated bench keys to run (default: all; e.g. "
                     "rose,less,contrast:0.5,bm25,fusion:less+bm25,auto); peers: bergson's projections, the first "
                     "is the headline (default: global,per_module)")

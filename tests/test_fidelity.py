@@ -68,3 +68,20 @@ def test_presets_fidelity_compares_every_preset_with_the_default_by_real_runs(mi
         assert -1 <= res["presets"]["cheap"][m]["spearman"] < 1 and 0 <= res["presets"]["cheap"][m]["top5_overlap"] <= 1
     assert res["samples"]["demo"]["cheap"]["train_features_s"] > 0
     assert "cheap" in presets_summary(res)
+
+
+def test_presets_fidelity_can_take_one_sample_only(monkeypatch, tmp_path):
+    """`bench fidelity --presets --suite prefs` builds the prefs sample only (the t0 one is not even
+    looked for); an unknown sample is refused."""
+    import curation.bench.quality_suites as suites
+    from curation.bench.fidelity import preset_samples
+    from curation.errors import CurationError
+
+    monkeypatch.setattr(suites, "T0_ROOT", tmp_path / "absent-t0")
+    monkeypatch.setattr(suites, "ROSE_ROOT", tmp_path / "absent-rose")
+    _, both = preset_samples(8, lambda m: None)
+    assert any("t0 sample skipped" in n for n in both) and any("prefs sample skipped" in n for n in both)
+    _, prefs_only = preset_samples(8, lambda m: None, only="prefs")
+    assert not any("t0" in n.split()[0] for n in prefs_only) and any("prefs sample skipped" in n for n in prefs_only)
+    with pytest.raises(CurationError, match="t0 or prefs"):
+        preset_samples(8, lambda m: None, only="synthetic")

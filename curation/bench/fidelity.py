@@ -104,22 +104,27 @@ def run_fidelity(model: str = "tiny", sample: int = 1000, seeds: tuple[int, ...]
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def preset_samples(n: int, log) -> tuple[dict[str, tuple[list[dict], list[dict]]], list[str]]:
-    """name -> (pool records, preference records) of each sample, and notes on what was skipped."""
+def preset_samples(n: int, log, only: str | None = None) -> tuple[dict[str, tuple[list[dict], list[dict]]], list[str]]:
+    """name -> (pool records, preference records) of each sample (``only``: that one, "t0" or
+    "prefs"), and notes on what was skipped."""
     from curation.bench.quality_suites import (
         PrefsSpec, T0Spec, build_prefs, build_t0, prefs_available, t0_available, t0_root)
     from curation.data.demo import DEMO_POOL, DEMO_PREFS
+    from curation.errors import CurationError
 
     samples, notes, t0 = {}, [], T0Spec()
-    if t0_available(t0):
+    if only not in (None, "t0", "prefs"):
+        raise CurationError(f"fidelity --presets: --suite must be t0 or prefs, got {only!r}")
+    wanted = ("t0", "prefs") if only is None else (only,)
+    if "t0" in wanted and t0_available(t0):
         suite = build_t0(t0)
         samples["t0"] = (_sample(suite.pool, n), suite.targets[0].prefs)
-    else:
+    elif "t0" in wanted:
         notes.append(f"t0 sample skipped: no T0 pool at {t0_root(t0)}")
-    if prefs_available(PrefsSpec(), t0):
+    if "prefs" in wanted and prefs_available(PrefsSpec(), t0):
         suite = build_prefs(PrefsSpec(), t0)
         samples["prefs"] = (_sample(suite.pool, n), suite.targets[0].prefs)
-    else:
+    elif "prefs" in wanted:
         notes.append("prefs sample skipped: no ROSE preference sets (or T0 pool) under ../shared/data")
     if not samples:
         lines = [json.loads(ln) for ln in DEMO_POOL.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -154,7 +159,8 @@ def _preset_runs(store, ws, cfg_of, names, log) -> dict[str, dict]:
     return out
 
 
-def run_preset_fidelity(model: str = "smollm2", n: int = 128, presets: dict | None = None, log=print) -> dict:
+def run_preset_fidelity(model: str = "smollm2", n: int = 128, presets: dict | None = None, log=print,
+                        only: str | None = None) -> dict:
     """Every preset against the full default on each sample (see the module doc)."""
     from curation.bench.quality import bench_dir, resolve_model
     from curation.config import PRESETS
@@ -168,7 +174,7 @@ def run_preset_fidelity(model: str = "smollm2", n: int = 128, presets: dict | No
     presets = presets or PRESETS
     home = Workspace.from_env().ensure().home
     path = resolve_model(model, log)
-    samples, notes = preset_samples(n, log)
+    samples, notes = preset_samples(n, log, only)
 
     def cfg_of(name: str) -> ScoreConfig:
         cfg = ScoreConfig(method="rose", model=ModelConfig(name_or_path=path), select=SelectConfig(percent=5))
@@ -249,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
 
     model = getattr(args, "model", None) or "tiny"
     if getattr(args, "presets", False):
-        res = run_preset_fidelity(model, getattr(args, "n", None) or 128, log=log)
+        res = run_preset_fidelity(model, getattr(args, "n", None) or 128, log=log, only=getattr(args, "suite", None))
         print(json.dumps(res) if args.json else presets_summary(res))
         return 0
     quick = getattr(args, "quick", False)
