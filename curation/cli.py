@@ -93,7 +93,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         print(f"  ({hidden} archived: `python -m curation prefs list --all`)")
     print("runs:")
     for r in list_runs(store):  # effective status: a run whose worker was killed reads 'dead'
-        print(f"  #{r['id']:<5} {r['method']:<6} pool={r['pool']} prefs={r['prefs']} {r['status']}"
+        print(f"  #{r['id']:<5} {r['label']:<6} pool={r['pool']} prefs={r['prefs']} {r['status']}"
               f" ({r['stage'] or '-'}, {100 * r['progress']:.0f}%) selected={r['selected']}")
     return 0
 
@@ -690,6 +690,7 @@ def make_parser() -> argparse.ArgumentParser:
                     help="speed: the engine's train features at 1 and 2 threads side by side (use --model smollm2)")
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"),
                     help="quality: run one suite (default: all); fidelity --presets: one sample (t0 or prefs)")
+    bp.add_argument("--preset", help="quality: the gradient methods' feature preset (default, fast, faster)")
     bp.add_argument("--methods", help="quality: comma-separated bench keys to run (default: all; e.g. "
                     "rose,less,contrast:0.5,bm25,fusion:less+bm25,auto); peers: bergson's projections, the first "
                     "is the headline (default: global,per_module)")

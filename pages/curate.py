@@ -39,7 +39,7 @@ if not runs:
     st.info("No finished scoring run yet: score a pool on the Scoring page, then curate its selection here.")
     st.page_link("pages/scoring.py", label="Go to Scoring")
     st.stop()
-labels = {r["id"]: f"#{r['id']} {r['method']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
+labels = {r["id"]: f"#{r['id']} {r['label']} · pool {r['pool']} · preferences {r['prefs']}" for r in runs}
 last = st.session_state.get("explore_run")  # the run last explored, else the newest
 run_id = st.selectbox("Run", list(labels), index=list(labels).index(last) if last in labels else 0,
                       format_func=labels.get)

@@ -105,20 +105,27 @@ def test_best_is_margin_then_accuracy():
 
 
 def test_auto_options_set_how_many_fine_tunes_judge_and_the_estimate_follows():
-    from curation.config import ScoreConfig
+    from curation.config import ScoreConfig, SelectConfig
     from curation.errors import CurationError
+    from curation.methods.base import method_options
+    from curation.methods.heldout import finetune_epochs
     from curation.runs.progress import AUTO_STAGES, _auto_stage_s
 
-    cfg = Auto.tune_config({"seeds": 1, "random_draws": 3, "min_steps": 10})
-    assert (cfg.seeds, cfg.random_draws, cfg.min_steps) == ((0,), 3, 10)
+    light = {"seeds": 1, "random_draws": 3, "epochs": 1, "min_steps": 10}
+    cfg = Auto.tune_config(light)
+    assert (cfg.seeds, cfg.random_draws, cfg.epochs, cfg.min_steps) == ((0,), 3, 1, 10)
     assert Auto.tune_config({}) == Auto.tune  # no option: the product's defaults
-    for bad in ({"seeds": 0}, {"random_draws": 1}, {"min_steps": "many"}, {"seeds": True}):
+    for bad in ({"seeds": 0}, {"random_draws": 1}, {"min_steps": "many"}, {"seeds": True}, {"epochs": 0}):
         with pytest.raises(CurationError, match="auto: option"):
             Auto.tune_config(bad)
-    full, light = (_auto_stage_s(1000, 10, 0.1, o) for o in ({}, {"seeds": 1, "random_draws": 3, "min_steps": 10}))
-    assert light[AUTO_STAGES[0]] < full[AUTO_STAGES[0]] and light[AUTO_STAGES[1]] < full[AUTO_STAGES[1]] / 4
+    # the estimate prices the fine-tunes the run will do: budget 150 (5% of 3000), 19 steps an epoch
+    assert finetune_epochs(Auto.tune, 150) == 3 and finetune_epochs(cfg, 150) == 1
+    full, cheap = (_auto_stage_s(ScoreConfig(method="auto", options=o, select=SelectConfig(percent=5)), 3000, 10, 0.1)
+                   for o in ({}, light))
+    tune_s = lambda steps: steps * 8 * 1.2 * 0.1 + 10 * 4 * 0.1  # noqa: E731
+    assert full[AUTO_STAGES[0]] == pytest.approx(5 * tune_s(57)) and full[AUTO_STAGES[1]] == pytest.approx(16 * tune_s(57))
+    assert cheap[AUTO_STAGES[0]] == pytest.approx(3 * tune_s(19)) and cheap[AUTO_STAGES[1]] == pytest.approx(8 * tune_s(19))
     with pytest.raises(CurationError, match="unknown option"):  # a typo is refused, not ignored
-        from curation.methods.base import method_options
         method_options("auto", ScoreConfig(method="auto", options={"seed": 1}), dict(Auto.option_spec))
 
 

@@ -273,3 +273,8 @@ def test_methods_option_preset_and_auto_options_reach_the_runs():
     rose, auto, bm25 = (cfg.score_config(m, "model", "exact_match") for m in ("rose", "auto", "bm25"))
     assert rose.preset == "fast" and rose.features.checkpoints == 1 and rose.features.k == cfg.k
     assert auto.options == {"seeds": 1} and rose.options == {} and bm25.options == {}
+    assert config_from_args(make_parser().parse_args(["bench", "quality", "--quick", "--preset", "fast"])).preset == "fast"
+    with pytest.raises(CurationError, match="unknown preset 'fastest'"):
+        QualityConfig.quick(preset="fastest")
+    with pytest.raises(CurationError, match="auto: option seeds"):
+        QualityConfig.quick(auto_options={"seeds": 0})

@@ -134,3 +134,13 @@ def test_the_pages_without_a_model_open_on_a_bm25_run_without_torch(ws, tmp_path
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "torch imported: False" in done.stdout
+
+
+def test_asking_why_a_bm25_run_cannot_be_rescored_never_imports_torch(ws, tmp_path):
+    """Explore asks `rescore.refusal` for a run scored with an earlier version of its pairs; for a
+    model-free run the answer must not load the gradient methods (and torch) to say no."""
+    run_id = bm25_run(small_workspace(ws, tmp_path), ws)
+    mods = imported_after("from curation.data.store import Store; from curation.runs.rescore import refusal; "
+                          "from curation.workspace import Workspace; "
+                          f"assert 'gradient method' in refusal(Store.open(Workspace.from_env()), {run_id})")
+    assert "torch" not in mods

@@ -45,7 +45,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -71,7 +71,7 @@ class PeersConfig:
     n: int = 256
     k: int = 8192
     max_length: int = 512
-    batch_size: int = 16
+    batch_size: int = 16  # the CLI passes the model's own feature batch (32 on tiny, 8 on smollm2)
     repeats: int = 2
     threads: int = 1
     seed: int = 0
@@ -85,9 +85,12 @@ class PeersConfig:
         from curation.errors import CurationError
 
         bad = [p for p in self.projections if p not in ("global", "per_module")]
-        if bad or not self.projections or min(self.n, self.k, self.repeats, self.batch_size, self.threads) < 1:
-            raise CurationError(f"bench peers: projections must be global and/or per_module (got {bad or 'none'}); "
-                                "n, k, repeats, batch size and threads >= 1")
+        if bad or not self.projections:
+            raise CurationError(f"bench peers: projections must be global and/or per_module (got {bad or 'none'})")
+        low = {k: v for k, v in (("n", self.n), ("k", self.k), ("repeats", self.repeats),
+                                  ("batch size", self.batch_size), ("threads", self.threads)) if v < 1}
+        if low:
+            raise CurationError("bench peers: " + ", ".join(f"{k} must be >= 1 (got {v})" for k, v in low.items()))
 
     @classmethod
     def quick(cls, **overrides: Any) -> PeersConfig:
@@ -361,7 +364,8 @@ def _notes(cfg: PeersConfig) -> list[str]:
     return [
         "timings: train features only, best of the interleaved repeats after one warm-up batch each; the "
         "tokenization, bergson's Dataset build and the validation side are not timed",
-        "projections differ (ours sparse JL, bergson dense Rademacher regenerated per batch), so the "
+        "projections differ (ours sparse JL; bergson's `global` a dense Rademacher matrix regenerated per batch, "
+        "its `per_module` p x p sketches of activations and output gradients inside the hooks), so the "
         "Spearman is of two sketches of the same gradients, not of identical features",
         "no Adam step on either side: LESS's m'/sqrt(v'+eps) and bergson's AdamNormalizer g/(sqrt(v)+eps) are "
         "different formulas (no m, eps outside the root, no g^2 term), and with `bench speed`'s random v the few "

@@ -126,8 +126,12 @@ class QualityConfig:
         return cfg
 
     def __post_init__(self) -> None:
+        from curation.config import preset
+        from curation.methods.auto import Auto
         if not set(self.downstream.percents) <= set(self.percents):
             raise ValueError(f"downstream percents {self.downstream.percents} must be among {self.percents}")
+        preset(self.preset)  # an unknown name is refused here, not by every method's run
+        Auto.tune_config(self.auto_options)
 
 
 def pct_key(percent: float) -> str:
@@ -451,7 +455,7 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
         overrides["suites"] = (suite,)
     if getattr(args, "methods", None):
         overrides["methods"] = parse_methods(args.methods)
-    for name in ("k", "threads", "device"):
+    for name in ("k", "threads", "device", "preset"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     model = getattr(args, "model", None)

@@ -13,7 +13,7 @@ from typing import Any
 
 from curation.errors import CurationError
 
-DTYPE_NAMES = ("float32", "bfloat16", "float64")  # `model.DTYPES` maps each to its torch dtype
+DTYPE_NAMES = ("float32", "bfloat16", "float64")  # `model.torch_dtype` maps each to its torch dtype
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # LoRA on every linear layer
 
 

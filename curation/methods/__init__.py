@@ -29,14 +29,11 @@ def method_class(name: str) -> type[Method]:
 
 
 def _all_methods() -> dict[str, type[Method]]:
-    """Every method loaded, the registry (the same dict) in the UI's order."""
+    """Every method, loaded, in the UI's order: a new dict each time, so a reader in another
+    thread (Streamlit sessions) never sees the shared registry half rebuilt."""
     for name in METHOD_MODULES:
         method_class(name)
-    ordered = {n: _LOADED[n] for n in [*METHOD_MODULES, *_LOADED] if n in _LOADED}
-    if list(ordered) != list(_LOADED):  # reorder once, not under a reader iterating it
-        _LOADED.clear()
-        _LOADED.update(ordered)
-    return _LOADED
+    return {n: _LOADED[n] for n in dict.fromkeys([*METHOD_MODULES, *_LOADED]) if n in _LOADED}
 
 
 def __getattr__(name: str) -> Any:

@@ -167,24 +167,27 @@ class Auto(Method):
     labels = ScoreLabels("Auto", "the score of the method auto chose on held-out pairs (see the run's auto table)",
                          per_subtask="mean score")
     description = "tries ROSE, LESS, contrast 0.25/0.5/0.75, BM25, repsim and a fusion; keeps the held-out winner"
-    # how many fine-tunes judge the candidates: seeds per candidate, random draws for the interval,
-    # and each fine-tune's minimum optimizer steps (fewer on a large model on a CPU; a weaker verdict)
-    option_spec = {"seeds": 2, "random_draws": 5, "min_steps": 40}
-    uses_lora = True  # its gradient candidates share one warmup: the form's LoRA settings apply
     tune = TuneConfig(seeds=(0, 1))
+    # how many fine-tunes judge the candidates and how long each is: seeds per candidate, random
+    # draws behind the interval, epochs (and a floor of optimizer steps) of each fine-tune; fewer
+    # make auto affordable on a large model on a CPU, at the price of a noisier verdict
+    option_spec = {"seeds": len(tune.seeds), "random_draws": tune.random_draws, "epochs": tune.epochs,
+                   "min_steps": tune.min_steps}
+    uses_lora = True  # its gradient candidates share one warmup: the form's LoRA settings apply
 
     @classmethod
     def tune_config(cls, options: dict) -> TuneConfig:
-        """`tune` with the run's options (each an integer, at least 1; random draws at least 2)."""
+        """`tune` with the run's options (integers, at least 1; random draws at least 2)."""
         from curation.errors import CurationError
         t = cls.tune
-        values = {"seeds": len(t.seeds), "random_draws": t.random_draws, "min_steps": t.min_steps, **options}
-        for key, low in (("seeds", 1), ("random_draws", 2), ("min_steps", 1)):
+        values = {"seeds": len(t.seeds), "random_draws": t.random_draws, "epochs": t.epochs,
+                  "min_steps": t.min_steps, **options}
+        for key, low in (("seeds", 1), ("random_draws", 2), ("epochs", 1), ("min_steps", 1)):
             v = values[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise CurationError(f"auto: option {key} must be an integer >= {low}, got {v!r}")
-        return dataclasses.replace(cls.tune, seeds=tuple(range(values["seeds"])),
-                                   random_draws=values["random_draws"], min_steps=values["min_steps"])
+        return dataclasses.replace(t, seeds=tuple(range(values["seeds"])), random_draws=values["random_draws"],
+                                   epochs=values["epochs"], min_steps=values["min_steps"])
 
     def score(self, inputs: ScoreInputs) -> ScoreOutput:
         from curation.methods.base import method_options

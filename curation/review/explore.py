@@ -321,7 +321,7 @@ class Explanation:
 
 def method_labels(method: str) -> ScoreLabels:
     """The method's own labels (`Method.labels`); raises for an unknown method."""
-    from curation.methods import get_method  # lazily: importing the methods loads torch
+    from curation.methods import get_method  # lazily: the method modules load on demand (a gradient one imports torch)
 
     return get_method(method).labels
 
@@ -333,7 +333,7 @@ def effective_labels(store: Store, run_id: int) -> ScoreLabels:
 
 
 def _run_labels(info: RunInfo) -> ScoreLabels:
-    from curation.methods import get_method  # lazily: importing the methods loads torch
+    from curation.methods import get_method  # lazily: the method modules load on demand (a gradient one imports torch)
 
     return get_method(info.method).run_labels(info.workdir)
 
@@ -380,7 +380,7 @@ def method_reasons(info: RunInfo, example_id: int) -> list[str]:
 
 
 def _val_pairs(store: Store, run_id: int):
-    from curation.methods import ValPair  # lazily: importing the methods loads torch
+    from curation.methods import ValPair  # lazily: the method modules load on demand (a gradient one imports torch)
 
     return [ValPair(p.prompt, p.prompt_messages, p.chosen, p.rejected, p.subtask) for p in _run_pairs(store, run_id)]
 

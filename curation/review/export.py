@@ -535,7 +535,7 @@ def _write_schedule(store: Store, sel: CuratedSelection, fmt: str, folder: Path,
 
     Returns the manifest entry, or None for a static method (nothing written).
     """
-    from curation.methods import get_method  # lazily: importing the methods loads torch
+    from curation.methods import get_method  # lazily: the method modules load on demand (a gradient one imports torch)
 
     with store.session() as s:
         run = s.get(Run, sel.run_id)

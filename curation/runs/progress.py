@@ -302,7 +302,7 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
         "validation states": pairs * 2 * row / 3, "pool states": n * row / 3, "state features": n * 2 * row / 3,
     }
     if cfg.method == "auto":
-        fixed.update(_auto_stage_s(n, pairs, row, cfg.options))
+        fixed.update(_auto_stage_s(cfg, n, pairs, row))
     if cfg.method == "raise":
         fixed.update({"selector episodes": _raise_episode_s(cfg, n, pairs, row),
                       "schedule": _raise_episode_s(cfg, n, pairs, row, 1)})
@@ -317,15 +317,19 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
     return out
 
 
-def _auto_stage_s(n: int, pairs: int, row: float, options: dict | None = None) -> dict[str, float]:
-    """Auto's fine-tunes (`methods.auto`, with the run's options): each about ``min_steps`` LoRA
-    steps of a batch, then the held-out pairs' margins (rough; calibration corrects it)."""
+def _auto_stage_s(cfg: ScoreConfig, n: int, pairs: int, row: float) -> dict[str, float]:
+    """Auto's fine-tunes (`methods.auto`, with the run's options): each of the budget's examples
+    for `finetune_epochs` epochs, then the held-out pairs' margins (rough; calibration corrects it)."""
+    from curation.engine.select import budget_from
     from curation.methods.auto import ALPHAS, Auto
+    from curation.methods.heldout import finetune_epochs
     try:
-        t = Auto.tune_config(dict(options or {}))
-    except Exception:  # noqa: BLE001  (a bad option is refused when the run starts; estimate the default)
+        t = Auto.tune_config(dict(cfg.options))
+    except CurationError:  # a bad option is refused when the run starts; estimate the default
         t = Auto.tune
-    per_tune = t.min_steps * t.batch_size * WARMUP_ROWS * row + pairs * 4 * row
+    budget = budget_from(cfg.select.percent, cfg.select.n, max(n, 1))
+    steps = finetune_epochs(t, budget) * -(-budget // t.batch_size)
+    per_tune = steps * t.batch_size * WARMUP_ROWS * row + pairs * 4 * row
     candidates = len(ALPHAS) + 3  # the alphas, BM25, repsim, the fusion
     return {AUTO_STAGES[0]: t.random_draws * per_tune, AUTO_STAGES[1]: candidates * len(t.seeds) * per_tune}
 

@@ -58,8 +58,7 @@ def refusal(store: Store, run_id: int, method: str | None = None) -> str | None:
 def plan(store: Store, run_id: int, method: str | None) -> tuple[str, dict, str]:
     """(method, options over the run's, note): what re-scoring ``run_id`` runs. An auto run
     re-scores its gradient winner (`auto.rescore_as`); every method must be a gradient one."""
-    from curation.methods import get_method
-    from curation.methods.gradient import GradientMethod
+    from curation.methods import method_class  # not the gradient module: a model-free run stays torch-free
 
     with store.session() as s:
         base = s.get(Run, run_id)
@@ -71,7 +70,7 @@ def plan(store: Store, run_id: int, method: str | None) -> tuple[str, dict, str]
         from curation.methods.auto import rescore_as
         method, options, note = rescore_as(workdir)
     method = method or base_method
-    if not isinstance(get_method(method), GradientMethod):
+    if not method_class(method).labels.gradient:
         raise CurationError(f"re-scoring in place needs a gradient method (rose, less, nice, contrast); "
                             f"launch a {method} run instead")
     return method, options, note
