@@ -240,8 +240,11 @@ class SuiteRun:
             pct_key(p): select_top(scores, ids, percent=p).selected_ids for p in self.cfg.percents}
         shown = show_run(self.store, run_id, top=0)
         self.info["cost"]["scoring"][key] = {"wall_s": round(time.perf_counter() - t, 2), "stages": shown["stage_times"]}
-        if (shown["meta"] or {}).get("auto"):  # which candidate auto chose on its held-out pairs
-            self.info.setdefault("auto_chosen", {})[key] = shown["meta"]["auto"]["chosen"]
+        if (shown["meta"] or {}).get("auto"):  # which candidate auto chose on its held-out pairs, and why
+            auto = shown["meta"]["auto"]
+            self.info.setdefault("auto_chosen", {})[key] = auto["chosen"]
+            self.info.setdefault("auto_candidates", {})[key] = {
+                "why": auto.get("why"), "candidates": auto.get("candidates", [])}
         if (shown["meta"] or {}).get("warnings"):  # e.g. NICE prompts whose samples all got reward 0
             self.info.setdefault("run_warnings", {})[key] = shown["meta"]["warnings"]
 
