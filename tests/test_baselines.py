@@ -171,6 +171,40 @@ def test_repsim_features_do_not_depend_on_batch_composition(tmp_path, nano_model
     np.testing.assert_allclose(reordered, alone, atol=1e-5)
 
 
+def test_repsim_reuses_the_pool_states_of_an_earlier_run(tmp_path, nano_model, monkeypatch):
+    """The second run on the same pool reads the cached states (no pool forward) and scores as the
+    first; a changed example misses the cache; re-writing a run's train.npy leaves the cache intact."""
+    import curation.methods.repsim as repsim
+    pool, pairs = demo_examples(9), demo_pairs()
+    cfg = ModelConfig(name_or_path=str(nano_model), max_length=96)
+
+    def run(name: str, messages, hashes, pair_set):
+        inputs = inputs_for(messages, pair_set, tmp_path, model=cfg, options={"batch_size": 4, "chunk": 4})
+        inputs.workdir, inputs.content_hashes = tmp_path / name, hashes
+        return inputs, get_method("repsim").score(inputs)
+
+    hashes = [f"h{i}" for i in range(len(pool))]
+    first_in, first = run("a", pool, hashes, pairs)
+    cache_files = list((tmp_path / "ws" / repsim.CACHE_SUBDIR).glob("*.npy"))
+    assert len(cache_files) == 1
+    states = np.load(cache_files[0]).copy()
+    forwards = []
+    real = repsim.last_token_states
+    monkeypatch.setattr(repsim, "last_token_states", lambda model, seqs, *a: forwards.append(len(seqs)) or real(model, seqs, *a))
+    second_in, second = run("b", pool, hashes, pairs[::2])  # other pairs: the pool's states still apply
+    assert forwards == [len(pairs[::2])]  # only the validation pairs ran through the model
+    assert first_in.fetch.calls and not second_in.fetch.calls
+    direct = np.load(first_in.workdir / "repsim" / "train.npy") @ np.load(second_in.workdir / "repsim" / "val.npy").T
+    np.testing.assert_allclose(second.scores, subtask_max(direct, [p.subtask for p in pairs[::2]]), atol=1e-6)
+    np.testing.assert_array_equal(np.load(second_in.workdir / "repsim" / "train.npy"), states)
+
+    forwards.clear()
+    changed = [pool[0][:1] + [{"role": "assistant", "content": "something else"}]] + pool[1:]
+    run("b", changed, ["changed"] + hashes[1:], pairs)  # same run dir as the cached one: rewritten
+    assert sum(forwards) == len(pairs) + len(pool)  # a miss: the whole pool ran again
+    np.testing.assert_array_equal(np.load(cache_files[0]), states)  # the linked cache was not written through
+
+
 # ---------------------------------------------------------------------------- dsir
 
 

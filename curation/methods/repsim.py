@@ -15,10 +15,21 @@ examples share its batch.
 On disk (``workdir/repsim/``): ``train.npy [n, d]`` and ``val.npy [n_pairs, d]``, unit-norm
 float32 rows, plus ``example_ids.npy``. ``train.npy`` is written chunk by chunk through a
 memmap, so memory stays at one chunk; disk is 4·n·d bytes (16 GB for 1M examples at d = 4096).
+
+The pool's states depend on the model, tokenizer, max length and the pool's content only, not on
+the pairs, yet `auto` scores repsim beside its own candidates and a bench runs repsim once per
+target: on smollm2 that re-extracted a 1,000-record pool for 786 s each time. So a finished
+``train.npy`` is also kept under ``workspace/repsim_cache/{key}.npy`` (a hard link where the
+filesystem allows, else a copy, renamed into place), keyed by those inputs and the ordered
+content hashes of the pool; a later run with the same key reads it instead of running the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +37,7 @@ import numpy as np
 import torch
 
 from curation.engine.influence import aggregate, normalise_rows, subtask_index
-from curation.engine.model import collate, encode, encode_pair, length_buckets, pad_token_id
+from curation.engine.model import collate, encode, encode_pair, length_buckets, pad_token_id, tokenizer_hash
 from curation.engine.models import load_model
 from curation.errors import CurationError
 from curation.methods.base import (
@@ -43,6 +54,8 @@ from curation.methods.base import (
 
 FEATURE_DIR = "repsim"
 IDS_FILE = "example_ids.npy"
+CACHE_SUBDIR = "repsim_cache"
+CACHE_VERSION = 1  # bump when the same key would describe different states
 DEFAULTS = {"batch_size": 16, "chunk": 1024}
 PREVIEW = 160
 
@@ -76,6 +89,41 @@ def pair_sequences(tok, pairs: Sequence[ValPair], max_length: int) -> list[list[
     return [encode_pair(tok, p.prompt_messages, p.chosen, max_length)["input_ids"] for p in pairs]
 
 
+def states_key(model_cfg, model, tok, content_hashes: Sequence[str]) -> str | None:
+    """Cache key of a pool's states: model, weights' dtype and architecture, tokenizer, max
+    length and the pool's ordered content hashes (None without hashes: nothing to key on)."""
+    if not content_hashes:
+        return None
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, model_cfg.name_or_path, model_cfg.dtype, model_cfg.max_length,
+                                   tokenizer_hash(tok), model.config.to_json_string(use_diff=False)]).encode())
+    for c in content_hashes:
+        h.update(c.encode() + b"\n")
+    return h.hexdigest()[:32]
+
+
+def cached_states(home: Path, key: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached pool states of ``key`` (memory-mapped), or None when absent or of another shape."""
+    path = Path(home) / CACHE_SUBDIR / f"{key}.npy"
+    if key is None or not path.is_file():
+        return None
+    states = np.load(path, mmap_mode="r")
+    return states if states.shape == shape else None
+
+
+def keep_states(home: Path, key: str | None, train: Path) -> None:
+    """Put a finished ``train.npy`` into the cache under ``key`` (link, else copy; then rename)."""
+    if key is None:
+        return
+    cache = Path(home) / CACHE_SUBDIR
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{key}.{os.getpid()}.tmp"
+    try:
+        os.link(train, tmp)
+    except OSError:  # another filesystem, or no hard links: copy
+        shutil.copyfile(train, tmp)
+    os.replace(tmp, cache / f"{key}.npy")
+
+
 @register
 class RepSim(Method):
     """Pool examples whose base-model representation points where the target task's does."""
@@ -102,7 +150,13 @@ class RepSim(Method):
         index, subtasks = subtask_index([p.subtask for p in inputs.pairs])
         out = Path(inputs.workdir) / FEATURE_DIR
         out.mkdir(parents=True, exist_ok=True)
-        means = self._pool(inputs, features, tok, V, index, len(subtasks), out, int(opts["chunk"]))
+        key = states_key(cfg, model, tok, inputs.content_hashes)
+        cached = cached_states(inputs.workspace.home, key, (len(inputs.example_ids), V.shape[1]))
+        if cached is not None:
+            means = self._cached_pool(inputs, cached, V, index, len(subtasks), out, int(opts["chunk"]))
+        else:
+            means = self._pool(inputs, features, tok, V, index, len(subtasks), out, int(opts["chunk"]))
+            keep_states(inputs.workspace.home, key, out / "train.npy")
         np.save(out / "val.npy", V)
         np.save(out / IDS_FILE, np.asarray(inputs.example_ids, np.int64))
         return output_from_means(means, subtasks, {"model": cfg.name_or_path, "adapter": None,
@@ -114,6 +168,7 @@ class RepSim(Method):
         """Features of the pool, ``chunk`` examples at a time, into ``train.npy``; returns the
         per-subtask mean cosines ``[n, n_sub]``."""
         ids, rep, max_length = inputs.example_ids, inputs.reporter, inputs.config.model.max_length
+        (out / "train.npy").unlink(missing_ok=True)  # it may be a hard link to the cache: never write through it
         train = np.lib.format.open_memmap(out / "train.npy", mode="w+", dtype=np.float32,
                                           shape=(len(ids), V.shape[1]))
         means = np.empty((len(ids), n_sub), np.float32)
@@ -127,6 +182,25 @@ class RepSim(Method):
             rep.update(end)
         train.flush()
         del train
+        return means
+
+    @staticmethod
+    def _cached_pool(inputs: ScoreInputs, cached: np.ndarray, V: np.ndarray, index: np.ndarray, n_sub: int,
+                     out: Path, chunk: int) -> np.ndarray:
+        """`_pool` from cached states: the run's ``train.npy`` links to them; no model forward."""
+        rep, n = inputs.reporter, len(inputs.example_ids)
+        rep.stage("pool states (cached)", n)
+        means = np.empty((n, n_sub), np.float32)
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            means[start:end] = aggregate(np.asarray(cached[start:end]) @ V.T, index, n_sub)
+            rep.update(end)
+        train = out / "train.npy"
+        train.unlink(missing_ok=True)
+        try:
+            os.link(cached.filename, train)
+        except OSError:
+            shutil.copyfile(cached.filename, train)
         return means
 
     def explain(self, workdir: Path, example_id: int, messages: Messages,
