@@ -222,7 +222,9 @@ def n_params(name_or_path: str, home: Path) -> int | None:
     inter = c.get("intermediate_size") or 4 * (h or 0)
     if not (h and layers and vocab):
         return None
-    return int(layers * (4 * h * h + 3 * h * inter) + vocab * h)
+    heads = c.get("num_attention_heads") or 1
+    kv = h * (c.get("num_key_value_heads") or heads) // heads  # grouped-query attention: smaller k and v
+    return int(layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + vocab * h)
 
 
 def defaults_for(name_or_path: str, home: Path) -> ModelDefaults:
