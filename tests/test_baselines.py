@@ -187,6 +187,7 @@ def test_repsim_reuses_the_pool_states_of_an_earlier_run(tmp_path, nano_model, m
     first_in, first = run("a", pool, hashes, pairs)
     cache_files = list((tmp_path / "ws" / repsim.CACHE_SUBDIR).glob("*.npy"))
     assert len(cache_files) == 1
+    assert cache_files[0].parent.stat().st_mode & 0o077 == 0  # private, as the pool's text is
     states = np.load(cache_files[0]).copy()
     forwards = []
     real = repsim.last_token_states

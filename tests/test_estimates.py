@@ -125,9 +125,9 @@ def test_an_uncalibrated_smollm2_estimate_matches_the_measured_fast_demo_run():
 def test_an_uncalibrated_smollm2_estimate_matches_the_measured_fast_t0_run():
     """README "Estimates": the fast preset's ROSE run on a 998-record T0 pool (165 smollm2 tokens
     per record) took 767 s of stages on 2 idle cores (warmup 155 s, train features 601 s). Linear
-    in tokens the cost model said 1,382 s (1.8x over); `TOKEN_EXP_POINTS` was fitted on this run
+    in tokens the cost model said 1,382 s (1.8x over); `FIXED_SHARE_POINTS` was fitted on this run
     and the demo run, so this pins the fit (in-sample), and the tiny model stays linear."""
-    from curation.runs.progress import SMOLLM2_PARAMS, TINY_PARAMS, token_exponent
+    from curation.runs.progress import SMOLLM2_PARAMS, TINY_PARAMS, fixed_share
 
     cfg = ScoreConfig(method="rose").apply_preset("fast")
     facts = Facts(n=998, n_pairs=8, tokens=165.1, params=SMOLLM2_PARAMS, lora_dim=921_600)
@@ -135,8 +135,11 @@ def test_an_uncalibrated_smollm2_estimate_matches_the_measured_fast_t0_run():
     assert 767 / 1.5 < est.seconds < 767 * 1.5
     by = {s.name: s.seconds for s in est.stages}
     assert by["warmup"] == pytest.approx(155, rel=0.2) and by["train features epoch_4"] == pytest.approx(601, rel=0.2)
-    assert token_exponent(TINY_PARAMS) == 1.0 and token_exponent(10 ** 12) == token_exponent(SMOLLM2_PARAMS)
-    assert token_exponent(SMOLLM2_PARAMS) < token_exponent(13_000_000) < 1.0
+    assert fixed_share(TINY_PARAMS) == 0.0 and fixed_share(10 ** 12) == fixed_share(SMOLLM2_PARAMS)
+    assert 0.0 < fixed_share(13_000_000) < fixed_share(SMOLLM2_PARAMS)
+    long = Facts(n=998, n_pairs=8, tokens=4 * 165.1, params=SMOLLM2_PARAMS, lora_dim=921_600)
+    train = lambda f: next(s.seconds for s in build_estimate(cfg, f).stages if s.name.startswith("train features"))
+    assert 3.0 < train(long) / train(facts) < 4.0  # the length-dependent part still grows linearly
 
 
 def test_the_parameter_count_counts_grouped_query_attention(tmp_path):

@@ -14,6 +14,7 @@ from curation.data.pairs import PairDraft
 from curation.data.store import Store
 from curation.engine.features import FeatureStore
 from curation.engine.objectives import LogProbObjective
+from curation.engine.valcache import VALCACHE_SUBDIR
 from curation.runs.execute import show_run
 from curation.runs.rescore import rescore
 
@@ -43,6 +44,7 @@ def test_rescore_after_adding_one_pair_computes_that_pair_only(ws, micro_model, 
     cfg = cfg_for(micro_model)  # 2 checkpoints
     first = run(store, ws, cfg)
     n_pairs = len(first["meta"]["pairs"])
+    assert (ws.home / VALCACHE_SUBDIR).stat().st_mode & 0o077 == 0  # as private as the pairs' text
     seen = counting(monkeypatch)
     catalog.add_pair(store, "demo", PairDraft("formal", "Rewrite formally: gonna be late",
                                               "I will arrive later than planned.", "gonna be late lol"),

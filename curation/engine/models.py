@@ -223,8 +223,11 @@ def n_params(name_or_path: str, home: Path) -> int | None:
     if not (h and layers and vocab):
         return None
     heads = c.get("num_attention_heads") or 1
-    kv = h * (c.get("num_key_value_heads") or heads) // heads  # grouped-query attention: smaller k and v
-    return int(layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + vocab * h)
+    head_dim = c.get("head_dim") or h // heads
+    kv_heads = c.get("num_key_value_heads") or heads  # grouped-query attention: smaller k and v
+    attention = 2 * h * heads * head_dim + 2 * h * kv_heads * head_dim
+    lm_head = 0 if c.get("tie_word_embeddings", True) else vocab * h
+    return int(layers * (attention + 3 * h * inter) + vocab * h + lm_head)
 
 
 def defaults_for(name_or_path: str, home: Path) -> ModelDefaults:

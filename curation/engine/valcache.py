@@ -35,7 +35,8 @@ class ValCache:
     """One feature set's, checkpoint's and objective's cached validation rows."""
 
     def __init__(self, home: Path, set_id: str, checkpoint: str, objective: str):
-        self.dir = Path(home) / VALCACHE_SUBDIR / set_id / checkpoint / objective
+        self.root = Path(home) / VALCACHE_SUBDIR
+        self.dir = self.root / set_id / checkpoint / objective
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.npy"
@@ -51,6 +52,7 @@ class ValCache:
         return out
 
     def put(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        self.root.mkdir(mode=0o700, exist_ok=True)  # pairs' gradients are as private as their text
         self.dir.mkdir(parents=True, exist_ok=True)
         for k, row in zip(keys, rows):
             save_npy_atomic(self.path(k), np.asarray(row, np.float32))

@@ -19,9 +19,10 @@ memmap, so memory stays at one chunk; disk is 4·n·d bytes (16 GB for 1M exampl
 The pool's states depend on the model, tokenizer, max length and the pool's content only, not on
 the pairs, yet `auto` scores repsim beside its own candidates and a bench runs repsim once per
 target: on smollm2 that re-extracted a 1,000-record pool for 786 s each time. So a finished
-``train.npy`` is also kept under ``workspace/repsim_cache/{key}.npy`` (a hard link where the
-filesystem allows, else a copy, renamed into place), keyed by those inputs and the ordered
-content hashes of the pool; a later run with the same key reads it instead of running the model.
+``train.npy`` is also kept under ``workspace/repsim_cache/{key}.npy`` (a hard link renamed into
+place; where the filesystem has no hard links, nothing is cached), keyed by those inputs and the
+ordered content hashes of the pool; a later run with the same key reads it instead of running
+the model. The stage keeps its name, "pool states", and passes in moments.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -90,38 +92,45 @@ def pair_sequences(tok, pairs: Sequence[ValPair], max_length: int) -> list[list[
 
 
 def states_key(model_cfg, model, tok, content_hashes: Sequence[str]) -> str | None:
-    """Cache key of a pool's states: model, weights' dtype and architecture, tokenizer, max
-    length and the pool's ordered content hashes (None without hashes: nothing to key on)."""
+    """Cache key of a pool's states: model, its device, weights' dtype and architecture, tokenizer,
+    max length and the pool's ordered content hashes (None without hashes: nothing to key on)."""
     if not content_hashes:
         return None
     h = hashlib.sha256(json.dumps([CACHE_VERSION, model_cfg.name_or_path, model_cfg.dtype, model_cfg.max_length,
-                                   tokenizer_hash(tok), model.config.to_json_string(use_diff=False)]).encode())
+                                   next(model.parameters()).device.type, tokenizer_hash(tok),
+                                   model.config.to_json_string(use_diff=False)]).encode())
     for c in content_hashes:
         h.update(c.encode() + b"\n")
     return h.hexdigest()[:32]
 
 
 def cached_states(home: Path, key: str | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached pool states of ``key`` (memory-mapped), or None when absent or of another shape."""
+    """The cached pool states of ``key`` (memory-mapped), or None when absent, unreadable or of
+    another shape: a bad cache file is a miss, never a failed run."""
     path = Path(home) / CACHE_SUBDIR / f"{key}.npy"
     if key is None or not path.is_file():
         return None
-    states = np.load(path, mmap_mode="r")
-    return states if states.shape == shape else None
+    try:
+        states = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return states if states.shape == shape and states.dtype == np.float32 else None
 
 
 def keep_states(home: Path, key: str | None, train: Path) -> None:
-    """Put a finished ``train.npy`` into the cache under ``key`` (link, else copy; then rename)."""
+    """Put a finished ``train.npy`` into the cache under ``key``: a hard link renamed into place
+    (no second copy, and nothing ever writes through it: `_pool` unlinks before writing). Best
+    effort: a filesystem without hard links, or any error, leaves the run as it is, uncached."""
     if key is None:
         return
     cache = Path(home) / CACHE_SUBDIR
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{key}.{os.getpid()}.tmp"
+    tmp = cache / f".{key}.{uuid.uuid4().hex}.tmp"
     try:
+        cache.mkdir(mode=0o700, exist_ok=True)  # the pool's states are as private as its text
         os.link(train, tmp)
-    except OSError:  # another filesystem, or no hard links: copy
-        shutil.copyfile(train, tmp)
-    os.replace(tmp, cache / f"{key}.npy")
+        os.replace(tmp, cache / f"{key}.npy")
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 @register
@@ -189,7 +198,7 @@ class RepSim(Method):
                      out: Path, chunk: int) -> np.ndarray:
         """`_pool` from cached states: the run's ``train.npy`` links to them; no model forward."""
         rep, n = inputs.reporter, len(inputs.example_ids)
-        rep.stage("pool states (cached)", n)
+        rep.stage("pool states", n)
         means = np.empty((n, n_sub), np.float32)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)

@@ -10,9 +10,10 @@ moment or is skipped; it still counts as one of the N.
 
 **Cost** (`estimate_cost`): seconds per stage from a cost model, then calibrated on this
 machine. The model: a train-feature row (one example at one checkpoint: forward, backward,
-projection) costs ``row(params) x (tokens / 46.5) ** e(params)``, where ``row`` runs through two
+projection) costs ``row(params) x (f + (1 - f) x tokens / 46.5)``, where ``row`` runs through two
 measured points (`ROW_S_POINTS`: smollm2 0.28 s and the tiny model 0.0065 s on 2 CPU cores) and
-``e`` (`TOKEN_EXP_POINTS`: 1 for tiny, 0.61 for smollm2) is how the cost grows with length; tokens
+``f`` (`FIXED_SHARE_POINTS`: 0 for tiny, 0.54 for smollm2) is the share that does not grow with
+length; tokens
 are estimated as characters / 4 plus 12 for the chat template, capped at max length (46.5 on
 the demo pool). A warmup example-epoch costs 1.2 rows, a validation pair 3 rows for ROSE (two
 sequences, policy and reference), 1 for LESS, 12 for NICE (it samples responses first).
@@ -67,13 +68,14 @@ TINY_PARAMS = 1_300_000
 # calibration below was fitted with). Between them cost grows as params^0.81 (a small model's
 # per-row overhead does not shrink with it); beyond them, linearly (compute-bound).
 ROW_S_POINTS = ((TINY_PARAMS, 0.0065), (SMOLLM2_PARAMS, 0.28))
-# how a row's cost grows with its tokens: cost ~ (tokens / 46.5) ** exponent. smollm2: 0.61, from
-# its fast-preset rows on 2 idle cores at 2 threads: 0.278 s on the demo (46.5 tokens) and 0.602 s
-# on a 998-record T0 pool (165 tokens; 600 s for the last checkpoint): 2.16x the cost for 3.55x the
-# tokens (a per-row part that does not grow with length: per-example LoRA products, batching,
-# Python). tiny: 1.0 (its T0 / demo ratio, 4.4-6.8 for 6.3x the tokens, is about linear).
-# In between interpolated in log params; beyond the two models, unmeasured (the end values hold).
-TOKEN_EXP_POINTS = ((TINY_PARAMS, 1.0), (SMOLLM2_PARAMS, 0.61))
+# how a row's cost grows with its tokens: a fixed share f of the demo-length cost plus a part
+# linear in tokens, cost ~ f + (1 - f) x tokens / 46.5. smollm2: f = 0.54, from its fast-preset
+# rows on 2 idle cores at 2 threads: 0.278 s on the demo (46.5 tokens) and 0.602 s on a 998-record
+# T0 pool (165 tokens; 600 s for the last checkpoint): 2.16x the cost for 3.55x the tokens (a
+# per-row part that does not grow with length: per-example LoRA products, batching, Python).
+# tiny: f = 0 (its T0 / demo ratio, 4.4-6.8 for 6.3x the tokens, is about linear). In between
+# interpolated in log params; beyond the two models, unmeasured (the end values hold).
+FIXED_SHARE_POINTS = ((TINY_PARAMS, 0.0), (SMOLLM2_PARAMS, 0.54))
 DEMO_TOKENS = 46.5  # the demo pool's mean characters (138) / 4 + 12 template tokens
 MIN_ROW_S = 0.002  # per-row overhead floor of the smallest models
 # per row and 8,192 feature coordinates: the tiny model's exact rows (d = 32,768) cost 0.039 and
@@ -276,16 +278,17 @@ def row_seconds(facts: Facts, k_eff: int = 8192) -> float:
     """Seconds per train-feature row (one example, one checkpoint) under the cost model: the
     model's forward and backward (parameters x tokens) plus the per-row work on the feature
     itself (Adam direction, projection, norm, write: ~k_eff)."""
-    length = (facts.tokens / DEMO_TOKENS) ** token_exponent(facts.params)
+    f = fixed_share(facts.params)
+    length = f + (1 - f) * facts.tokens / DEMO_TOKENS
     model = max(MIN_ROW_S, model_row_seconds(facts.params) * length)
     return model + ROW_DIM_S * k_eff / 8192
 
 
-def token_exponent(params: int) -> float:
-    """How a row's cost grows with its length for a model of this size (`TOKEN_EXP_POINTS`)."""
-    (p0, e0), (p1, e1) = TOKEN_EXP_POINTS
+def fixed_share(params: int) -> float:
+    """The share of a demo-length row's cost that does not grow with its tokens (`FIXED_SHARE_POINTS`)."""
+    (p0, f0), (p1, f1) = FIXED_SHARE_POINTS
     t = min(1.0, max(0.0, math.log(max(params, 1) / p0) / math.log(p1 / p0)))
-    return e0 + t * (e1 - e0)
+    return f0 + t * (f1 - f0)
 
 
 def model_row_seconds(params: int) -> float:
