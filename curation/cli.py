@@ -691,6 +691,8 @@ def make_parser() -> argparse.ArgumentParser:
     bp.add_argument("--suite", choices=("synthetic", "t0", "prefs"),
                     help="quality: run one suite (default: all); fidelity --presets: one sample (t0 or prefs)")
     bp.add_argument("--preset", help="quality: the gradient methods' feature preset (default, fast, faster)")
+    bp.add_argument("--t0-shots", type=int, help="quality: pairs per t0 target (default 5; auto needs 8 to hold "
+                    "out the 3 pairs a verdict takes)")
     bp.add_argument("--methods", help="quality: comma-separated bench keys to run (default: all; e.g. "
                     "rose,less,contrast:0.5,bm25,fusion:less+bm25,auto); peers: bergson's projections, the first "
                     "is the headline (default: global,per_module)")

@@ -278,3 +278,16 @@ def test_methods_option_preset_and_auto_options_reach_the_runs():
         QualityConfig.quick(preset="fastest")
     with pytest.raises(CurationError, match="auto: option seeds"):
         QualityConfig.quick(auto_options={"seeds": 0})
+
+
+def test_t0_shots_option_sets_the_pairs_per_target_and_keeps_the_other_sizes():
+    """`--t0-shots 8` is how the README's t0 auto figures run (5 pairs hold out 2: auto cannot judge)."""
+    from curation.errors import CurationError
+
+    full = config_from_args(make_parser().parse_args(["bench", "quality", "--suite", "t0", "--t0-shots", "8"]))
+    assert full.t0.shots == 8 and full.t0.pool_size == QualityConfig().t0.pool_size
+    quick = config_from_args(make_parser().parse_args(["bench", "quality", "--quick", "--t0-shots", "3"]))
+    assert quick.t0.shots == 3 and quick.t0.pool_size == QualityConfig.quick().t0.pool_size
+    assert config_from_args(make_parser().parse_args(["bench", "quality", "--quick"])).t0.shots == 2
+    with pytest.raises(CurationError, match="--t0-shots: 0"):
+        config_from_args(make_parser().parse_args(["bench", "quality", "--t0-shots", "0"]))

@@ -57,6 +57,7 @@ from curation.engine.model import ModelConfig
 from curation.engine.models import load_model
 from curation.engine.select import select_top
 from curation.engine.warmup import WarmupConfig
+from curation.errors import CurationError
 
 METHODS = ("rose", "less", "nice", "repsim", "bm25", "random", "raise",
            "contrast:0.25", "contrast:0.5", "contrast:0.75", "fusion:less+bm25", "auto")
@@ -461,6 +462,11 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
     for name in ("k", "threads", "device", "preset"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    shots = getattr(args, "t0_shots", None)
+    if shots is not None:
+        if shots < 1:
+            raise CurationError(f"--t0-shots: {shots}; give at least 1 pair per target")
+        overrides["t0"] = dataclasses.replace(QualityConfig.quick().t0 if getattr(args, "quick", False) else T0Spec(), shots=shots)
     model = getattr(args, "model", None)
     if getattr(args, "quick", False):
         cfg = QualityConfig.quick(model=model, **overrides)
@@ -471,7 +477,6 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
 
 def parse_methods(text: str) -> tuple[str, ...]:
     """"rose,less,auto" -> the bench keys; an unknown key is an error naming the known ones."""
-    from curation.errors import CurationError
     keys = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in keys if k not in METHODS]
     if unknown or not keys:
