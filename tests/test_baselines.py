@@ -175,6 +175,7 @@ def test_repsim_reuses_the_pool_states_of_an_earlier_run(tmp_path, nano_model, m
     """The second run on the same pool reads the cached states (no pool forward) and scores as the
     first; a changed example misses the cache; re-writing a run's train.npy leaves the cache intact."""
     import curation.methods.repsim as repsim
+    from curation.engine.statecache import CACHE_SUBDIR
     pool, pairs = demo_examples(9), demo_pairs()
     cfg = ModelConfig(name_or_path=str(nano_model), max_length=96)
 
@@ -185,7 +186,7 @@ def test_repsim_reuses_the_pool_states_of_an_earlier_run(tmp_path, nano_model, m
 
     hashes = [f"h{i}" for i in range(len(pool))]
     first_in, first = run("a", pool, hashes, pairs)
-    cache_files = list((tmp_path / "ws" / repsim.CACHE_SUBDIR).glob("*.npy"))
+    cache_files = list((tmp_path / "ws" / CACHE_SUBDIR).glob("*.npy"))
     assert len(cache_files) == 1
     assert cache_files[0].parent.stat().st_mode & 0o077 == 0  # private, as the pool's text is
     states = np.load(cache_files[0]).copy()

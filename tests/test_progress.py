@@ -241,6 +241,22 @@ def test_estimate_sees_stored_features_and_calibrates_on_earlier_runs(ws, tmp_pa
     assert n == 1 and factors["load model"] == pytest.approx(min(20.0, max(0.05, took / raw)))
 
 
+def test_estimate_sees_repsims_cached_pool_states(ws, tmp_path, micro_model):
+    """After a repsim run on a pool, the next repsim (or auto) estimate on it costs the pool's
+    states nothing and says why; another pool still pays for them."""
+    store = Store.open(ws)
+    small_pool(store, tmp_path, n=40)
+    small_pool(store, tmp_path, n=30, name="other")
+    cfg = micro_cfg(micro_model).for_method("repsim")
+    pool_s = lambda est: next(s.raw_s for s in est.stages if s.name == "pool states")  # noqa: E731
+    before = runs.estimate_cost(store, "small", "demo", cfg, ws.home)
+    runs.execute_run(store, runs.create_run(store, "small", "demo", cfg, ws=ws), ws=ws)
+    after = runs.estimate_cost(store, "small", "demo", cfg, ws.home)
+    assert pool_s(after) < pool_s(before) / 10 and any("pool states are cached" in n for n in after.notes)
+    other = runs.estimate_cost(store, "other", "demo", cfg, ws.home)
+    assert not any("pool states are cached" in n for n in other.notes)
+
+
 # ---------------------------------------------------------------------------- tiny stage, last inputs
 
 

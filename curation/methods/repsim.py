@@ -16,22 +16,15 @@ On disk (``workdir/repsim/``): ``train.npy [n, d]`` and ``val.npy [n_pairs, d]``
 float32 rows, plus ``example_ids.npy``. ``train.npy`` is written chunk by chunk through a
 memmap, so memory stays at one chunk; disk is 4·n·d bytes (16 GB for 1M examples at d = 4096).
 
-The pool's states depend on the model, tokenizer, max length and the pool's content only, not on
-the pairs, yet `auto` scores repsim beside its own candidates and a bench runs repsim once per
-target: on smollm2 that re-extracted a 1,000-record pool for 786 s each time. So a finished
-``train.npy`` is also kept under ``workspace/repsim_cache/{key}.npy`` (a hard link renamed into
-place; where the filesystem has no hard links, nothing is cached), keyed by those inputs and the
-ordered content hashes of the pool; a later run with the same key reads it instead of running
-the model. The stage keeps its name, "pool states", and passes in moments.
+A finished ``train.npy`` is also kept in the workspace's state cache (`engine.statecache`): a
+later run on the same pool and model reads it instead of running the model over the pool (its
+"pool states" stage passes in moments).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +33,7 @@ import torch
 
 from curation.engine.influence import aggregate, normalise_rows, subtask_index
 from curation.engine.model import collate, encode, encode_pair, length_buckets, pad_token_id, tokenizer_hash
+from curation.engine.statecache import cached_states, describe, keep_states, states_key
 from curation.engine.models import load_model
 from curation.errors import CurationError
 from curation.methods.base import (
@@ -56,8 +50,6 @@ from curation.methods.base import (
 
 FEATURE_DIR = "repsim"
 IDS_FILE = "example_ids.npy"
-CACHE_SUBDIR = "repsim_cache"
-CACHE_VERSION = 1  # bump when the same key would describe different states
 DEFAULTS = {"batch_size": 16, "chunk": 1024}
 PREVIEW = 160
 
@@ -91,48 +83,6 @@ def pair_sequences(tok, pairs: Sequence[ValPair], max_length: int) -> list[list[
     return [encode_pair(tok, p.prompt_messages, p.chosen, max_length)["input_ids"] for p in pairs]
 
 
-def states_key(model_cfg, model, tok, content_hashes: Sequence[str]) -> str | None:
-    """Cache key of a pool's states: model, its device, weights' dtype and architecture, tokenizer,
-    max length and the pool's ordered content hashes (None without hashes: nothing to key on)."""
-    if not content_hashes:
-        return None
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, model_cfg.name_or_path, model_cfg.dtype, model_cfg.max_length,
-                                   next(model.parameters()).device.type, tokenizer_hash(tok),
-                                   model.config.to_json_string(use_diff=False)]).encode())
-    for c in content_hashes:
-        h.update(c.encode() + b"\n")
-    return h.hexdigest()[:32]
-
-
-def cached_states(home: Path, key: str | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached pool states of ``key`` (memory-mapped), or None when absent, unreadable or of
-    another shape: a bad cache file is a miss, never a failed run."""
-    path = Path(home) / CACHE_SUBDIR / f"{key}.npy"
-    if key is None or not path.is_file():
-        return None
-    try:
-        states = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return None
-    return states if states.shape == shape and states.dtype == np.float32 else None
-
-
-def keep_states(home: Path, key: str | None, train: Path) -> None:
-    """Put a finished ``train.npy`` into the cache under ``key``: a hard link renamed into place
-    (no second copy, and nothing ever writes through it: `_pool` unlinks before writing). Best
-    effort: a filesystem without hard links, or any error, leaves the run as it is, uncached."""
-    if key is None:
-        return
-    cache = Path(home) / CACHE_SUBDIR
-    tmp = cache / f".{key}.{uuid.uuid4().hex}.tmp"
-    try:
-        cache.mkdir(mode=0o700, exist_ok=True)  # the pool's states are as private as its text
-        os.link(train, tmp)
-        os.replace(tmp, cache / f"{key}.npy")
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
 @register
 class RepSim(Method):
     """Pool examples whose base-model representation points where the target task's does."""
@@ -159,13 +109,16 @@ class RepSim(Method):
         index, subtasks = subtask_index([p.subtask for p in inputs.pairs])
         out = Path(inputs.workdir) / FEATURE_DIR
         out.mkdir(parents=True, exist_ok=True)
-        key = states_key(cfg, model, tok, inputs.content_hashes)
-        cached = cached_states(inputs.workspace.home, key, (len(inputs.example_ids), V.shape[1]))
+        home, hashes = inputs.workspace.home, inputs.content_hashes
+        about = describe(cfg.name_or_path, cfg.dtype, cfg.max_length, next(model.parameters()).device.type, hashes)
+        key = states_key(about, tokenizer_hash(tok), model.config.to_json_string(use_diff=False)) if hashes else None
+        cached = cached_states(home, key, (len(inputs.example_ids), V.shape[1])) if key else None
         if cached is not None:
             means = self._cached_pool(inputs, cached, V, index, len(subtasks), out, int(opts["chunk"]))
         else:
             means = self._pool(inputs, features, tok, V, index, len(subtasks), out, int(opts["chunk"]))
-            keep_states(inputs.workspace.home, key, out / "train.npy")
+            if key:
+                keep_states(home, key, about, out / "train.npy")
         np.save(out / "val.npy", V)
         np.save(out / IDS_FILE, np.asarray(inputs.example_ids, np.int64))
         return output_from_means(means, subtasks, {"model": cfg.name_or_path, "adapter": None,

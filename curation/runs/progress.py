@@ -209,6 +209,7 @@ class Facts:
     new_rows: int | None = None  # train-feature rows to extract per checkpoint (None: all n)
     warmup_cached: bool = False
     reuse_note: str | None = None
+    states_cached: bool = False  # repsim's pool states are in the workspace's state cache
 
 
 def estimate_cost(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: Path) -> Estimate:
@@ -235,6 +236,8 @@ def build_estimate(cfg: ScoreConfig, facts: Facts, factors: dict[str, float] | N
         notes.append("The offline tiny model is built first (once for this workspace, about 2-3 minutes).")
     if facts.reuse_note:
         notes.append(facts.reuse_note)
+    if facts.states_cached:
+        notes.append("Repsim's pool states are cached (an earlier run on this pool and model computed them).")
     if cfg.method in GRADIENT_METHODS and facts.warmup_cached:
         notes.append("The warmup is cached (an earlier run trained it).")
     if n_hist:
@@ -318,7 +321,8 @@ def stage_costs(cfg: ScoreConfig, facts: Facts) -> list[tuple[str, float]]:
         "score": n * feature_epochs * 2e-5 * k_eff / 8192, "select": 4e-5 * n,
         "tokenize pool": 1e-4 * n * facts.tokens / DEMO_TOKENS, "bm25 index": 5e-5 * n, "bm25 scores": 2e-7 * n * pairs,
         "n-gram counts": 2e-4 * n, "importance weights": 2e-4 * n, "random scores": 1e-7 * n,
-        "validation states": pairs * 2 * row / 3, "pool states": n * row / 3, "state features": n * 2 * row / 3,
+        "validation states": pairs * 2 * row / 3, "pool states": 4e-5 * n if facts.states_cached else n * row / 3,
+        "state features": n * 2 * row / 3,
     }
     if cfg.method == "auto":
         fixed.update(_auto_stage_s(cfg, n, pairs, row))
@@ -442,6 +446,8 @@ def gather_facts(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: Pa
                   tiny_build=name == "tiny" and cfg.method in MODEL_METHODS and tiny_needs_build(home))
     if detect_reuse and cfg.method in GRADIENT_METHODS and n:
         _detect_reuse(store, p.id, pool, cfg, home, facts)
+    if detect_reuse and cfg.method in ("repsim", "auto") and n and cfg.model.device in ("cpu", "cuda"):
+        facts.states_cached = _states_cached(store, p.id, cfg, home)
     return facts
 
 
@@ -506,6 +512,17 @@ def lora_dim(arch: dict[str, Any] | None, r: int, targets: Sequence[str]) -> int
     if any(t not in io for t in targets):
         return None
     return layers * sum(r * (io[t][0] + io[t][1]) for t in targets)
+
+
+def _states_cached(store, pool_id: int, cfg: ScoreConfig, home: Path) -> bool:
+    """Whether repsim will find this pool's states in the workspace's state cache."""
+    from curation.data.store import Example
+    from curation.engine.statecache import describe, has_cached
+
+    with store.session() as s:
+        hashes = s.scalars(select(Example.content_hash).where(Example.pool_id == pool_id).order_by(Example.id)).all()
+    m = cfg.model
+    return has_cached(home, describe(m.name_or_path, m.dtype, m.max_length, m.device, hashes))
 
 
 def _detect_reuse(store, pool_id: int, pool: str, cfg: ScoreConfig, home: Path, facts: Facts) -> None:
