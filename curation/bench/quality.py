@@ -462,16 +462,16 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
     for name in ("k", "threads", "device", "preset"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
-    shots = getattr(args, "t0_shots", None)
-    if shots is not None:
-        if shots < 1:
-            raise CurationError(f"--t0-shots: {shots}; give at least 1 pair per target")
-        overrides["t0"] = dataclasses.replace(QualityConfig.quick().t0 if getattr(args, "quick", False) else T0Spec(), shots=shots)
     model = getattr(args, "model", None)
     if getattr(args, "quick", False):
         cfg = QualityConfig.quick(model=model, **overrides)
     else:
         cfg = QualityConfig(**({"model": model} if model else {}), **overrides)
+    shots = getattr(args, "t0_shots", None)
+    if shots is not None:  # only the pairs per target change; the sizes stay the chosen ones
+        if shots < 1:
+            raise CurationError(f"--t0-shots: {shots}; give at least 1 pair per target")
+        cfg = dataclasses.replace(cfg, t0=dataclasses.replace(cfg.t0, shots=shots))
     return with_model_defaults(cfg) if model else cfg
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,6 +73,14 @@ def keep_states(home: Path, key: str, about: dict[str, Any], train: Path) -> Non
     except OSError:
         tmp.unlink(missing_ok=True)
         side.unlink(missing_ok=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (a copy across filesystems); ``dst`` must not exist."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def has_cached(home: Path, about: dict[str, Any]) -> bool:

@@ -23,17 +23,15 @@ later run on the same pool and model reads it instead of running the model over 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from curation.engine.influence import aggregate, normalise_rows, subtask_index
 from curation.engine.model import collate, encode, encode_pair, length_buckets, pad_token_id, tokenizer_hash
-from curation.engine.statecache import cached_states, describe, keep_states, states_key
+from curation.engine.statecache import cached_states, describe, keep_states, link_or_copy, states_key
 from curation.engine.models import load_model
 from curation.errors import CurationError
 from curation.methods.base import (
@@ -109,60 +107,46 @@ class RepSim(Method):
         index, subtasks = subtask_index([p.subtask for p in inputs.pairs])
         out = Path(inputs.workdir) / FEATURE_DIR
         out.mkdir(parents=True, exist_ok=True)
-        home, hashes = inputs.workspace.home, inputs.content_hashes
+        home, hashes, n = inputs.workspace.home, inputs.content_hashes, len(inputs.example_ids)
         about = describe(cfg.name_or_path, cfg.dtype, cfg.max_length, next(model.parameters()).device.type, hashes)
         key = states_key(about, tokenizer_hash(tok), model.config.to_json_string(use_diff=False)) if hashes else None
-        cached = cached_states(home, key, (len(inputs.example_ids), V.shape[1])) if key else None
-        if cached is not None:
-            means = self._cached_pool(inputs, cached, V, index, len(subtasks), out, int(opts["chunk"]))
+        cached = cached_states(home, key, (n, V.shape[1])) if key else None
+        train = out / "train.npy"
+        train.unlink(missing_ok=True)  # it may be a hard link to the cache: never write through it
+        if cached is not None:  # the run's train.npy is the cache's file; no model forward over the pool
+            link_or_copy(Path(cached.filename), train)
+            means = self._pool_means(inputs, lambda lo, hi: np.asarray(cached[lo:hi]), V, index, len(subtasks),
+                                     int(opts["chunk"]))
         else:
-            means = self._pool(inputs, features, tok, V, index, len(subtasks), out, int(opts["chunk"]))
+            sink = np.lib.format.open_memmap(train, mode="w+", dtype=np.float32, shape=(n, V.shape[1]))
+            ids, max_length = inputs.example_ids, cfg.max_length
+            encoded = lambda lo, hi: features([encode(tok, m, max_length)["input_ids"]  # noqa: E731
+                                               for m in inputs.fetch(ids[lo:hi])])
+            means = self._pool_means(inputs, encoded, V, index, len(subtasks), int(opts["chunk"]), sink)
+            sink.flush()
+            del sink
             if key:
-                keep_states(home, key, about, out / "train.npy")
+                keep_states(home, key, about, train)
         np.save(out / "val.npy", V)
         np.save(out / IDS_FILE, np.asarray(inputs.example_ids, np.int64))
         return output_from_means(means, subtasks, {"model": cfg.name_or_path, "adapter": None,
                                                    "hidden_size": int(V.shape[1])})
 
     @staticmethod
-    def _pool(inputs: ScoreInputs, features, tok, V: np.ndarray, index: np.ndarray, n_sub: int,
-              out: Path, chunk: int) -> np.ndarray:
-        """Features of the pool, ``chunk`` examples at a time, into ``train.npy``; returns the
-        per-subtask mean cosines ``[n, n_sub]``."""
-        ids, rep, max_length = inputs.example_ids, inputs.reporter, inputs.config.model.max_length
-        (out / "train.npy").unlink(missing_ok=True)  # it may be a hard link to the cache: never write through it
-        train = np.lib.format.open_memmap(out / "train.npy", mode="w+", dtype=np.float32,
-                                          shape=(len(ids), V.shape[1]))
-        means = np.empty((len(ids), n_sub), np.float32)
-        rep.stage("pool states", len(ids))
-        for start in range(0, len(ids), chunk):
-            end = min(start + chunk, len(ids))
-            seqs = [encode(tok, m, max_length)["input_ids"] for m in inputs.fetch(ids[start:end])]
-            T = features(seqs)
-            train[start:end] = T
-            means[start:end] = aggregate(T @ V.T, index, n_sub)
-            rep.update(end)
-        train.flush()
-        del train
-        return means
-
-    @staticmethod
-    def _cached_pool(inputs: ScoreInputs, cached: np.ndarray, V: np.ndarray, index: np.ndarray, n_sub: int,
-                     out: Path, chunk: int) -> np.ndarray:
-        """`_pool` from cached states: the run's ``train.npy`` links to them; no model forward."""
+    def _pool_means(inputs: ScoreInputs, states: Callable[[int, int], np.ndarray], V: np.ndarray, index: np.ndarray,
+                    n_sub: int, chunk: int, sink: np.ndarray | None = None) -> np.ndarray:
+        """The pool's per-subtask mean cosines ``[n, n_sub]``, ``chunk`` examples' states at a time
+        (computed or cached), each chunk also written to ``sink`` when given: memory stays at one chunk."""
         rep, n = inputs.reporter, len(inputs.example_ids)
-        rep.stage("pool states", n)
         means = np.empty((n, n_sub), np.float32)
+        rep.stage("pool states", n)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            means[start:end] = aggregate(np.asarray(cached[start:end]) @ V.T, index, n_sub)
+            T = states(start, end)
+            if sink is not None:
+                sink[start:end] = T
+            means[start:end] = aggregate(T @ V.T, index, n_sub)
             rep.update(end)
-        train = out / "train.npy"
-        train.unlink(missing_ok=True)
-        try:
-            os.link(cached.filename, train)
-        except OSError:
-            shutil.copyfile(cached.filename, train)
         return means
 
     def explain(self, workdir: Path, example_id: int, messages: Messages,

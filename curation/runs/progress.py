@@ -444,10 +444,16 @@ def gather_facts(store, pool: str, prefs: str | None, cfg: ScoreConfig, home: Pa
                   params=_params(name, home), lora_dim=lora_dim(arch, cfg.warmup.lora_r, cfg.warmup.target_modules),
                   hidden=(arch or {}).get("hidden_size"),
                   tiny_build=name == "tiny" and cfg.method in MODEL_METHODS and tiny_needs_build(home))
-    if detect_reuse and cfg.method in GRADIENT_METHODS and n:
-        _detect_reuse(store, p.id, pool, cfg, home, facts)
-    if detect_reuse and cfg.method in ("repsim", "auto") and n and cfg.model.device in ("cpu", "cuda"):
-        facts.states_cached = _states_cached(store, p.id, cfg, home)
+    states = cfg.method in ("repsim", "auto") and cfg.model.device in ("cpu", "cuda")
+    if detect_reuse and n and (cfg.method in GRADIENT_METHODS or states):
+        from curation.data.store import Example
+        with store.session() as s:  # read once for both questions (a million-row pool is one scan)
+            rows = s.execute(select(Example.id, Example.content_hash).where(Example.pool_id == p.id)
+                             .order_by(Example.id)).all()
+        if cfg.method in GRADIENT_METHODS:
+            _detect_reuse(store, rows, cfg, home, facts)
+        if states:
+            facts.states_cached = _states_cached([r[1] for r in rows], cfg, home)
     return facts
 
 
@@ -514,28 +520,24 @@ def lora_dim(arch: dict[str, Any] | None, r: int, targets: Sequence[str]) -> int
     return layers * sum(r * (io[t][0] + io[t][1]) for t in targets)
 
 
-def _states_cached(store, pool_id: int, cfg: ScoreConfig, home: Path) -> bool:
-    """Whether repsim will find this pool's states in the workspace's state cache."""
-    from curation.data.store import Example
+def _states_cached(hashes: Sequence[str], cfg: ScoreConfig, home: Path) -> bool:
+    """Whether repsim will find this pool's states (content hashes in id order) in the state cache."""
     from curation.engine.statecache import describe, has_cached
 
-    with store.session() as s:
-        hashes = s.scalars(select(Example.content_hash).where(Example.pool_id == pool_id).order_by(Example.id)).all()
     m = cfg.model
     return has_cached(home, describe(m.name_or_path, m.dtype, m.max_length, m.device, hashes))
 
 
-def _detect_reuse(store, pool_id: int, pool: str, cfg: ScoreConfig, home: Path, facts: Facts) -> None:
-    """Fill in the cached warmup and the stored train-feature rows this run would reuse."""
+def _detect_reuse(store, rows: Sequence, cfg: ScoreConfig, home: Path, facts: Facts) -> None:
+    """Fill in the cached warmup and the stored train-feature rows this run would reuse
+    (``rows``: the pool's (id, content hash) in id order)."""
     from curation.data.store import Example
     from curation.engine.featuresets import content_keys, list_sets
     from curation.engine.warmup import ORIGIN_FILE, complete_warmup, reusable_warmup, sample_warmup_ids
     from curation.methods.gradient import WARMUP_SUBDIR, warmup_key
 
+    wids = [int(i) for i in sample_warmup_ids([str(r[0]) for r in rows], cfg.warmup.percent, cfg.warmup.seed)]
     with store.session() as s:
-        rows = s.execute(select(Example.id, Example.content_hash).where(Example.pool_id == pool_id)
-                         .order_by(Example.id)).all()
-        wids = [int(i) for i in sample_warmup_ids([str(r[0]) for r in rows], cfg.warmup.percent, cfg.warmup.seed)]
         by_id = dict(s.execute(select(Example.id, Example.messages).where(Example.id.in_(wids))).all()) if wids else {}
     root = Path(home) / WARMUP_SUBDIR
     wkey = warmup_key(cfg, [by_id[i] for i in wids])
