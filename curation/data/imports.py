@@ -223,7 +223,7 @@ def _commit_batch(store: Store, staging: int, target: int | None, batch: list[Po
                   path: Path) -> None:
     def commit() -> None:
         trial = ImportResult(res.name, res.kind, res.status)
-        with store.session() as s:
+        with store.session(bulk=True) as s:
             _insert_batch(s, store, staging, batch, trial, also=target, path=str(path))
         res.n_ok += trial.n_ok
         res.n_duplicate += trial.n_duplicate
@@ -267,7 +267,7 @@ def _drop_pool(store: Store, pool_id: int) -> None:
     """Delete a pool's rows a chunk per transaction (a 1M-row delete would hold the lock for long)."""
     while True:
         def chunk() -> bool:
-            with store.session() as s:
+            with store.session(bulk=True) as s:
                 ids = list(s.scalars(select(Example.id).where(Example.pool_id == pool_id).limit(BATCH)))
                 if ids:
                     if store.is_sqlite:

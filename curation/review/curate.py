@@ -51,7 +51,7 @@ def decide(store: Store, pool: str, example_ids: Iterable[int], action: str, rea
     ids = list(dict.fromkeys(int(i) for i in example_ids))
     if not ids:
         raise CurationError("no examples given")
-    with store.session(write=True) as s:
+    with store.session(write=True, bulk=True) as s:
         pid = _lock_pool(s, pool)
         _check_in_pool(s, pid, ids, pool)
         return _record(s, pid, [(i, action) for i in ids], reason, author)

@@ -300,7 +300,7 @@ def store_scores(store: Store, run_id: int, ids: list[int], out: ScoreOutput, cf
     rows = list(zip([run_id] * len(ids), [int(i) for i in ids], out.scores.astype(np.float64).tolist(),
                     sel.ranks.astype(np.int64).tolist(), chosen.tolist(), drivers, _components_json(out)))
     columns = ("run_id", "example_id", "score", "rank", "selected", "subtask", "components")
-    with store.session() as s:
+    with store.session(bulk=True) as s:
         s.execute(delete(Score).where(Score.run_id == run_id))
         conn = s.connection()
         sql = (f"INSERT INTO {Score.__tablename__} ({', '.join(columns)}) "
