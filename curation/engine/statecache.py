@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from curation.engine.features import atomic_write
+
 CACHE_SUBDIR = "repsim_cache"
 CACHE_VERSION = 1  # bump when the same key would describe different states
 
@@ -62,17 +64,14 @@ def keep_states(home: Path, key: str, about: dict[str, Any], train: Path) -> Non
     (no second copy, and nothing ever writes through it: repsim unlinks before writing). Best
     effort: a filesystem without hard links, or any error, leaves the run as it is, uncached."""
     cache = Path(home) / CACHE_SUBDIR
-    tag = uuid.uuid4().hex
-    tmp, side = cache / f".{key}.{tag}.tmp", cache / f".{key}.{tag}.json.tmp"
+    tmp = cache / f".{key}.{uuid.uuid4().hex}.tmp"
     try:
         cache.mkdir(mode=0o700, exist_ok=True)  # the pool's states are as private as its text
-        side.write_text(json.dumps(about))
         os.link(train, tmp)
-        os.replace(side, cache / f"{key}.json")
         os.replace(tmp, cache / f"{key}.npy")
+        atomic_write(cache / f"{key}.json", lambda f: f.write(json.dumps(about).encode()))
     except OSError:
         tmp.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
